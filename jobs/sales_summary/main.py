@@ -1,0 +1,140 @@
+"""Sales summary: a Ray Data job that aggregates sales CSVs listed in a manifest.
+
+Run from this folder on a Ray cluster (the Jobs API sets RAY_ADDRESS)::
+
+    python main.py --manifest s3://BUCKET/jobs/JOBID/manifest.json \
+        --output s3://BUCKET/outputs/sales-summary/JOBID/
+
+Writes ``{output}aggregates/`` (Parquet) and ``{output}summary.json``, and prints the
+summary JSON as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
+import ray
+import ray.cloudpickle
+import ray.data
+
+import transforms
+
+# Ship the transforms to Ray workers by value: workers need not have this folder on sys.path.
+ray.cloudpickle.register_pickle_by_value(transforms)
+
+S3_SCHEME = "s3://"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``--manifest`` and ``--output`` (both s3:// URIs)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--manifest", required=True, help="s3://bucket/key of the manifest JSON")
+    parser.add_argument("--output", required=True, help="s3://bucket/prefix/ for the results")
+    return parser.parse_args(argv)
+
+
+def s3_filesystem() -> pafs.S3FileSystem:
+    """Build an S3 filesystem from the environment (AWS_ENDPOINT_URL for a local S3)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return pafs.S3FileSystem(region=region)
+    url = urlparse(endpoint)
+    return pafs.S3FileSystem(
+        endpoint_override=url.netloc,
+        scheme=url.scheme or "https",
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        region=region,
+    )
+
+
+def bucket_path(uri: str) -> str:
+    """Turn ``s3://bucket/key`` into the bucket-relative path ``bucket/key``."""
+    if not uri.startswith(S3_SCHEME):
+        raise ValueError(f"expected an s3:// URI, got {uri!r}")
+    return uri[len(S3_SCHEME) :]
+
+
+def read_manifest(fs: pafs.FileSystem, uri: str) -> dict[str, Any]:
+    """Read the job manifest JSON."""
+    with fs.open_input_stream(bucket_path(uri)) as stream:
+        return json.loads(stream.read())
+
+
+def input_paths(manifest: dict[str, Any]) -> list[str]:
+    """Return the bucket-relative paths of the manifest's objects; raise if there are none."""
+    objects = manifest.get("objects") or []
+    if not objects:
+        raise ValueError(f"manifest of job {manifest.get('job_id')!r} lists no input objects")
+    return [f"{manifest['bucket']}/{item['key']}" for item in objects]
+
+
+def pipeline(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """Clean, add revenue and combine each block into partial aggregates."""
+    return (
+        ds.map_batches(transforms.clean, batch_format="pandas")
+        .map_batches(transforms.add_revenue, batch_format="pandas")
+        .map_batches(transforms.partial_aggregate, batch_format="pandas")
+    )
+
+
+def write_json(fs: pafs.FileSystem, uri: str, document: dict[str, Any]) -> None:
+    """Write a JSON document to an s3:// URI."""
+    with fs.open_output_stream(bucket_path(uri)) as stream:
+        stream.write(json.dumps(document, indent=2).encode("utf-8"))
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the job on the connected Ray cluster and return the summary it wrote."""
+    fs = s3_filesystem()
+    manifest = read_manifest(fs, args.manifest)
+    paths = input_paths(manifest)
+    output = args.output if args.output.endswith("/") else f"{args.output}/"
+    aggregates_uri = f"{output}aggregates/"
+    convert_options = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in transforms.INPUT_COLUMNS}
+    )
+
+    started = time.perf_counter()
+    ds = ray.data.read_csv(
+        paths, filesystem=fs, partitioning=None, convert_options=convert_options
+    )
+    partials = pipeline(ds).to_pandas()
+    aggregates, rows_in, rows_rejected = transforms.final_aggregate(partials)
+    ray.data.from_pandas(aggregates).write_parquet(
+        bucket_path(aggregates_uri),
+        filesystem=fs,
+        try_create_dir=False,
+        mode=ray.data.SaveMode.OVERWRITE,
+    )
+    seconds = time.perf_counter() - started
+
+    summary = {
+        "job_id": manifest["job_id"],
+        "rows_in": rows_in,
+        "rows_rejected": rows_rejected,
+        "rows_valid": rows_in - rows_rejected,
+        "rows_out": len(aggregates),
+        "seconds": round(seconds, 3),
+        "output": aggregates_uri,
+    }
+    write_json(fs, f"{output}summary.json", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    ray.init()
+    result = main(parse_args())
+    ray.shutdown()
+    print(json.dumps(result))

@@ -1,0 +1,1 @@
+"""raylauncher: event-driven, ephemeral Ray clusters on AWS. The domain package."""

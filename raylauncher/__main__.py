@@ -1,0 +1,5 @@
+import sys
+
+from raylauncher.cli import main
+
+sys.exit(main())

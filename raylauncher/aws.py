@@ -1,0 +1,24 @@
+"""boto3 clients built from Settings, and the one helper that reads a ClientError's code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from raylauncher.config import Settings
+
+_RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+
+
+def client(service: str, settings: Settings) -> Any:
+    """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1."""
+    return boto3.session.Session().client(
+        service, region_name=settings.region, endpoint_url=settings.endpoint_url, config=_RETRIES
+    )
+
+
+def error_code(err: ClientError) -> str:
+    return str(err.response.get("Error", {}).get("Code", ""))

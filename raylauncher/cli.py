@@ -1,0 +1,117 @@
+"""`raylauncher` command line: the driver on the bastion, the local demo, config export.
+
+This is an entry point: it reads the environment once and hands Settings to the domain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from raylauncher.config import Settings, load_pipelines
+from raylauncher.errors import ConfigError, InvalidJobId
+from raylauncher.model import require_job_id
+
+
+def _settings() -> Settings:
+    return Settings.from_env(os.environ)
+
+
+def _job_id(value: str) -> str:
+    try:
+        return require_job_id(value)
+    except InvalidJobId as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def cmd_driver_start(args: argparse.Namespace) -> int:
+    """Start `driver run JOB` detached and return at once (what the SSM command calls)."""
+    settings = _settings()
+    run = [sys.executable, "-m", "raylauncher", "driver", "run", args.job_id]
+    if settings.detach == "systemd":
+        # A transient unit: survives the SSM command, logs to the journal; SIGTERM reaches the
+        # driver first (KillMode=mixed) so it can tear the cluster down before it is killed.
+        cmd = [
+            "systemd-run", f"--unit=raylauncher-driver-{args.job_id}", "--collect",
+            "--property=KillMode=mixed", "--property=TimeoutStopSec=900",
+            "--property=EnvironmentFile=/etc/raylauncher/env", *run,
+        ]  # fmt: skip
+        return subprocess.run(cmd, check=False).returncode
+    log_dir = Path(settings.state_dir) / "drivers"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{args.job_id}.log", "ab") as out:
+        proc = subprocess.Popen(
+            run, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
+        )
+    print(f"driver for {args.job_id} started (pid {proc.pid}, log {log_dir / (args.job_id + '.log')})")
+    return 0
+
+
+def cmd_driver_run(args: argparse.Namespace) -> int:
+    """Run the driver in the foreground until the job is terminal."""
+    # Every Ray client and cluster we start sets auth explicitly (see shared NOTES).
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from raylauncher.wiring import build_driver
+
+    job = build_driver(_settings()).run(args.job_id)
+    print(json.dumps({"job_id": job.job_id, "status": job.status, "reason_code": job.reason_code}))
+    return 0 if job.is_terminal else 1
+
+
+def cmd_export_pipelines(args: argparse.Namespace) -> int:
+    """Validate pipelines.yaml and write it as JSON (what the Lambdas read: no PyYAML there)."""
+    config = load_pipelines(args.source)
+    Path(args.out).write_text(config.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    print(f"{len(config.pipelines)} pipeline(s) written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from raylauncher.local.demo import run_demo
+
+    return run_demo(rows_per_file=args.rows, files=args.files)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raylauncher", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    driver = sub.add_parser("driver", help="the job driver (runs on the bastion)").add_subparsers(
+        dest="action", required=True
+    )
+    start = driver.add_parser("start", help="start the driver for a job, detached")
+    start.add_argument("job_id", type=_job_id)
+    start.set_defaults(func=cmd_driver_start)
+    run = driver.add_parser("run", help="run the driver for a job in the foreground")
+    run.add_argument("job_id", type=_job_id)
+    run.set_defaults(func=cmd_driver_run)
+
+    export = sub.add_parser("export-pipelines", help="validate pipelines.yaml and write JSON")
+    export.add_argument("--source", default="pipelines.yaml")
+    export.add_argument("--out", required=True)
+    export.set_defaults(func=cmd_export_pipelines)
+
+    demo = sub.add_parser("demo", help="local end-to-end demo on moto server and a local Ray")
+    demo.add_argument("--rows", type=int, default=40_000, help="rows per generated CSV file")
+    demo.add_argument("--files", type=int, default=3, help="number of CSV files")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Pipeline config and runtime settings, each validated once, at load, with the bad field's path.
+
+Pipelines come from YAML (people write it) or JSON (what the Lambdas ship: no PyYAML there).
+Settings come from a mapping of environment variables handed in by the entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raylauncher.errors import ConfigError
+
+NAME_PATTERN = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
+#: Prefixes the product writes to itself; a trigger there would start jobs from our own writes.
+RESERVED_PREFIXES = ("jobs/",)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_prefix(value: str) -> str:
+    if value.startswith("/") or ".." in value.split("/") or not value.endswith("/"):
+        raise ValueError("must be a bucket-relative prefix ending in '/', without '..' or a leading '/'")
+    return value
+
+
+class S3Trigger(_Strict):
+    prefix: str = Field(min_length=2, description="bucket-relative, ends with '/'")
+    suffix: str = ""
+
+    _prefix = field_validator("prefix")(_check_prefix)
+
+    def matches(self, key: str) -> bool:
+        return key.startswith(self.prefix) and key.endswith(self.suffix)
+
+
+class Entrypoint(_Strict):
+    script: str = Field(description="a Python script under jobs/, relative to the project root")
+    args: tuple[str, ...] = ()
+
+    @field_validator("script")
+    @classmethod
+    def _under_jobs(cls, value: str) -> str:
+        path = PurePosixPath(value)
+        if path.is_absolute() or ".." in path.parts or path.parts[:1] != ("jobs",) or path.suffix != ".py":
+            raise ValueError("must be a relative path to a .py file under jobs/, e.g. jobs/x/main.py")
+        return value
+
+
+class ClusterProfile(_Strict):
+    head_instance_type: str = "m6i.xlarge"
+    worker_instance_type: str = "m6i.2xlarge"
+    min_workers: int = Field(default=4, ge=0)
+    max_workers: int = Field(default=8, ge=0)
+    local_num_cpus: int = Field(default=2, ge=1, description="CPUs of the local single-node cluster")
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> ClusterProfile:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+
+class Pipeline(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    trigger: S3Trigger
+    entrypoint: Entrypoint
+    cluster: ClusterProfile = ClusterProfile()
+    run_timeout_s: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
+    max_concurrent_clusters: int = Field(default=1, ge=1)
+    output_prefix: str
+
+    _output = field_validator("output_prefix")(_check_prefix)
+
+
+class PipelinesConfig(_Strict):
+    pipelines: tuple[Pipeline, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _no_overlaps(self) -> PipelinesConfig:
+        names = [p.name for p in self.pipelines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"pipeline names must be unique: {names}")
+        triggers = [p.trigger.prefix for p in self.pipelines]
+        written = [p.output_prefix for p in self.pipelines] + list(RESERVED_PREFIXES)
+        for trig in triggers:
+            for out in written:
+                if trig.startswith(out) or out.startswith(trig):
+                    raise ValueError(
+                        f"trigger prefix {trig!r} overlaps written prefix {out!r}: "
+                        "a job's own output would start new jobs"
+                    )
+        for i, a in enumerate(triggers):
+            for b in triggers[i + 1 :]:
+                if a.startswith(b) or b.startswith(a):
+                    raise ValueError(f"trigger prefixes {a!r} and {b!r} overlap: one file would start two jobs")
+        return self
+
+    def get(self, name: str) -> Pipeline:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def match(self, key: str) -> Pipeline | None:
+        """The pipeline whose trigger matches the (decoded) object key, if any."""
+        return next((p for p in self.pipelines if p.trigger.matches(key)), None)
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {path}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_pipelines(data: Any, source: str = "<data>") -> PipelinesConfig:
+    try:
+        return PipelinesConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def load_pipelines(path: str | Path) -> PipelinesConfig:
+    """Load pipelines from a .yaml/.yml (needs PyYAML) or .json file; ConfigError names the bad field."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"cannot read pipeline config {path}: {err.strerror}") from None
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        import yaml  # only where people edit YAML; Lambdas get JSON
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"invalid YAML in {path}: {err}") from None
+    return parse_pipelines(data, str(path))
+
+
+ENV_PREFIX = "RAYLAUNCHER_"
+
+
+class Settings(_Strict):
+    """Where things are. Built once per process from environment variables (`from_env`)."""
+
+    table: str = Field(min_length=3)
+    bucket: str = Field(min_length=3)
+    pipelines_file: str
+    region: str = "us-east-1"
+    endpoint_url: str | None = None  # local mode: the moto server; None on AWS
+    bastion: Literal["ssm", "local"] = "ssm"
+    bastion_instance_id: str | None = None
+    launcher_bin: str = "/opt/raylauncher/venv/bin/raylauncher"  # on the bastion
+    cluster_backend: Literal["local", "ec2"] = "ec2"
+    project_dir: str = "/opt/raylauncher/app"  # holds jobs/ on the bastion
+    state_dir: str = "/var/lib/raylauncher"  # driver logs and temp files on the bastion
+    detach: Literal["process", "systemd"] = "systemd"
+    queue_url: str | None = None  # the local poller reads it
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    provisioning_timeout_s: int = Field(default=900, ge=5)
+
+    @model_validator(mode="after")
+    def _bastion_needs_instance(self) -> Settings:
+        if self.bastion == "ssm" and not self.bastion_instance_id:
+            raise ValueError("bastion_instance_id is required when bastion is 'ssm'")
+        if self.endpoint_url and not re.match(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?$", self.endpoint_url):
+            raise ValueError("endpoint_url may only point at this machine (local mode)")
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Read RAYLAUNCHER_<FIELD> (upper case) plus AWS_REGION / AWS_ENDPOINT_URL."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env and env[key] != "":
+                values[name] = env[key]
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region:
+            values.setdefault("region", region)
+        if env.get("AWS_ENDPOINT_URL"):
+            values.setdefault("endpoint_url", env["AWS_ENDPOINT_URL"])
+        try:
+            return cls.model_validate(values)
+        except ValidationError as err:
+            described = _describe(err, "environment")
+            for name in cls.model_fields:
+                described = described.replace(f"  {name}:", f"  {ENV_PREFIX}{name.upper()}:")
+            raise ConfigError(described) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The inverse of from_env: what a child process (the driver) needs to see the same world."""
+        env = {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items() if v is not None}
+        env["AWS_REGION"] = self.region
+        env["AWS_DEFAULT_REGION"] = self.region
+        if self.endpoint_url:
+            env["AWS_ENDPOINT_URL"] = self.endpoint_url
+        return env

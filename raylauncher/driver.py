@@ -1,0 +1,289 @@
+"""The driver: one job's life on the bastion.
+
+claim (LAUNCHING -> PROVISIONING) -> cluster up -> submit (submission id = job id, at most
+once) -> follow (heartbeats, RUNNING, run deadline) -> decide the outcome -> TEARING_DOWN ->
+keep Ray's logs in S3 -> cluster down -> outcome (or TEARDOWN_FAILED).
+
+Teardown runs in `finally`, also after SIGTERM/SIGINT and after any error, and even when the
+job store cannot be written: the cluster going down never depends on bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
+
+from raylauncher.clusters.base import ClusterBackend, ClusterHandle
+from raylauncher.config import Pipeline, PipelinesConfig
+from raylauncher.errors import (
+    ProvisioningFailed,
+    RayLauncherError,
+    StorageError,
+    TeardownFailed,
+    TransitionConflict,
+)
+from raylauncher.model import Job, JobStatus, ReasonCode, job_prefix
+from raylauncher.objects import ObjectStore
+from raylauncher.store import JobStore
+
+log = logging.getLogger(__name__)
+
+RAY_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+REASON_LIMIT = 4000  # characters of a reason message kept on the record
+STOP_WAIT_S = 30.0  # how long a stopped Ray job gets to wind down before teardown
+
+
+class JobsClient(Protocol):
+    """The part of Ray's JobSubmissionClient the driver uses."""
+
+    def list_jobs(self) -> list[Any]: ...
+    def submit_job(self, **kwargs: Any) -> str: ...
+    def get_job_info(self, job_id: str) -> Any: ...
+    def get_job_logs(self, job_id: str) -> str: ...
+    def stop_job(self, job_id: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: JobStatus
+    reason_code: ReasonCode | None = None
+    message: str | None = None
+
+
+class DriverTerminated(BaseException):
+    """SIGTERM/SIGINT arrived. A BaseException so that no `except Exception` swallows it."""
+
+
+def clip(text: str, limit: int = REASON_LIMIT) -> str:
+    """Keep the head (what failed) and the tail (the last log lines) of a long message."""
+    if len(text) <= limit:
+        return text
+    head = limit // 4
+    return text[:head] + "\n…\n" + text[-(limit - head - 3) :]
+
+
+def _ray_status(info: Any) -> str:
+    status = getattr(info, "status", info)
+    return str(getattr(status, "value", status))
+
+
+class SignalGuard:
+    """Turns the first SIGTERM/SIGINT into DriverTerminated, except while shielded (teardown):
+    then the signal is only remembered, so nothing can interrupt the cluster going down."""
+
+    def __init__(self) -> None:
+        self.fired: str | None = None
+        self._shielded = False
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.fired is None:
+            self.fired = signal.Signals(signum).name
+            if not self._shielded:
+                raise DriverTerminated(self.fired)
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals are only delivered to the main thread anyway
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        self._shielded = True
+        try:
+            yield
+        finally:
+            self._shielded = False
+
+
+class Driver:
+    def __init__(
+        self,
+        store: JobStore,
+        objects: ObjectStore,
+        backend: ClusterBackend,
+        pipelines: PipelinesConfig,
+        jobs_client: Callable[[str], JobsClient],
+        project_dir: Path,
+        provisioning_timeout_s: float,
+        poll_interval_s: float = 2.0,
+        heartbeat_interval_s: float = 15.0,
+    ) -> None:
+        self._store = store
+        self._objects = objects
+        self._backend = backend
+        self._pipelines = pipelines
+        self._jobs_client = jobs_client
+        self._project_dir = project_dir
+        self._provisioning_timeout_s = provisioning_timeout_s
+        self._poll_s = poll_interval_s
+        self._heartbeat_s = heartbeat_interval_s
+
+    def run(self, job_id: str) -> Job:
+        """Run job `job_id` to a terminal state. If another driver owns it, return it untouched."""
+        job = self._store.get(job_id)
+        try:
+            job = self._store.transition(job, JobStatus.PROVISIONING)
+        except TransitionConflict as err:
+            log.warning("job %s is not ours to run (status %s); leaving it alone", job_id, err.actual)
+            return self._store.get(job_id)
+
+        guard = SignalGuard()
+        outcome: Outcome | None = None
+        client: JobsClient | None = None
+        with guard.installed():
+            try:
+                pipeline = self._pipelines.get(job.pipeline)
+                handle = self._backend.up(job, pipeline, self._provisioning_timeout_s)
+                job = self._store.heartbeat(job, cluster=handle.details)
+                client = self._jobs_client(handle.dashboard_url)
+                self._submit_once(client, job, pipeline, handle)
+                job = self._store.transition(job, JobStatus.SUBMITTED, ray_status="PENDING")
+                job, outcome = self._follow(client, job, pipeline)
+            except DriverTerminated as sig:
+                outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {sig}")
+            except ProvisioningFailed as err:
+                outcome = Outcome(JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED, clip(str(err)))
+            except _SubmitFailed as err:
+                outcome = Outcome(JobStatus.FAILED, ReasonCode.SUBMIT_FAILED, clip(str(err)))
+            except Exception as err:  # noqa: BLE001 - any error still ends in teardown with a reason
+                log.exception("job %s: driver error", job_id)
+                outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, clip(f"{type(err).__name__}: {err}"))
+            finally:
+                with guard.shielded():
+                    job = self._finish(job, outcome, client)
+        return job
+
+    # -- the phases --------------------------------------------------------------------------
+
+    def _submit_once(self, client: JobsClient, job: Job, pipeline: Pipeline, handle: ClusterHandle) -> None:
+        """Submit with submission id = job id, unless Ray already has it (a re-run never submits twice)."""
+        if any(getattr(j, "submission_id", None) == job.job_id for j in client.list_jobs()):
+            log.info("job %s already submitted; following it", job.job_id)
+            return
+        script = self._project_dir / pipeline.entrypoint.script
+        if not script.is_file():
+            raise _SubmitFailed(f"entrypoint {pipeline.entrypoint.script} not found under {self._project_dir}")
+        manifest_uri = self._objects.uri(job.manifest_key or job_prefix(job.job_id) + "manifest.json")
+        output_uri = self._objects.uri(job.output_prefix or "")
+        argv = [handle.python, script.name, *pipeline.entrypoint.args, "--manifest", manifest_uri, "--output", output_uri]
+        try:
+            client.submit_job(
+                entrypoint=shlex.join(argv),
+                submission_id=job.job_id,
+                runtime_env={"working_dir": str(script.parent), "env_vars": dict(handle.job_env)},
+                metadata={"job_id": job.job_id, "pipeline": job.pipeline},
+            )
+        except Exception as err:  # noqa: BLE001 - the SDK raises plain RuntimeError for HTTP errors
+            raise _SubmitFailed(f"Ray Jobs API refused the job: {err}") from err
+        log.info("job %s submitted: %s", job.job_id, shlex.join(argv))
+
+    def _follow(self, client: JobsClient, job: Job, pipeline: Pipeline) -> tuple[Job, Outcome]:
+        """Poll Ray until the job ends or the run deadline passes."""
+        deadline = time.monotonic() + pipeline.run_timeout_s
+        last_beat = time.monotonic()
+        while True:
+            info = client.get_job_info(job.job_id)
+            ray_status = _ray_status(info)
+            if ray_status == "RUNNING" and job.status == JobStatus.SUBMITTED:
+                job = self._store.transition(job, JobStatus.RUNNING, ray_status=ray_status)
+            elif ray_status != job.ray_status or time.monotonic() - last_beat >= self._heartbeat_s:
+                job = self._store.heartbeat(job, ray_status=ray_status)
+                last_beat = time.monotonic()
+            if ray_status in RAY_TERMINAL:
+                return job, _outcome_of(ray_status, getattr(info, "message", None))
+            if time.monotonic() > deadline:  # _finish stops the Ray job
+                return job, Outcome(
+                    JobStatus.TIMED_OUT,
+                    ReasonCode.RUN_TIMEOUT,
+                    f"the Ray job ran longer than the pipeline's run_timeout_s={pipeline.run_timeout_s}; stopped",
+                )
+            time.sleep(self._poll_s)
+
+    def _finish(self, job: Job, outcome: Outcome | None, client: JobsClient | None) -> Job:
+        """Stop the Ray job if it still runs, TEARING_DOWN, keep logs, cluster down, final state.
+        The cluster goes down even if every store write here fails."""
+        outcome = outcome or Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, "driver ended without an outcome")
+        if client is not None and outcome.status != JobStatus.SUCCEEDED:
+            _stop_quietly(client, job.job_id)
+        job = self._record(job, JobStatus.TEARING_DOWN, pending_outcome=outcome.status,
+                           reason_code=outcome.reason_code, reason_message=outcome.message)  # fmt: skip
+        logs_key = self._keep_logs(job.job_id, client) if client is not None else None
+        summary = self._read_summary(job)
+        final, reason_code, message = outcome.status, outcome.reason_code, outcome.message
+        try:
+            self._backend.down(job)
+        except Exception as err:  # noqa: BLE001 - whatever failed, the cluster may still be up
+            log.exception("job %s: TEARDOWN FAILED, the cluster may still be running", job.job_id)
+            final, reason_code = JobStatus.TEARDOWN_FAILED, ReasonCode.TEARDOWN_FAILED
+            message = clip(f"teardown failed ({type(err).__name__}: {err}); the job itself ended {outcome.status}"
+                           + (f": {outcome.message}" if outcome.message else ""))  # fmt: skip
+        return self._record(job, final, reason_code=reason_code, reason_message=message,
+                            logs_key=logs_key, summary=summary, teardown_attempts=1)  # fmt: skip
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _record(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        """Best-effort transition during teardown: if it cannot be written, say so and go on."""
+        try:
+            return self._store.transition(job, target, **fields)
+        except RayLauncherError:
+            log.exception("job %s: could not record %s", job.job_id, target)
+            return job
+
+    def _keep_logs(self, job_id: str, client: JobsClient) -> str | None:
+        key = job_prefix(job_id) + "logs/ray-job.log"
+        try:
+            self._objects.put_bytes(key, client.get_job_logs(job_id).encode(), "text/plain; charset=utf-8")
+        except Exception:  # noqa: BLE001 - losing logs must not keep the cluster up
+            log.exception("job %s: could not keep the Ray job logs", job_id)
+            return None
+        return key
+
+    def _read_summary(self, job: Job) -> dict[str, Any] | None:
+        if not job.output_prefix:
+            return None
+        try:
+            summary = self._objects.get_json(str(PurePosixPath(job.output_prefix) / "summary.json"))
+        except (StorageError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
+
+class _SubmitFailed(RayLauncherError):
+    pass
+
+
+def _outcome_of(ray_status: str, message: str | None) -> Outcome:
+    if ray_status == "SUCCEEDED":
+        return Outcome(JobStatus.SUCCEEDED)
+    if ray_status == "STOPPED":
+        return Outcome(JobStatus.FAILED, ReasonCode.RAY_JOB_STOPPED, clip(message or "the Ray job was stopped"))
+    return Outcome(JobStatus.FAILED, ReasonCode.RAY_JOB_FAILED, clip(message or "the Ray job failed"))
+
+
+def _stop_quietly(client: JobsClient, job_id: str) -> None:
+    """Ask Ray to stop the job and give it a moment; teardown follows whatever happens."""
+    try:
+        if _ray_status(client.get_job_info(job_id)) in RAY_TERMINAL:
+            return
+        client.stop_job(job_id)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline and _ray_status(client.get_job_info(job_id)) not in RAY_TERMINAL:
+            time.sleep(0.5)
+    except Exception:  # noqa: BLE001
+        log.warning("job %s: could not stop the Ray job cleanly", job_id, exc_info=True)

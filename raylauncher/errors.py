@@ -1,0 +1,76 @@
+"""Domain exceptions. Adapters turn AWS error *codes* into these; callers branch on the type."""
+
+from __future__ import annotations
+
+
+class RayLauncherError(Exception):
+    """Base of every error this product raises on purpose."""
+
+
+class ConfigError(RayLauncherError):
+    """A pipeline config or a setting is invalid; the message names the bad field's path."""
+
+
+class InvalidJobId(RayLauncherError):
+    def __init__(self, value: str) -> None:
+        super().__init__(f"invalid job id {value!r}: expected lowercase letters, digits and '-'")
+        self.value = value
+
+
+class IllegalTransition(RayLauncherError):
+    """The transition table forbids this move."""
+
+    def __init__(self, current: str, target: str) -> None:
+        super().__init__(f"transition {current} -> {target} is not allowed")
+        self.current = current
+        self.target = target
+
+
+class JobNotFound(RayLauncherError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} not found")
+        self.job_id = job_id
+
+
+class JobAlreadyExists(RayLauncherError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id} already exists")
+        self.job_id = job_id
+
+
+class TransitionConflict(RayLauncherError):
+    """Somebody else changed the job first (the conditional update failed)."""
+
+    def __init__(self, job_id: str, expected: str, actual: str | None) -> None:
+        super().__init__(f"job {job_id}: expected status {expected}, found {actual}")
+        self.job_id = job_id
+        self.expected = expected
+        self.actual = actual
+
+
+class PoisonMessage(RayLauncherError):
+    """An intake message that can never be processed as it is (it is retried, then dead-lettered)."""
+
+
+class BastionUnavailable(RayLauncherError):
+    """The bastion could not be asked to run the driver. `code` is the AWS error code, if any."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class StorageError(RayLauncherError):
+    """The job store or the object store failed for a reason other than the ones above."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProvisioningFailed(RayLauncherError):
+    """The cluster did not come up (the message carries the tail of what the launcher said)."""
+
+
+class TeardownFailed(RayLauncherError):
+    """The cluster could not be verified gone."""

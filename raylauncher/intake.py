@@ -1,0 +1,178 @@
+"""Intake: S3 object-created events in, one job per pipeline per batch out.
+
+Decoding follows S3's event encoding: object keys arrive URL-encoded with '+' for a space
+(`%2B` is a real plus), so `unquote_plus` gives back the key as it is in the bucket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from urllib.parse import unquote_plus
+
+from raylauncher.bastion import Bastion
+from raylauncher.config import Pipeline, PipelinesConfig
+from raylauncher.errors import BastionUnavailable, PoisonMessage, RayLauncherError
+from raylauncher.model import Job, JobStatus, ReasonCode, job_prefix, utc_now
+from raylauncher.objects import ObjectStore
+from raylauncher.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class S3ObjectRef:
+    bucket: str
+    key: str  # decoded: exactly as stored in the bucket
+    size: int = 0
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+
+
+@dataclass(frozen=True)
+class IntakeMessage:
+    """One queue message, parsed: its id (for partial-failure reporting) and its objects."""
+
+    message_id: str
+    objects: tuple[S3ObjectRef, ...]
+
+
+@dataclass
+class IntakeResult:
+    jobs: list[Job] = field(default_factory=list)
+    failed_message_ids: list[str] = field(default_factory=list)
+    ignored: list[S3ObjectRef] = field(default_factory=list)
+
+
+def decode_key(raw: str) -> str:
+    """An S3 event's object key as stored in the bucket ('+' is a space, '%2B' a plus)."""
+    return unquote_plus(raw)
+
+
+def parse_s3_event(body: str) -> tuple[S3ObjectRef, ...]:
+    """The created objects in one S3 event notification (an SQS message body).
+
+    S3's `s3:TestEvent` (sent when a notification is configured) carries no objects.
+    Raises PoisonMessage for a body that is not an S3 event at all.
+    """
+    try:
+        doc = json.loads(body)
+    except (TypeError, ValueError):
+        raise PoisonMessage("message body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PoisonMessage("message body is not a JSON object")
+    if doc.get("Event") == "s3:TestEvent":
+        return ()
+    records = doc.get("Records")
+    if not isinstance(records, list):
+        raise PoisonMessage("message body has no 'Records' list: not an S3 event notification")
+    refs = []
+    for i, rec in enumerate(records):
+        try:
+            if not str(rec["eventName"]).startswith("ObjectCreated:"):
+                continue
+            s3 = rec["s3"]
+            obj = s3["object"]
+            refs.append(
+                S3ObjectRef(
+                    bucket=str(s3["bucket"]["name"]),
+                    key=decode_key(str(obj["key"])),
+                    size=int(obj.get("size", 0)),
+                    etag=obj.get("eTag"),
+                    version_id=obj.get("versionId"),
+                    sequencer=obj.get("sequencer"),
+                )
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise PoisonMessage(f"Records[{i}] is not an S3 object record ({type(err).__name__}: {err})") from None
+    return tuple(refs)
+
+
+def manifest_document(job: Job, bucket: str, objects: Iterable[S3ObjectRef]) -> dict:
+    """What the Ray job reads: the exact objects it must process."""
+    return {
+        "job_id": job.job_id,
+        "pipeline": job.pipeline,
+        "bucket": bucket,
+        "objects": [
+            {k: v for k, v in asdict(o).items() if k != "bucket"} for o in objects
+        ],
+    }
+
+
+class IntakeService:
+    """Turns objects into jobs and has the bastion run them."""
+
+    def __init__(
+        self,
+        pipelines: PipelinesConfig,
+        store: JobStore,
+        objects: ObjectStore,
+        bastion: Bastion,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._pipelines = pipelines
+        self._store = store
+        self._objects = objects
+        self._bastion = bastion
+        self._clock = clock
+
+    def start_jobs(self, messages: Iterable[IntakeMessage]) -> IntakeResult:
+        """One job per pipeline for this batch. A message whose job could not be recorded is
+        reported failed (so the queue redelivers it); nothing is acknowledged without a job."""
+        result = IntakeResult()
+        groups: dict[str, tuple[Pipeline, dict[S3ObjectRef, None], set[str]]] = {}
+        for message in messages:
+            for ref in message.objects:
+                pipeline = self._pipelines.match(ref.key) if ref.bucket == self._objects.bucket else None
+                if pipeline is None:
+                    log.warning("ignoring s3://%s/%s: no pipeline is triggered by it", ref.bucket, ref.key)
+                    result.ignored.append(ref)
+                    continue
+                _, refs, ids = groups.setdefault(pipeline.name, (pipeline, {}, set()))
+                refs[ref] = None  # ordered set: a duplicate inside one batch counts once
+                ids.add(message.message_id)
+        for pipeline, refs, ids in groups.values():
+            try:
+                result.jobs.append(self.start_job(pipeline, list(refs), trigger="s3"))
+            except RayLauncherError:
+                log.exception("could not start a job for pipeline %s; its messages will be retried", pipeline.name)
+                result.failed_message_ids.extend(sorted(ids - set(result.failed_message_ids)))
+        return result
+
+    def start_job(self, pipeline: Pipeline, objects: list[S3ObjectRef], trigger: str) -> Job:
+        """Write the manifest, record the job (QUEUED), then launch it."""
+        job = Job.new(pipeline.name, trigger, self._clock())
+        manifest_key = job_prefix(job.job_id) + "manifest.json"
+        # The manifest first: a recorded job never points at a manifest that is not there.
+        self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects))
+        job = job.model_copy(
+            update={
+                "manifest_key": manifest_key,
+                "object_count": len(objects),
+                "output_prefix": f"{pipeline.output_prefix}{job.job_id}/",
+            }
+        )
+        self._store.create(job)
+        log.info("job %s recorded for %d object(s) of pipeline %s", job.job_id, len(objects), pipeline.name)
+        return self.launch(job)
+
+    def launch(self, job: Job) -> Job:
+        """QUEUED -> LAUNCHING, then ask the bastion to run the driver. If the bastion cannot be
+        asked, the job ends FAILED(LAUNCH_FAILED) with the reason; no cluster was started."""
+        job = self._store.transition(job, JobStatus.LAUNCHING)
+        try:
+            self._bastion.run_driver(job.job_id)
+        except BastionUnavailable as err:
+            log.error("job %s: bastion unavailable: %s", job.job_id, err)
+            return self._store.transition(
+                job,
+                JobStatus.FAILED,
+                reason_code=ReasonCode.LAUNCH_FAILED,
+                reason_message=f"could not start the driver on the bastion: {err}",
+            )
+        return job

@@ -1,0 +1,116 @@
+"""`make demo`: drop CSV files into the local bucket and watch the job run end to end.
+
+Exits 0 only if every job SUCCEEDED and its Parquet aggregates equal an independent pandas
+computation over exactly the objects in its manifest.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.sample_data import compare_aggregates, expected_aggregates, generate_sales_csv
+from raylauncher.model import Job, JobStatus
+
+DEMO_TIMEOUT_S = 600
+
+
+def upload_sample_files(system: LocalSystem, files: int, rows_per_file: int) -> list[str]:
+    """Generate CSVs at run time (no downloads) and put them under the pipeline's trigger prefix."""
+    prefix = system.pipelines.pipelines[0].trigger.prefix
+    names = ["daily report.csv", "east+west.csv", "région-sud.csv", "extra.csv"]  # space, plus, unicode
+    keys = []
+    for i in range(files):
+        name = names[i] if i < len(names) else f"part-{i:03d}.csv"
+        key = prefix + name
+        system.s3.put_object(Bucket=system.settings.bucket, Key=key, Body=generate_sales_csv(rows_per_file, seed=i))
+        keys.append(key)
+    return keys
+
+
+def read_aggregates(system: LocalSystem, job: Job) -> pd.DataFrame:
+    """The job's Parquet output, read back from the bucket."""
+    prefix = f"{job.output_prefix}aggregates/"
+    listed = system.s3.list_objects_v2(Bucket=system.settings.bucket, Prefix=prefix).get("Contents", [])
+    tables = [
+        pq.read_table(io.BytesIO(system.s3.get_object(Bucket=system.settings.bucket, Key=o["Key"])["Body"].read()))
+        for o in listed
+        if o["Key"].endswith(".parquet")
+    ]
+    if not tables:
+        return pd.DataFrame()
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+    return frame.sort_values("region", ignore_index=True)
+
+
+def verify_job_output(system: LocalSystem, job: Job) -> list[str]:
+    """Differences between the job's output and pandas over its manifest's objects ([] = verified)."""
+    manifest = system.objects.get_json(job.manifest_key or "")
+    blobs = [
+        system.s3.get_object(Bucket=manifest["bucket"], Key=o["key"])["Body"].read() for o in manifest["objects"]
+    ]
+    expected, rows_in, rows_rejected = expected_aggregates(blobs)
+    problems = compare_aggregates(read_aggregates(system, job), expected)
+    summary = job.summary or {}
+    if (summary.get("rows_in"), summary.get("rows_rejected")) != (rows_in, rows_rejected):
+        problems.append(
+            f"summary says rows_in={summary.get('rows_in')} rows_rejected={summary.get('rows_rejected')}, "
+            f"pandas says {rows_in} and {rows_rejected}"
+        )
+    return problems
+
+
+def covered_keys(jobs: list[Job], system: LocalSystem) -> set[str]:
+    keys: set[str] = set()
+    for job in jobs:
+        if job.manifest_key:
+            keys |= {o["key"] for o in system.objects.get_json(job.manifest_key)["objects"]}
+    return keys
+
+
+def run_demo(rows_per_file: int, files: int) -> int:
+    state_dir = PROJECT_DIR / ".local" / "state"
+    started = time.monotonic()
+    with local_system(state_dir, start_poller=False) as system:
+        print(f"moto server (S3, SQS, DynamoDB, SSM) at {system.settings.endpoint_url}")
+        keys = upload_sample_files(system, files, rows_per_file)
+        print(f"uploaded {len(keys)} CSV file(s) to s3://{system.settings.bucket}/ : {', '.join(keys)}")
+        system.poller.start()  # after the uploads, so this burst lands in one batch, one job
+
+        def progress(jobs: list[Job]) -> None:
+            line = "  ".join(f"{j.job_id}: {j.status}" + (f" (ray {j.ray_status})" if j.ray_status else "") for j in jobs)
+            sys.stdout.write(f"\r[{time.monotonic() - started:6.1f}s] {line or 'waiting for the intake…'}\033[K")
+            sys.stdout.flush()
+
+        def finished(jobs: list[Job]) -> bool:
+            return bool(jobs) and all(j.is_terminal for j in jobs) and covered_keys(jobs, system) >= set(keys)
+
+        jobs = wait_for_jobs(system.store, finished, DEMO_TIMEOUT_S, progress)
+        print()
+        ok = finished(jobs)
+        if not ok:
+            print(f"not finished after {DEMO_TIMEOUT_S}s", file=sys.stderr)
+        for job in jobs:
+            print(f"\nfinal record of {job.job_id}:")
+            print(json.dumps(job.model_dump(mode="json", exclude_none=True), indent=2, ensure_ascii=False))
+            if job.status != JobStatus.SUCCEEDED:
+                print(f"job {job.job_id} ended {job.status}: {job.reason_code}: {job.reason_message}", file=sys.stderr)
+                ok = False
+                continue
+            print(f"output: s3://{system.settings.bucket}/{job.output_prefix}")
+            print(read_aggregates(system, job).head(5).to_string(index=False))
+            problems = verify_job_output(system, job)
+            if problems:
+                ok = False
+                print("output does NOT match pandas:\n  " + "\n  ".join(problems), file=sys.stderr)
+            else:
+                print("output verified: aggregates equal an independent pandas computation over the same input")
+    print(f"\ndemo {'PASSED' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s (state in {state_dir})")
+    return 0 if ok else 1
+

@@ -1,0 +1,109 @@
+"""What the Lambda event source mapping does, locally: long-poll SQS, hand the batch to the
+very same intake handler, delete only the records it did not report as failed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LocalLambdaContext:
+    """The attributes Powertools reads from a Lambda context."""
+
+    function_name: str = "raylauncher-intake-local"
+    function_version: str = "$LATEST"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:raylauncher-intake-local"
+    aws_request_id: str = ""
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 300_000
+
+
+def to_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str) -> dict[str, Any]:
+    """SQS ReceiveMessage output -> the event a Lambda SQS trigger delivers."""
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": m.get("MessageAttributes", {}),
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for m in messages
+        ]
+    }
+
+
+class SqsPoller:
+    def __init__(
+        self, sqs_client: Any, queue_url: str, queue_arn: str, region: str, handler: Handler, batch_size: int = 10
+    ) -> None:
+        self._sqs = sqs_client
+        self._queue_url = queue_url
+        self._queue_arn = queue_arn
+        self._region = region
+        self._handler = handler
+        self._batch_size = batch_size
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def poll_once(self, wait_s: int = 1) -> int:
+        """Receive one batch, run the handler, delete what succeeded. Returns records handled."""
+        resp = self._sqs.receive_message(
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=self._batch_size,
+            WaitTimeSeconds=wait_s,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages = resp.get("Messages", [])
+        if not messages:
+            return 0
+        event = to_lambda_event(messages, self._queue_arn, self._region)
+        try:
+            result = self._handler(event, LocalLambdaContext(aws_request_id=str(uuid.uuid4())))
+            failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
+        except Exception:  # noqa: BLE001 - like Lambda: a raising handler fails the whole batch
+            log.exception("intake handler failed; the whole batch will be redelivered")
+            return len(messages)
+        done = [m for m in messages if m["MessageId"] not in failed]
+        if done:
+            self._sqs.delete_message_batch(
+                QueueUrl=self._queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+            )
+        return len(messages)
+
+    def start(self) -> SqsPoller:
+        self._thread = threading.Thread(target=self._loop, name="sqs-poller", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - keep polling, like the event source mapping
+                log.exception("poll failed")
+                self._stop.wait(1)

@@ -1,0 +1,201 @@
+"""The job store: a port, its DynamoDB adapter, and the table schema (defined once, here).
+
+Every status change is a conditional update on (status, version): two writers racing on one
+job can never both win.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from raylauncher.aws import error_code
+from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransitionConflict
+from raylauncher.model import Job, JobStatus, check_transition, iso, utc_now
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The job table, as the local bootstrap creates it and the CDK stack deploys it."""
+
+    partition_key: str = "job_id"
+    ttl_attribute: str = "expires_at"
+    billing_mode: str = "PAY_PER_REQUEST"
+
+    def create_table_kwargs(self, table_name: str) -> dict[str, Any]:
+        return {
+            "TableName": table_name,
+            "AttributeDefinitions": [{"AttributeName": self.partition_key, "AttributeType": "S"}],
+            "KeySchema": [{"AttributeName": self.partition_key, "KeyType": "HASH"}],
+            "BillingMode": self.billing_mode,
+        }
+
+
+JOB_TABLE = TableSchema()
+
+
+class JobStore(ABC):
+    """Port: where jobs live."""
+
+    @abstractmethod
+    def create(self, job: Job) -> Job:
+        """Store a new job; JobAlreadyExists if the id is taken."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> Job:
+        """The job; JobNotFound if there is none."""
+
+    @abstractmethod
+    def list_jobs(self) -> list[Job]:
+        """Every job, newest first. A full scan: fine locally; the API adds an index for AWS."""
+
+    @abstractmethod
+    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        """Move `job` to `target` iff it is still at `job.status`/`job.version`.
+
+        Raises IllegalTransition (the table forbids it) or TransitionConflict (somebody else
+        changed the job first). `fields` are set alongside (None removes an attribute).
+        """
+
+    @abstractmethod
+    def heartbeat(self, job: Job, **fields: Any) -> Job:
+        """Record liveness (and e.g. Ray's status) without changing status; conditional on status."""
+
+
+_ser = TypeSerializer()
+_deser = TypeDeserializer()
+
+
+def _to_dynamo(value: Any) -> dict[str, Any]:
+    # DynamoDB wants Decimal, never float; a JSON round trip turns every float into one.
+    return _ser.serialize(json.loads(json.dumps(value), parse_float=Decimal))
+
+
+def _from_dynamo(item: dict[str, Any]) -> dict[str, Any]:
+    plain = {k: _deser.deserialize(v) for k, v in item.items()}
+    return json.loads(json.dumps(plain, default=_decimal_to_number))
+
+
+def _decimal_to_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(type(value))
+
+
+class DynamoJobStore(JobStore):
+    """The DynamoDB adapter. Translates ClientError codes into domain exceptions."""
+
+    def __init__(self, dynamodb_client: Any, table_name: str) -> None:
+        self._ddb = dynamodb_client
+        self._table = table_name
+
+    def create(self, job: Job) -> Job:
+        item = {k: _to_dynamo(v) for k, v in job.model_dump(mode="json").items() if v is not None}
+        try:
+            self._ddb.put_item(
+                TableName=self._table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(job_id)",
+            )
+        except ClientError as err:
+            if error_code(err) == "ConditionalCheckFailedException":
+                raise JobAlreadyExists(job.job_id) from None
+            raise StorageError(f"cannot create job {job.job_id}", error_code(err)) from err
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            resp = self._ddb.get_item(TableName=self._table, Key={"job_id": {"S": job_id}}, ConsistentRead=True)
+        except ClientError as err:
+            raise StorageError(f"cannot read job {job_id}", error_code(err)) from err
+        if "Item" not in resp:
+            raise JobNotFound(job_id)
+        return Job.model_validate(_from_dynamo(resp["Item"]))
+
+    def list_jobs(self) -> list[Job]:
+        jobs = []
+        try:
+            for page in self._ddb.get_paginator("scan").paginate(TableName=self._table, ConsistentRead=True):
+                jobs += [Job.model_validate(_from_dynamo(item)) for item in page.get("Items", [])]
+        except ClientError as err:
+            raise StorageError("cannot list jobs", error_code(err)) from err
+        return sorted(jobs, key=lambda j: j.created_at, reverse=True)
+
+    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        check_transition(job.status, target)
+        now = iso(utc_now())
+        names = {"#status": "status", "#version": "version", "#phase": target.value}
+        values = {
+            ":from": _to_dynamo(job.status.value),
+            ":expected_version": _to_dynamo(job.version),
+            ":to": _to_dynamo(target.value),
+            ":next_version": _to_dynamo(job.version + 1),
+            ":now": _to_dynamo(now),
+        }
+        sets = [
+            "#status = :to",
+            "#version = :next_version",
+            "updated_at = :now",
+            "phase_times.#phase = :now",
+        ]
+        return self._update(
+            job,
+            fields,
+            names,
+            values,
+            sets,
+            condition="#status = :from AND #version = :expected_version",
+        )
+
+    def heartbeat(self, job: Job, **fields: Any) -> Job:
+        now = iso(utc_now())
+        names = {"#status": "status"}
+        values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(now)}
+        sets = ["heartbeat_at = :now"]
+        return self._update(job, fields, names, values, sets, condition="#status = :from")
+
+    def _update(
+        self,
+        job: Job,
+        fields: dict[str, Any],
+        names: dict[str, str],
+        values: dict[str, Any],
+        sets: list[str],
+        condition: str,
+    ) -> Job:
+        removes = []
+        for i, (name, value) in enumerate(sorted(fields.items())):
+            if name not in Job.model_fields:
+                raise ValueError(f"unknown job field {name!r}")
+            names[f"#f{i}"] = name
+            if value is None:
+                removes.append(f"#f{i}")
+            else:
+                plain = value.value if hasattr(value, "value") else value
+                values[f":f{i}"] = _to_dynamo(plain)
+                sets.append(f"#f{i} = :f{i}")
+        expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        try:
+            resp = self._ddb.update_item(
+                TableName=self._table,
+                Key={"job_id": {"S": job.job_id}},
+                UpdateExpression=expression,
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as err:
+            if error_code(err) == "ConditionalCheckFailedException":
+                old = err.response.get("Item") or {}
+                actual = _deser.deserialize(old["status"]) if "status" in old else None
+                raise TransitionConflict(job.job_id, job.status.value, actual) from None
+            raise StorageError(f"cannot update job {job.job_id}", error_code(err)) from err
+        return Job.model_validate(_from_dynamo(resp["Attributes"]))

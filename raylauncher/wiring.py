@@ -1,0 +1,73 @@
+"""Builds the services from Settings: the one place that picks adapters (AWS or local)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from raylauncher import aws
+from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
+from raylauncher.config import Settings, load_pipelines
+from raylauncher.intake import IntakeService
+from raylauncher.objects import S3ObjectStore
+from raylauncher.store import DynamoJobStore
+
+
+def build_store(settings: Settings) -> DynamoJobStore:
+    return DynamoJobStore(aws.client("dynamodb", settings), settings.table)
+
+
+def build_objects(settings: Settings) -> S3ObjectStore:
+    return S3ObjectStore(aws.client("s3", settings), settings.bucket)
+
+
+def build_bastion(settings: Settings) -> Bastion:
+    if settings.bastion == "local":
+        # The local "bastion" is this machine: the command runs with the same settings we have.
+        env = {**os.environ, **settings.to_env()}
+        return LocalBastion(settings.launcher_bin, env)
+    assert settings.bastion_instance_id  # checked by Settings
+    return SsmBastion(aws.client("ssm", settings), settings.bastion_instance_id, settings.launcher_bin, settings.bucket)
+
+
+def build_intake_service(settings: Settings) -> IntakeService:
+    return IntakeService(
+        load_pipelines(settings.pipelines_file),
+        build_store(settings),
+        build_objects(settings),
+        build_bastion(settings),
+    )
+
+
+def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the bastion
+    """The driver with its cluster backend. Imports Ray, so never on a Lambda's import path."""
+    from ray.job_submission import JobSubmissionClient
+
+    from raylauncher.driver import Driver
+
+    if settings.cluster_backend == "local":
+        from raylauncher.clusters.local import LocalRayBackend
+
+        job_env = {k: v for k, v in settings.to_env().items() if k.startswith("AWS_")}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if os.environ.get(key):
+                job_env[key] = os.environ[key]
+        backend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env)
+    else:
+        raise NotImplementedError("the EC2 backend (ray up / ray down) is not built yet")
+    return Driver(
+        store=build_store(settings),
+        objects=build_objects(settings),
+        backend=backend,
+        pipelines=load_pipelines(settings.pipelines_file),
+        jobs_client=JobSubmissionClient,
+        project_dir=Path(settings.project_dir),
+        provisioning_timeout_s=settings.provisioning_timeout_s,
+        poll_interval_s=settings.poll_interval_s,
+    )
+
+
+def local_launcher_bin() -> str:
+    """The `raylauncher` console script of this environment (what the local bastion runs)."""
+    return str(Path(sys.executable).with_name("raylauncher"))

@@ -1,0 +1,195 @@
+"""End-to-end test of the sales-summary Ray job: moto S3 server + a real local Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+from moto.server import ThreadedMotoServer
+
+from raylauncher.local.sample_data import (
+    compare_aggregates,
+    expected_aggregates,
+    generate_sales_csv,
+)
+
+JOB_DIR = Path(__file__).resolve().parents[2] / "jobs" / "sales_summary"
+BUCKET = "sales-e2e"
+REGION = "us-east-1"
+# Keys with a space, a '+' and non-ASCII characters, as they arrive from real uploads.
+INPUT_FILES = {
+    "incoming/sales/daily report.csv": (3_000, 11),
+    "incoming/sales/ventes été+extra.csv": (2_000, 12),
+    "incoming/sales/2024-01-03.csv": (1_500, 13),
+}
+
+
+@pytest.fixture(scope="module")
+def sales_s3_endpoint() -> Iterator[str]:
+    """Run a moto S3 server on 127.0.0.1 and yield its endpoint URL."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sales_ray() -> Iterator[None]:
+    """Start a local two-CPU Ray without token auth; shut it down afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "disabled")
+        ray.init(num_cpus=2, include_dashboard=False)
+        yield
+        ray.shutdown()
+
+
+@pytest.fixture
+def sales_s3(sales_s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Point the job's AWS settings at moto, create the bucket and return a boto3 client."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", sales_s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    client = boto3.client("s3", endpoint_url=sales_s3_endpoint, region_name=REGION)
+    if BUCKET not in {bucket["Name"] for bucket in client.list_buckets()["Buckets"]}:
+        client.create_bucket(Bucket=BUCKET)
+    return client
+
+
+@pytest.fixture
+def sales_job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """Import jobs/sales_summary/main.py the way it runs: its folder on sys.path."""
+    monkeypatch.syspath_prepend(str(JOB_DIR))
+    spec = importlib.util.spec_from_file_location("sales_summary_main", JOB_DIR / "main.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def put_manifest(s3: Any, job_id: str, objects: list[dict[str, Any]]) -> str:
+    """Write a job manifest to the bucket and return its s3:// URI."""
+    key = f"jobs/{job_id}/manifest.json"
+    manifest = {"job_id": job_id, "pipeline": "sales-summary", "bucket": BUCKET, "objects": objects}
+    s3.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(manifest).encode("utf-8"))
+    return f"s3://{BUCKET}/{key}"
+
+
+def upload_inputs(s3: Any) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """Upload the generated CSVs; return their contents and manifest entries."""
+    blobs, objects = [], []
+    for key, (rows, seed) in INPUT_FILES.items():
+        blob = generate_sales_csv(rows, seed)
+        response = s3.put_object(Bucket=BUCKET, Key=key, Body=blob)
+        blobs.append(blob)
+        objects.append(
+            {
+                "key": key,
+                "size": len(blob),
+                "etag": response["ETag"].strip('"'),
+                "version_id": None,
+                "sequencer": None,
+            }
+        )
+    return blobs, objects
+
+
+def parquet_keys(s3: Any, prefix: str) -> list[str]:
+    """List the Parquet objects under a prefix."""
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return [item["Key"] for item in listing if item["Key"].endswith(".parquet")]
+
+
+def read_parquet(s3: Any, keys: list[str]) -> pd.DataFrame:
+    """Read Parquet objects with boto3 + pyarrow into one DataFrame."""
+    tables = [
+        pq.read_table(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
+        for key in keys
+    ]
+    return pa.concat_tables(tables).to_pandas()
+
+
+def run_job(job: ModuleType, manifest_uri: str, output_uri: str) -> dict[str, Any]:
+    """Run the job's main the way its command line does."""
+    return job.main(job.parse_args(["--manifest", manifest_uri, "--output", output_uri]))
+
+
+@pytest.mark.usefixtures("sales_ray")
+def test_job_aggregates_manifest_objects_to_parquet_and_summary(
+    sales_s3: Any, sales_job: ModuleType
+) -> None:
+    # Given three generated CSVs (keys with a space, '+' and unicode) and their manifest
+    blobs, objects = upload_inputs(sales_s3)
+    manifest_uri = put_manifest(sales_s3, "job-e2e-1", objects)
+    output_uri = f"s3://{BUCKET}/outputs/sales-summary/job-e2e-1/"
+    expected, rows_in, rows_rejected = expected_aggregates(blobs)
+
+    # When the job runs on the local Ray cluster
+    summary = run_job(sales_job, manifest_uri, output_uri)
+
+    # Then the Parquet aggregates equal the independent reference computation
+    keys = parquet_keys(sales_s3, "outputs/sales-summary/job-e2e-1/aggregates/")
+    assert keys, "the job wrote no Parquet file"
+    actual = read_parquet(sales_s3, keys)
+    assert compare_aggregates(actual, expected) == []
+    assert len(expected) == 8
+
+    # And summary.json holds the counts, the output location and a timing
+    stored = json.loads(
+        sales_s3.get_object(Bucket=BUCKET, Key="outputs/sales-summary/job-e2e-1/summary.json")[
+            "Body"
+        ].read()
+    )
+    assert stored == summary
+    assert rows_in == 6_500 and rows_rejected > 0
+    assert {key: value for key, value in summary.items() if key != "seconds"} == {
+        "job_id": "job-e2e-1",
+        "rows_in": rows_in,
+        "rows_rejected": rows_rejected,
+        "rows_valid": rows_in - rows_rejected,
+        "rows_out": len(expected),
+        "output": f"{output_uri}aggregates/",
+    }
+    assert summary["seconds"] > 0
+
+
+@pytest.mark.usefixtures("sales_ray")
+def test_rerunning_the_job_replaces_its_aggregates(sales_s3: Any, sales_job: ModuleType) -> None:
+    # Given a job that already ran once
+    blobs, objects = upload_inputs(sales_s3)
+    manifest_uri = put_manifest(sales_s3, "job-e2e-rerun", objects)
+    output_uri = f"s3://{BUCKET}/outputs/sales-summary/job-e2e-rerun"
+    run_job(sales_job, manifest_uri, output_uri)
+
+    # When it runs again (e.g. a retry), with an output URI lacking the trailing slash
+    summary = run_job(sales_job, manifest_uri, output_uri)
+
+    # Then the aggregates are replaced, not appended to
+    keys = parquet_keys(sales_s3, "outputs/sales-summary/job-e2e-rerun/aggregates/")
+    assert len(keys) == 1
+    assert compare_aggregates(read_parquet(sales_s3, keys), expected_aggregates(blobs)[0]) == []
+    assert summary["output"] == f"{output_uri}/aggregates/"
+
+
+def test_empty_manifest_fails_the_job(sales_s3: Any, sales_job: ModuleType) -> None:
+    # Given a manifest that lists no objects
+    manifest_uri = put_manifest(sales_s3, "job-e2e-empty", [])
+
+    # When the job runs
+    # Then it fails with a clear ValueError and writes nothing
+    with pytest.raises(ValueError, match="lists no input objects"):
+        run_job(sales_job, manifest_uri, f"s3://{BUCKET}/outputs/sales-summary/job-e2e-empty/")
+    listing = sales_s3.list_objects_v2(Bucket=BUCKET, Prefix="outputs/sales-summary/job-e2e-empty/")
+    assert listing.get("KeyCount") == 0

@@ -86,21 +86,25 @@ class PipelinesConfig(_Strict):
     @model_validator(mode="after")
     def _no_overlaps(self) -> PipelinesConfig:
         names = [p.name for p in self.pipelines]
-        if len(set(names)) != len(names):
-            raise ValueError(f"pipeline names must be unique: {names}")
-        triggers = [p.trigger.prefix for p in self.pipelines]
-        written = [p.output_prefix for p in self.pipelines] + list(RESERVED_PREFIXES)
-        for trig in triggers:
-            for out in written:
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"pipelines.{i}.name: duplicate pipeline name {name!r}")
+        written = [(f"pipelines.{i}.output_prefix", p.output_prefix) for i, p in enumerate(self.pipelines)]
+        written += [("reserved", r) for r in RESERVED_PREFIXES]
+        for i, p in enumerate(self.pipelines):
+            trig = p.trigger.prefix
+            for where, out in written:
                 if trig.startswith(out) or out.startswith(trig):
                     raise ValueError(
-                        f"trigger prefix {trig!r} overlaps written prefix {out!r}: "
-                        "a job's own output would start new jobs"
+                        f"pipelines.{i}.trigger.prefix: {trig!r} overlaps {out!r} ({where}): "
+                        "a job's own writes would start new jobs"
                     )
-        for i, a in enumerate(triggers):
-            for b in triggers[i + 1 :]:
-                if a.startswith(b) or b.startswith(a):
-                    raise ValueError(f"trigger prefixes {a!r} and {b!r} overlap: one file would start two jobs")
+            for j, other in enumerate(self.pipelines[:i]):
+                if trig.startswith(other.trigger.prefix) or other.trigger.prefix.startswith(trig):
+                    raise ValueError(
+                        f"pipelines.{i}.trigger.prefix: {trig!r} overlaps pipelines.{j}.trigger.prefix "
+                        f"{other.trigger.prefix!r}: one file would start two jobs"
+                    )
         return self
 
     def get(self, name: str) -> Pipeline:
@@ -117,8 +121,10 @@ class PipelinesConfig(_Strict):
 def _describe(err: ValidationError, source: str) -> str:
     lines = [f"invalid config in {source}:"]
     for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {path}: {e['msg']}")
+        if e["loc"]:
+            lines.append(f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}")
+        else:  # a cross-field check: its message starts with the path it blames
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

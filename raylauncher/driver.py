@@ -238,9 +238,15 @@ class Driver:
     # -- helpers -----------------------------------------------------------------------------
 
     def _record(self, job: Job, target: JobStatus, **fields: Any) -> Job:
-        """Best-effort transition during teardown: if it cannot be written, say so and go on."""
+        """Best-effort transition during teardown: if it cannot be written, say so and go on.
+
+        Our in-memory copy may be one write behind (a signal can land between a store write
+        and the assignment of its result); this driver owns the job, so it re-reads once."""
         try:
-            return self._store.transition(job, target, **fields)
+            try:
+                return self._store.transition(job, target, **fields)
+            except TransitionConflict:
+                return self._store.transition(self._store.get(job.job_id), target, **fields)
         except RayLauncherError:
             log.exception("job %s: could not record %s", job.job_id, target)
             return job

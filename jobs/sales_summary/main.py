@@ -49,9 +49,11 @@ def s3_filesystem() -> pafs.S3FileSystem:
     if not endpoint:
         return pafs.S3FileSystem(region=region)
     url = urlparse(endpoint)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        raise ValueError(f"AWS_ENDPOINT_URL must look like http://host:port, got {endpoint!r}")
     return pafs.S3FileSystem(
         endpoint_override=url.netloc,
-        scheme=url.scheme or "https",
+        scheme=url.scheme,
         access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
         secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
         session_token=os.environ.get("AWS_SESSION_TOKEN"),
@@ -107,6 +109,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     started = time.perf_counter()
+    # partitioning=None: a key such as "incoming/day=1/x.csv" must not add a "day" column.
     ds = ray.data.read_csv(
         paths, filesystem=fs, partitioning=None, convert_options=convert_options
     )

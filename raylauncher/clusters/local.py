@@ -33,6 +33,13 @@ from raylauncher.model import Job
 
 log = logging.getLogger(__name__)
 
+#: Ray turns 127.0.0.1 into the machine's interface address unless told it is a one-machine
+#: "cluster"; this keeps every Ray process (and its clients) on loopback.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+#: Set in the environment of every process of a local cluster (value: the job id).
+CLUSTER_MARKER_ENV = "RAYLAUNCHER_LOCAL_CLUSTER"
+
 #: Prefix of every local cluster's temp dir: a test or a person can find our clusters by it.
 TEMP_DIR_PREFIX = "rl-"
 
@@ -50,30 +57,45 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _session_of(proc: psutil.Process) -> int | None:
+def _marker_of(proc: psutil.Process) -> str | None:
     try:
-        return os.getsid(proc.pid)
-    except (ProcessLookupError, PermissionError):
+        return proc.environ().get(CLUSTER_MARKER_ENV)
+    except psutil.Error:
         return None
 
 
-def session_processes(session_id: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose session id is `session_id`."""
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def cluster_processes(session_id: int, job_id: str) -> list[psutil.Process]:
+    """Live processes of one local cluster: its session, plus any process that carries the
+    cluster's marker but left the session (Ray runs a job's entrypoint under setsid)."""
     found = []
     for proc in psutil.process_iter():
         try:
-            if _session_of(proc) == session_id and proc.status() != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except psutil.NoSuchProcess:
+            in_session = os.getsid(proc.pid) == session_id
+        except OSError:
             continue
+        if (in_session or _marker_of(proc) == job_id) and _live(proc):
+            found.append(proc)
     return found
 
 
-def stop_session(session_id: int, grace_s: float) -> list[psutil.Process]:
-    """SIGTERM every process of the session, wait up to `grace_s`, SIGKILL the rest.
-    Returns the processes still alive afterwards (empty when the session is gone)."""
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
-        procs = session_processes(session_id)
+def leftover_processes() -> list[psutil.Process]:
+    """Live processes of any local cluster of ours, by the marker every Ray process inherits
+    from `ray start` (workers' command lines name nothing of ours)."""
+    return [p for p in psutil.process_iter() if _marker_of(p) is not None and _live(p)]
+
+
+def stop_cluster_processes(session_id: int, job_id: str, grace_s: float) -> list[psutil.Process]:
+    """SIGTERM every process of the cluster, wait up to `grace_s`, SIGKILL the rest.
+    Returns the processes still alive afterwards (empty when the cluster is gone)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):  # the last sweep catches late forks
+        procs = cluster_processes(session_id, job_id)
         if not procs:
             return []
         for proc in procs:
@@ -81,15 +103,8 @@ def stop_session(session_id: int, grace_s: float) -> list[psutil.Process]:
                 proc.send_signal(sig)
             except psutil.NoSuchProcess:
                 pass
-        psutil.wait_procs(procs, timeout=wait_s)
-    # A process may have forked while we were signalling: one last sweep, then report.
-    for proc in session_processes(session_id):
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    time.sleep(0.2)
-    return session_processes(session_id)
+        psutil.wait_procs(procs, timeout=grace_s)
+    return cluster_processes(session_id, job_id)
 
 
 class LocalRayBackend(ClusterBackend):
@@ -102,8 +117,13 @@ class LocalRayBackend(ClusterBackend):
         stop_grace_s: float = 5.0,
     ) -> None:
         self._log_dir = log_dir
-        # Token auth must never depend on files in a home directory (see shared NOTES).
-        self._env = {**base_env, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+        self._env = {
+            **base_env,
+            **LOOPBACK_ONLY_ENV,
+            # Token auth must never depend on files in a home directory (see shared NOTES).
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
         self._job_env = dict(job_env)
         self._ray_bin = ray_bin or str(Path(sys.executable).with_name("ray"))
         self._stop_grace_s = stop_grace_s
@@ -131,7 +151,7 @@ class LocalRayBackend(ClusterBackend):
         log_path = self._log_dir / f"{job.job_id}.ray-start.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env=self._env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cmd, env={**self._env, CLUSTER_MARKER_ENV: job.job_id}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
         self._clusters[job.job_id] = _LocalCluster(proc, proc.pid, temp_dir)
@@ -160,7 +180,7 @@ class LocalRayBackend(ClusterBackend):
             session_id, temp_dir = int(job.cluster["session_id"]), Path(job.cluster["temp_dir"])
         else:
             return  # nothing was started for this job
-        survivors = stop_session(session_id, self._stop_grace_s)
+        survivors = stop_cluster_processes(session_id, job.job_id, self._stop_grace_s)
         if cluster is not None:
             try:
                 cluster.process.wait(timeout=self._stop_grace_s)  # reap our direct child

@@ -65,8 +65,8 @@ def local_system(
     start_poller: bool = True,
 ) -> Iterator[LocalSystem]:
     """moto server + resources + the intake poller; environment restored on exit."""
-    if str(project_dir) not in sys.path:  # lambdas/ is deployed as code, not installed as a package
-        sys.path.insert(0, str(project_dir))
+    if str(PROJECT_DIR) not in sys.path:  # lambdas/ is deployed as code, not installed as a package
+        sys.path.insert(0, str(PROJECT_DIR))
     from lambdas.intake import handler as intake  # the deployed handler, unchanged
 
     saved = dict(os.environ)

@@ -7,6 +7,8 @@ S3 -> SQS notifications (queue_notification_configuration) — the very objects 
 from __future__ import annotations
 
 import json
+import logging
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,12 +32,15 @@ class MotoServer:
 
     def __init__(self) -> None:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self.endpoint_url = ""
 
     def start(self) -> MotoServer:
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
+        # moto keeps its accounts in process-wide state: a new server starts from a clean slate.
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST"), timeout=10)
         return self
 
     def stop(self) -> None:

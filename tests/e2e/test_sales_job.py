@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from moto.server import ThreadedMotoServer
+from raylauncher.local.stack import MotoServer
 
 from raylauncher.local.sample_data import (
     compare_aggregates,
@@ -38,11 +38,8 @@ INPUT_FILES = {
 @pytest.fixture(scope="module")
 def sales_s3_endpoint() -> Iterator[str]:
     """Run a moto S3 server on 127.0.0.1 and yield its endpoint URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with MotoServer() as server:
+        yield server.endpoint_url
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,146 @@
+"""Intake from a real S3 -> SQS notification (moto server), through the deployed Lambda handler."""
+
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from lambdas.intake import handler as intake_handler
+from raylauncher import aws
+from raylauncher.config import Settings, load_pipelines
+from raylauncher.local.poller import SqsPoller
+from raylauncher.local.stack import MAX_RECEIVE_COUNT, LocalResources, bootstrap
+from raylauncher.model import JobStatus, ReasonCode
+from raylauncher.store import DynamoJobStore
+from raylauncher.wiring import build_objects, build_store
+from tests.conftest import launcher_calls
+
+
+@pytest.fixture
+def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
+    """Resources created as the stack would, and the handler configured through its environment."""
+    resources = bootstrap(settings, load_pipelines(settings.pipelines_file))
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    intake_handler.service.cache_clear()
+    yield resources
+    intake_handler.service.cache_clear()
+
+
+def poller(settings: Settings, resources: LocalResources) -> SqsPoller:
+    sqs = aws.client("sqs", settings)
+    return SqsPoller(sqs, resources.queue_url, resources.queue_arn, settings.region, intake_handler.handler)
+
+
+def drain(p: SqsPoller, rounds: int = 4) -> None:
+    for _ in range(rounds):
+        p.poll_once(wait_s=0)
+
+
+def queue_depth(settings: Settings, url: str) -> int:
+    attrs = aws.client("sqs", settings).get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def manifests(store: DynamoJobStore, settings: Settings) -> dict[str, list[str]]:
+    objects = build_objects(settings)
+    return {j.job_id: [o["key"] for o in objects.get_json(j.manifest_key)["objects"]] for j in store.list_jobs()}
+
+
+def test_files_dropped_under_the_prefix_start_a_job(settings: Settings, intake_env: LocalResources) -> None:
+    # Given files with awkward names land under the trigger prefix, and one that does not match
+    s3 = aws.client("s3", settings)
+    keys = ["incoming/sales/daily report.csv", "incoming/sales/a+b.csv", "incoming/sales/région 日本.csv"]
+    for key in keys:
+        s3.put_object(Bucket=settings.bucket, Key=key, Body=b"order_id,region\n1,x\n")
+    s3.put_object(Bucket=settings.bucket, Key="incoming/sales/readme.txt", Body=b"not a csv")
+    # When the queue is polled into the deployed intake handler (the TestEvent included)
+    drain(poller(settings, intake_env))
+    # Then every matching object is in exactly one manifest, decoded exactly as stored
+    store = build_store(settings)
+    listed = [k for ks in manifests(store, settings).values() for k in ks]
+    assert sorted(listed) == sorted(keys)
+    # and each job was handed to the bastion with its id as the only argument
+    jobs = store.list_jobs()
+    assert all(j.status == JobStatus.LAUNCHING and j.trigger == "s3" for j in jobs)
+    assert sorted(launcher_calls(settings)) == sorted(f"driver start {j.job_id}" for j in jobs)
+    # and nothing is left on the queue
+    assert queue_depth(settings, intake_env.queue_url) == 0
+
+
+def test_a_poisoned_record_is_retried_then_dead_lettered_not_lost(settings: Settings, intake_env: LocalResources) -> None:
+    # Given a garbage message next to a real notification
+    sqs = aws.client("sqs", settings)
+    sqs.send_message(QueueUrl=intake_env.queue_url, MessageBody="{not an s3 event")
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/good.csv", Body=b"x")
+    p = poller(settings, intake_env)
+    # When the batch is handled
+    drain(p, rounds=2)
+    # Then the good record made its job, and the poisoned one is still on the queue (not deleted)
+    store = build_store(settings)
+    assert [ks for ks in manifests(store, settings).values()] == [["incoming/sales/good.csv"]]
+    assert queue_depth(settings, intake_env.queue_url) == 1
+    # When it keeps failing past maxReceiveCount, Then it lands in the dead-letter queue, intact
+    deadline = time.monotonic() + 30
+    while queue_depth(settings, intake_env.dlq_url) == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+        p.poll_once(wait_s=0)
+    dead = sqs.receive_message(QueueUrl=intake_env.dlq_url, AttributeNames=["All"])["Messages"]
+    assert [m["Body"] for m in dead] == ["{not an s3 event"]
+    assert int(dead[0]["Attributes"]["ApproximateReceiveCount"]) >= MAX_RECEIVE_COUNT
+    assert len(store.list_jobs()) == 1  # retries of the poison never made jobs
+
+
+def test_when_the_job_cannot_be_recorded_the_message_is_kept(
+    settings: Settings, intake_env: LocalResources
+) -> None:
+    # Given the job table is gone (the store fails)
+    aws.client("dynamodb", settings).delete_table(TableName=settings.table)
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/kept.csv", Body=b"x")
+    # When the batch is handled
+    drain(poller(settings, intake_env), rounds=1)
+    # Then the record was reported failed, so the queue still holds it for a retry
+    assert queue_depth(settings, intake_env.queue_url) == 1
+    assert launcher_calls(settings) == []
+
+
+def test_a_bastion_that_cannot_be_reached_fails_the_job_with_a_reason(
+    settings: Settings, intake_env: LocalResources, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a bastion whose command fails
+    broken = settings.model_copy(update={"launcher_bin": "/nonexistent/raylauncher"})
+    monkeypatch.setenv("RAYLAUNCHER_LAUNCHER_BIN", broken.launcher_bin)
+    intake_handler.service.cache_clear()
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/x.csv", Body=b"x")
+    # When the file is taken in
+    drain(poller(settings, intake_env), rounds=2)
+    # Then the job is recorded FAILED(LAUNCH_FAILED) with the bastion's words, and the input is
+    # kept in its manifest (the message is consumed: the job record is the trace)
+    (job,) = build_store(settings).list_jobs()
+    assert (job.status, job.reason_code) == (JobStatus.FAILED, ReasonCode.LAUNCH_FAILED)
+    assert "/nonexistent/raylauncher" in (job.reason_message or "")
+    assert manifests(build_store(settings), settings)[job.job_id] == ["incoming/sales/x.csv"]
+    assert queue_depth(settings, intake_env.queue_url) == 0
+
+
+def test_handler_reports_only_the_failed_item(settings: Settings, intake_env: LocalResources) -> None:
+    # Given a hand-made Lambda event: one poison record, one S3 test event
+    event = {
+        "Records": [
+            {"messageId": "m-poison", "receiptHandle": "r1", "body": "[]", "attributes": {},
+             "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+             "eventSourceARN": intake_env.queue_arn, "awsRegion": "us-east-1"},
+            {"messageId": "m-test", "receiptHandle": "r2",
+             "body": json.dumps({"Event": "s3:TestEvent"}), "attributes": {}, "messageAttributes": {},
+             "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": intake_env.queue_arn,
+             "awsRegion": "us-east-1"},
+        ]
+    }  # fmt: skip
+    from raylauncher.local.poller import LocalLambdaContext
+
+    # When the handler runs, Then only the poison is reported, and no job was made
+    assert intake_handler.handler(event, LocalLambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "m-poison"}]}
+    assert build_store(settings).list_jobs() == []

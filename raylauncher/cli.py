@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from raylauncher.config import Settings, load_pipelines
-from raylauncher.errors import ConfigError, InvalidJobId
+from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound
 from raylauncher.model import require_job_id
 
 
@@ -63,6 +63,16 @@ def cmd_driver_run(args: argparse.Namespace) -> int:
     return 0 if job.is_terminal else 1
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a job: at once if nothing was launched yet, else through its driver."""
+    from raylauncher.control import request_cancel
+    from raylauncher.wiring import build_store
+
+    job = request_cancel(build_store(_settings()), args.job_id)
+    print(json.dumps({"job_id": job.job_id, "status": job.status, "cancel_requested": job.cancel_requested}))
+    return 0
+
+
 def cmd_export_pipelines(args: argparse.Namespace) -> int:
     """Validate pipelines.yaml and write it as JSON (what the Lambdas read: no PyYAML there)."""
     config = load_pipelines(args.source)
@@ -91,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("job_id", type=_job_id)
     run.set_defaults(func=cmd_driver_run)
 
+    cancel = sub.add_parser("cancel", help="cancel a job (its cluster is torn down)")
+    cancel.add_argument("job_id", type=_job_id)
+    cancel.set_defaults(func=cmd_cancel)
+
     export = sub.add_parser("export-pipelines", help="validate pipelines.yaml and write JSON")
     export.add_argument("--source", default="pipelines.yaml")
     export.add_argument("--out", required=True)
@@ -111,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
+    except JobNotFound as err:
+        print(str(err), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

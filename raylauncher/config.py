@@ -54,11 +54,22 @@ class Entrypoint(_Strict):
         return value
 
 
+INSTANCE_TYPE_PATTERN = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
+
+
 class ClusterProfile(_Strict):
-    head_instance_type: str = "m6i.xlarge"
-    worker_instance_type: str = "m6i.2xlarge"
+    """The cluster a pipeline runs on. Defaults are the original walkthrough's."""
+
+    head_instance_type: str = Field(default="m6i.xlarge", pattern=INSTANCE_TYPE_PATTERN)
+    worker_instance_type: str = Field(default="m6i.2xlarge", pattern=INSTANCE_TYPE_PATTERN)
     min_workers: int = Field(default=4, ge=0)
     max_workers: int = Field(default=8, ge=0)
+    # Explicit resources keep config validation offline (no EC2 call to look them up).
+    head_cpus: int = Field(default=0, ge=0, description="0: the head does no data work")
+    worker_cpus: int = Field(default=8, ge=1, description="vCPUs of one worker (m6i.2xlarge: 8)")
+    spot_workers: bool = False
+    idle_timeout_minutes: int = Field(default=5, ge=1)
+    disk_gib: int = Field(default=100, ge=8)
     local_num_cpus: int = Field(default=2, ge=1, description="CPUs of the local single-node cluster")
 
     @model_validator(mode="after")
@@ -154,6 +165,44 @@ def load_pipelines(path: str | Path) -> PipelinesConfig:
     return parse_pipelines(data, str(path))
 
 
+class Ec2Deployment(_Strict):
+    """Where EC2 clusters go: written by the stack onto the bastion, never hard-coded per region."""
+
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    subnet_ids: tuple[str, ...] = Field(min_length=1)
+    security_group_ids: tuple[str, ...] = Field(min_length=1)
+    node_instance_profile_arn: str = Field(pattern=r"^arn:aws[a-z-]*:iam::\d{12}:instance-profile/.+$")
+    ami_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
+    ssh_user: str = "ubuntu"
+    ray_preinstalled: bool = False  # an AMI with the pinned Ray: skip the install on boot
+
+    @field_validator("subnet_ids")
+    @classmethod
+    def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(re.fullmatch(r"subnet-[0-9a-f]{8,17}", v) for v in value):
+            raise ValueError("every subnet id must look like subnet-0123456789abcdef0")
+        return value
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not all(re.fullmatch(r"sg-[0-9a-f]{8,17}", v) for v in value):
+            raise ValueError("every security group id must look like sg-0123456789abcdef0")
+        return value
+
+
+def load_ec2_deployment(path: str | Path) -> Ec2Deployment:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read EC2 deployment {path}: {err}") from None
+    try:
+        return Ec2Deployment.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, str(path))) from None
+
+
 ENV_PREFIX = "RAYLAUNCHER_"
 
 
@@ -174,7 +223,11 @@ class Settings(_Strict):
     detach: Literal["process", "systemd"] = "systemd"
     queue_url: str | None = None  # the local poller reads it
     poll_interval_s: float = Field(default=2.0, gt=0)
-    provisioning_timeout_s: int = Field(default=900, ge=5)
+    provisioning_timeout_s: int = Field(default=900, ge=5)  # ray up + head ready
+    teardown_timeout_s: int = Field(default=900, ge=5)  # all ray down attempts together
+    down_attempts: int = Field(default=5, ge=1)
+    ec2_deployment_file: str | None = None  # JSON (Ec2Deployment) written by the stack
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
 
     @model_validator(mode="after")
     def _bastion_needs_instance(self) -> Settings:

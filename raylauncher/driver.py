@@ -24,7 +24,9 @@ from typing import Any, Protocol
 from raylauncher.clusters.base import ClusterBackend, ClusterHandle
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import (
+    ProvisioningCancelled,
     ProvisioningFailed,
+    ProvisioningTimedOut,
     RayLauncherError,
     StorageError,
     TeardownFailed,
@@ -148,7 +150,7 @@ class Driver:
         with guard.installed():
             try:
                 pipeline = self._pipelines.get(job.pipeline)
-                handle = self._backend.up(job, pipeline, self._provisioning_timeout_s)
+                handle = self._backend.up(job, pipeline, self._provisioning_timeout_s, self._cancel_check(job_id))
                 job = self._store.heartbeat(job, cluster=handle.details)
                 client = self._jobs_client(handle.dashboard_url)
                 self._submit_once(client, job, pipeline, handle)
@@ -156,6 +158,11 @@ class Driver:
                 job, outcome = self._follow(client, job, pipeline)
             except DriverTerminated as sig:
                 outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {sig}")
+            except ProvisioningCancelled as err:
+                outcome = Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, str(err))
+            except ProvisioningTimedOut as err:
+                outcome = Outcome(JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT,
+                                  clip(f"provisioning deadline of {self._provisioning_timeout_s:.0f}s passed: {err}"))  # fmt: skip
             except ProvisioningFailed as err:
                 outcome = Outcome(JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED, clip(str(err)))
             except _SubmitFailed as err:
@@ -196,7 +203,10 @@ class Driver:
         """Poll Ray until the job ends or the run deadline passes."""
         deadline = time.monotonic() + pipeline.run_timeout_s
         last_beat = time.monotonic()
+        cancelled = self._cancel_check(job.job_id, every_s=0)
         while True:
+            if cancelled():
+                return job, Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, "cancel requested while the job ran")
             info = client.get_job_info(job.job_id)
             ray_status = _ray_status(info)
             if ray_status == "RUNNING" and job.status == JobStatus.SUBMITTED:
@@ -226,16 +236,32 @@ class Driver:
         summary = self._read_summary(job)
         final, reason_code, message = outcome.status, outcome.reason_code, outcome.message
         try:
-            self._backend.down(job)
+            attempts = self._backend.down(job)
         except Exception as err:  # noqa: BLE001 - whatever failed, the cluster may still be up
             log.exception("job %s: TEARDOWN FAILED, the cluster may still be running", job.job_id)
+            attempts = err.attempts if isinstance(err, TeardownFailed) else 1
             final, reason_code = JobStatus.TEARDOWN_FAILED, ReasonCode.TEARDOWN_FAILED
             message = clip(f"teardown failed ({type(err).__name__}: {err}); the job itself ended {outcome.status}"
                            + (f": {outcome.message}" if outcome.message else ""))  # fmt: skip
         return self._record(job, final, reason_code=reason_code, reason_message=message,
-                            logs_key=logs_key, summary=summary, teardown_attempts=1)  # fmt: skip
+                            logs_key=logs_key, summary=summary, teardown_attempts=attempts)  # fmt: skip
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _cancel_check(self, job_id: str, every_s: float = 2.0) -> Callable[[], bool]:
+        """A cheap `cancelled()` for polling loops: reads the job's flag at most every `every_s`."""
+        last = {"at": float("-inf"), "value": False}
+
+        def cancelled() -> bool:
+            if not last["value"] and time.monotonic() - last["at"] >= every_s:
+                last["at"] = time.monotonic()
+                try:
+                    last["value"] = self._store.get(job_id).cancel_requested
+                except RayLauncherError:
+                    log.warning("job %s: could not read the cancel flag", job_id, exc_info=True)
+            return bool(last["value"])
+
+        return cancelled
 
     def _record(self, job: Job, target: JobStatus, **fields: Any) -> Job:
         """Best-effort transition during teardown: if it cannot be written, say so and go on.

@@ -72,5 +72,17 @@ class ProvisioningFailed(RayLauncherError):
     """The cluster did not come up (the message carries the tail of what the launcher said)."""
 
 
+class ProvisioningTimedOut(ProvisioningFailed):
+    """The cluster was not up before the provisioning deadline; the launcher was stopped."""
+
+
+class ProvisioningCancelled(ProvisioningFailed):
+    """A cancel was requested while the cluster was coming up; the launcher was stopped."""
+
+
 class TeardownFailed(RayLauncherError):
-    """The cluster could not be verified gone."""
+    """The cluster could not be verified gone after `attempts` tries."""
+
+    def __init__(self, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts

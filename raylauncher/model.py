@@ -10,7 +10,7 @@ import re
 import secrets
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -60,10 +60,12 @@ class ReasonCode(StrEnum):
 
     LAUNCH_FAILED = "LAUNCH_FAILED"  # the bastion could not be asked to run the driver
     PROVISIONING_FAILED = "PROVISIONING_FAILED"  # the cluster did not come up
+    PROVISIONING_TIMEOUT = "PROVISIONING_TIMEOUT"  # not up before the provisioning deadline
     SUBMIT_FAILED = "SUBMIT_FAILED"  # the Ray Jobs API refused the job
     RAY_JOB_FAILED = "RAY_JOB_FAILED"  # the entrypoint failed; the message is Ray's
     RAY_JOB_STOPPED = "RAY_JOB_STOPPED"  # somebody stopped the Ray job
     RUN_TIMEOUT = "RUN_TIMEOUT"  # the pipeline's run deadline passed
+    CANCEL_REQUESTED = "CANCEL_REQUESTED"  # somebody asked for the job to be cancelled
     DRIVER_TERMINATED = "DRIVER_TERMINATED"  # the driver got SIGTERM/SIGINT
     DRIVER_ERROR = "DRIVER_ERROR"  # an unexpected error in the driver
     TEARDOWN_FAILED = "TEARDOWN_FAILED"  # the cluster could not be verified gone
@@ -104,7 +106,7 @@ class Job(BaseModel):
 
     job_id: str = Field(pattern=JOB_ID_PATTERN.pattern)
     pipeline: str
-    trigger: str  # "s3" (later: "api", "schedule")
+    trigger: Literal["s3", "api", "schedule"]
     status: JobStatus = JobStatus.QUEUED
     version: int = 0  # bumped by every transition; part of every transition's condition
     created_at: str
@@ -120,6 +122,7 @@ class Job(BaseModel):
     pending_outcome: JobStatus | None = None  # decided before TEARING_DOWN, applied after
     cluster: dict[str, Any] | None = None  # what the backend needs to find the cluster again
     heartbeat_at: str | None = None
+    cancel_requested: bool = False  # the driver polls it; a QUEUED job is cancelled at once
     teardown_attempts: int = 0
     summary: dict[str, Any] | None = None  # the Ray job's own summary, when it wrote one
 

@@ -64,8 +64,13 @@ class JobStore(ABC):
         """
 
     @abstractmethod
+    def mark(self, job: Job, **fields: Any) -> Job:
+        """Set fields without changing status or version, iff the job is still at `job.status`
+        (TransitionConflict otherwise)."""
+
     def heartbeat(self, job: Job, **fields: Any) -> Job:
-        """Record liveness (and e.g. Ray's status) without changing status; conditional on status."""
+        """Record liveness (and e.g. Ray's status) without changing status."""
+        return self.mark(job, heartbeat_at=iso(utc_now()), **fields)
 
 
 _ser = TypeSerializer()
@@ -153,12 +158,10 @@ class DynamoJobStore(JobStore):
             condition="#status = :from AND #version = :expected_version",
         )
 
-    def heartbeat(self, job: Job, **fields: Any) -> Job:
-        now = iso(utc_now())
+    def mark(self, job: Job, **fields: Any) -> Job:
         names = {"#status": "status"}
-        values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(now)}
-        sets = ["heartbeat_at = :now"]
-        return self._update(job, fields, names, values, sets, condition="#status = :from")
+        values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(iso(utc_now()))}
+        return self._update(job, fields, names, values, ["updated_at = :now"], condition="#status = :from")
 
     def _update(
         self,

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from raylauncher import aws
 from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
-from raylauncher.config import Settings, load_pipelines
+from raylauncher.config import Settings, load_ec2_deployment, load_pipelines
+from raylauncher.errors import ConfigError
 from raylauncher.intake import IntakeService
 from raylauncher.objects import S3ObjectStore
 from raylauncher.store import DynamoJobStore
@@ -44,6 +45,7 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
     """The driver with its cluster backend. Imports Ray, so never on a Lambda's import path."""
     from ray.job_submission import JobSubmissionClient
 
+    from raylauncher.clusters.base import ClusterBackend
     from raylauncher.driver import Driver
 
     if settings.cluster_backend == "local":
@@ -53,9 +55,22 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             if os.environ.get(key):
                 job_env[key] = os.environ[key]
-        backend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env)
+        backend: ClusterBackend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env)
     else:
-        raise NotImplementedError("the EC2 backend (ray up / ray down) is not built yet")
+        from raylauncher.clusters.ec2 import Ec2ClusterInstances, Ec2RayBackend
+
+        if not settings.ec2_deployment_file:
+            raise ConfigError("RAYLAUNCHER_EC2_DEPLOYMENT_FILE is required when the cluster backend is 'ec2'")
+        backend = Ec2RayBackend(
+            load_ec2_deployment(settings.ec2_deployment_file),
+            Path(settings.state_dir) / "clusters",
+            {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            ray_bin=str(Path(sys.executable).with_name("ray")),
+            dashboard_port=settings.dashboard_port,
+            teardown_timeout_s=settings.teardown_timeout_s,
+            down_attempts=settings.down_attempts,
+            instances_left=Ec2ClusterInstances(aws.client("ec2", settings)),
+        )
     return Driver(
         store=build_store(settings),
         objects=build_objects(settings),

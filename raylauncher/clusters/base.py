@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
+import urllib.error
+import urllib.request
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from raylauncher.config import Pipeline
+from raylauncher.errors import ProvisioningCancelled, ProvisioningFailed, ProvisioningTimedOut
 from raylauncher.model import Job
+
+Cancelled = Callable[[], bool]
 
 
 @dataclass(frozen=True)
@@ -23,17 +30,43 @@ class ClusterHandle:
 
 class ClusterBackend(ABC):
     @abstractmethod
-    def up(self, job: Job, pipeline: Pipeline, timeout_s: float) -> ClusterHandle:
+    def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
         """Bring the job's cluster up and wait until its Jobs API answers.
 
-        Raises ProvisioningFailed (with what the launcher said) if it does not come up in time.
-        Whatever happens, `down(job)` afterwards removes whatever was started.
+        Raises ProvisioningFailed (with what the launcher said), ProvisioningTimedOut (not up
+        within `timeout_s`) or ProvisioningCancelled (`cancelled()` turned true). Whatever
+        happens, `down(job)` afterwards removes whatever was started.
         """
 
     @abstractmethod
-    def down(self, job: Job) -> None:
-        """Remove everything `up` started for this job, and check it is gone.
+    def down(self, job: Job) -> int:
+        """Remove everything `up` started for this job and check it is gone; returns the number
+        of teardown attempts (0 when nothing had been started).
 
         Safe to call when `up` failed half-way or never ran. Raises TeardownFailed if the
         cluster cannot be verified gone.
         """
+
+
+def jobs_api_answers(dashboard_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=2) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def wait_for_jobs_api(
+    dashboard_url: str, deadline: float, cancelled: Cancelled, gave_up: Callable[[], str | None]
+) -> None:
+    """Poll the Jobs API until it answers. `gave_up()` returns a reason when the launcher died.
+    Raises ProvisioningTimedOut / ProvisioningCancelled, or ProvisioningFailed via `gave_up`."""
+    while not jobs_api_answers(dashboard_url):
+        reason = gave_up()
+        if reason:
+            raise ProvisioningFailed(reason)
+        if cancelled():
+            raise ProvisioningCancelled("cancel requested while the cluster was coming up")
+        if time.monotonic() > deadline:
+            raise ProvisioningTimedOut(f"the Jobs API at {dashboard_url} did not answer before the provisioning deadline")
+        time.sleep(0.5)

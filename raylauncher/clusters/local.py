@@ -9,26 +9,21 @@ that none is left. Never `ray stop`: it stops every Ray on the machine.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
-from raylauncher.clusters.base import ClusterBackend, ClusterHandle
+from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
+from raylauncher.clusters.processes import MARKER_ENV, stop_processes
 from raylauncher.config import Pipeline
-from raylauncher.errors import ProvisioningFailed, TeardownFailed
+from raylauncher.errors import TeardownFailed
 from raylauncher.model import Job
 
 log = logging.getLogger(__name__)
@@ -37,10 +32,7 @@ log = logging.getLogger(__name__)
 #: "cluster"; this keeps every Ray process (and its clients) on loopback.
 LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
-#: Set in the environment of every process of a local cluster (value: the job id).
-CLUSTER_MARKER_ENV = "RAYLAUNCHER_LOCAL_CLUSTER"
-
-#: Prefix of every local cluster's temp dir: a test or a person can find our clusters by it.
+#: Prefix of every local cluster's temp dir (short: Ray's unix sockets live under it).
 TEMP_DIR_PREFIX = "rl-"
 
 
@@ -55,56 +47,6 @@ def free_port() -> int:
     with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _marker_of(proc: psutil.Process) -> str | None:
-    try:
-        return proc.environ().get(CLUSTER_MARKER_ENV)
-    except psutil.Error:
-        return None
-
-
-def _live(proc: psutil.Process) -> bool:
-    try:
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def cluster_processes(session_id: int, job_id: str) -> list[psutil.Process]:
-    """Live processes of one local cluster: its session, plus any process that carries the
-    cluster's marker but left the session (Ray runs a job's entrypoint under setsid)."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            in_session = os.getsid(proc.pid) == session_id
-        except OSError:
-            continue
-        if (in_session or _marker_of(proc) == job_id) and _live(proc):
-            found.append(proc)
-    return found
-
-
-def leftover_processes() -> list[psutil.Process]:
-    """Live processes of any local cluster of ours, by the marker every Ray process inherits
-    from `ray start` (workers' command lines name nothing of ours)."""
-    return [p for p in psutil.process_iter() if _marker_of(p) is not None and _live(p)]
-
-
-def stop_cluster_processes(session_id: int, job_id: str, grace_s: float) -> list[psutil.Process]:
-    """SIGTERM every process of the cluster, wait up to `grace_s`, SIGKILL the rest.
-    Returns the processes still alive afterwards (empty when the cluster is gone)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGKILL):  # the last sweep catches late forks
-        procs = cluster_processes(session_id, job_id)
-        if not procs:
-            return []
-        for proc in procs:
-            try:
-                proc.send_signal(sig)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(procs, timeout=grace_s)
-    return cluster_processes(session_id, job_id)
 
 
 class LocalRayBackend(ClusterBackend):
@@ -129,8 +71,9 @@ class LocalRayBackend(ClusterBackend):
         self._stop_grace_s = stop_grace_s
         self._clusters: dict[str, _LocalCluster] = {}
 
-    def up(self, job: Job, pipeline: Pipeline, timeout_s: float) -> ClusterHandle:
-        temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX, dir="/tmp"))  # short: Ray's sockets live here
+    def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
+        deadline = time.monotonic() + timeout_s
+        temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX, dir="/tmp"))
         gcs_port, dashboard_port = free_port(), free_port()
         cmd = [
             self._ray_bin, "start", "--head", "--block",
@@ -151,19 +94,17 @@ class LocalRayBackend(ClusterBackend):
         log_path = self._log_dir / f"{job.job_id}.ray-start.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env={**self._env, CLUSTER_MARKER_ENV: job.job_id}, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                cmd, env={**self._env, MARKER_ENV: job.job_id}, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self._clusters[job.job_id] = _LocalCluster(proc, proc.pid, temp_dir)
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         log.info("job %s: local ray head starting (session %d, %s)", job.job_id, proc.pid, dashboard_url)
-        deadline = time.monotonic() + timeout_s
-        while not _answers(f"{dashboard_url}/api/jobs/"):
-            if proc.poll() is not None:
-                raise ProvisioningFailed(f"ray start exited {proc.returncode}: {_tail(log_path)}")
-            if time.monotonic() > deadline:
-                raise ProvisioningFailed(f"local Ray head not ready after {timeout_s:.0f}s: {_tail(log_path)}")
-            time.sleep(0.25)
+
+        def died() -> str | None:
+            return None if proc.poll() is None else f"ray start exited {proc.returncode}: {_tail(log_path)}"
+
+        wait_for_jobs_api(dashboard_url, deadline, cancelled, died)
         return ClusterHandle(
             name=f"local-{job.job_id}",
             dashboard_url=dashboard_url,
@@ -172,15 +113,15 @@ class LocalRayBackend(ClusterBackend):
             details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir)},
         )
 
-    def down(self, job: Job) -> None:
+    def down(self, job: Job) -> int:
         cluster = self._clusters.pop(job.job_id, None)
         if cluster is not None:
             session_id, temp_dir = cluster.session_id, cluster.temp_dir
         elif job.cluster and job.cluster.get("backend") == "local":  # a driver restarted after a crash
             session_id, temp_dir = int(job.cluster["session_id"]), Path(job.cluster["temp_dir"])
         else:
-            return  # nothing was started for this job
-        survivors = stop_cluster_processes(session_id, job.job_id, self._stop_grace_s)
+            return 0  # nothing was started for this job
+        survivors = stop_processes(session_id, job.job_id, self._stop_grace_s)
         if cluster is not None:
             try:
                 cluster.process.wait(timeout=self._stop_grace_s)  # reap our direct child
@@ -193,14 +134,7 @@ class LocalRayBackend(ClusterBackend):
             )
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.info("job %s: local ray cluster (session %d) stopped", job.job_id, session_id)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback only
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+        return 1
 
 
 def _tail(path: Path, limit: int = 1500) -> str:

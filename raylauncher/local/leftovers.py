@@ -2,7 +2,7 @@
 
 import sys
 
-from raylauncher.clusters.local import leftover_processes
+from raylauncher.clusters.processes import leftover_processes
 
 
 def main() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from raylauncher.clusters.local import cluster_processes, leftover_processes
+from raylauncher.clusters.processes import leftover_processes, processes_of
 from raylauncher.local.demo import upload_sample_files, verify_job_output
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
 from raylauncher.model import Job, JobStatus, ReasonCode
@@ -32,7 +32,7 @@ def all_terminal(jobs: list[Job]) -> bool:
 
 def assert_torn_down(job: Job) -> None:
     assert job.cluster and job.cluster["backend"] == "local"
-    assert cluster_processes(int(job.cluster["session_id"]), job.job_id) == []
+    assert processes_of(int(job.cluster["session_id"]), job.job_id) == []
     assert not Path(job.cluster["temp_dir"]).exists()
     assert leftover_processes() == []
 

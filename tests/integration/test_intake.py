@@ -20,7 +20,7 @@ from tests.conftest import launcher_calls
 @pytest.fixture
 def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
     """Resources created as the stack would, and the handler configured through its environment."""
-    resources = bootstrap(settings, load_pipelines(settings.pipelines_file))
+    resources = bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
     intake_handler.service.cache_clear()

@@ -1,0 +1,164 @@
+"""EC2 backend: the Ray cluster launcher, as the original walkthrough runs it from the bastion.
+
+up:   render cluster.yaml for this job → validate it with Ray's schema → `ray up -y
+      --no-config-cache` under the provisioning deadline → `ray get-head-ip` → wait for the
+      Jobs API at http://<head>:8265.
+down: `ray down -y` retried under the teardown deadline, then (when an instance checker is
+      given) verify by tag that no instance of the cluster is left — `ray down` can exit 0
+      without having stopped everything. If `up` failed or timed out, `down` still runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from pathlib import Path
+
+from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
+from raylauncher.clusters.ec2_config import (
+    cluster_name,
+    pinned_ray_version,
+    render_cluster_config,
+    validate_with_ray,
+    write_cluster_config,
+)
+from raylauncher.clusters.processes import run_cli
+from raylauncher.config import Ec2Deployment, Pipeline
+from raylauncher.errors import (
+    ConfigError,
+    ProvisioningCancelled,
+    ProvisioningFailed,
+    ProvisioningTimedOut,
+    TeardownFailed,
+)
+from raylauncher.model import Job, utc_now
+
+log = logging.getLogger(__name__)
+
+#: cluster name -> ids of its instances that are not terminated (see Ec2ClusterInstances)
+InstanceChecker = Callable[[str], list[str]]
+
+
+class Ec2RayBackend(ClusterBackend):
+    def __init__(
+        self,
+        deployment: Ec2Deployment,
+        config_dir: Path,
+        env: Mapping[str, str],
+        *,
+        ray_bin: str = "ray",
+        dashboard_port: int = 8265,
+        head_python: str = "python",
+        run_timeout_margin_s: float = 3600,
+        teardown_timeout_s: float = 900,
+        down_attempts: int = 5,
+        down_retry_delay_s: float = 15,
+        instances_left: InstanceChecker | None = None,
+    ) -> None:
+        self._deployment = deployment
+        self._config_dir = config_dir
+        self._env = dict(env)
+        self._ray_bin = ray_bin
+        self._dashboard_port = dashboard_port
+        self._head_python = head_python
+        self._margin_s = run_timeout_margin_s
+        self._teardown_timeout_s = teardown_timeout_s
+        self._down_attempts = down_attempts
+        self._down_retry_delay_s = down_retry_delay_s
+        self._instances_left = instances_left
+
+    def config_path(self, job_id: str) -> Path:
+        return self._config_dir / f"{job_id}.yaml"
+
+    def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
+        deadline = time.monotonic() + timeout_s
+        # Nodes carry an expiry tag: the reaper terminates anything still up after it.
+        expires_at = utc_now() + timedelta(seconds=timeout_s + pipeline.run_timeout_s + self._margin_s)
+        config = render_cluster_config(
+            job, pipeline, self._deployment, ray_version=pinned_ray_version(), expires_at=expires_at
+        )
+        try:
+            validate_with_ray(config)
+        except ConfigError as err:
+            raise ProvisioningFailed(f"the rendered cluster config is invalid: {err}") from None
+        self._config_dir.mkdir(parents=True, exist_ok=True)
+        path = write_cluster_config(config, self.config_path(job.job_id))
+
+        result = run_cli(
+            [self._ray_bin, "up", "-y", "--no-config-cache", str(path)],
+            deadline - time.monotonic(), self._env, job.job_id, should_stop=cancelled,
+        )  # fmt: skip
+        if result.interrupted:
+            raise ProvisioningCancelled("cancel requested while `ray up` ran; it was stopped")
+        if result.timed_out:
+            raise ProvisioningTimedOut(f"`ray up` was still running at the deadline and was stopped: {result.stderr_tail}")
+        if not result.ok:
+            raise ProvisioningFailed(f"`ray up` {result.describe()}")
+
+        ip = self._head_ip(path, deadline, job.job_id)
+        dashboard_url = f"http://{ip}:{self._dashboard_port}"
+        wait_for_jobs_api(dashboard_url, deadline, cancelled, lambda: None)
+        log.info("job %s: cluster %s is up, head %s", job.job_id, config["cluster_name"], ip)
+        return ClusterHandle(
+            name=str(config["cluster_name"]),
+            dashboard_url=dashboard_url,
+            python=self._head_python,
+            details={"backend": "ec2", "cluster_name": config["cluster_name"], "config_path": str(path), "head_ip": ip},
+        )
+
+    def _head_ip(self, path: Path, deadline: float, job_id: str) -> str:
+        result = run_cli(
+            [self._ray_bin, "get-head-ip", str(path)], min(120.0, deadline - time.monotonic()), self._env, job_id
+        )
+        if result.timed_out:
+            raise ProvisioningTimedOut(f"`ray get-head-ip` {result.describe()}")
+        lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+        try:
+            if not result.ok or not lines:
+                raise ValueError
+            return str(ipaddress.ip_address(lines[-1]))
+        except ValueError:
+            raise ProvisioningFailed(f"`ray get-head-ip` gave no head address: {result.describe()}") from None
+
+    def down(self, job: Job) -> int:
+        path = self.config_path(job.job_id)
+        if not path.exists():
+            return 0  # `ray up` never ran for this job: nothing can exist
+        name = cluster_name(job.job_id)
+        deadline = time.monotonic() + self._teardown_timeout_s
+        attempts, last_problem = 0, ""
+        while attempts < self._down_attempts and time.monotonic() < deadline:
+            attempts += 1
+            result = run_cli([self._ray_bin, "down", "-y", str(path)], deadline - time.monotonic(), self._env, job.job_id)
+            if not result.ok:
+                last_problem = f"`ray down` {result.describe()}"
+            else:
+                left = self._instances_left(name) if self._instances_left else []
+                if not left:
+                    log.info("job %s: cluster %s is down (attempt %d)", job.job_id, name, attempts)
+                    return attempts
+                last_problem = f"`ray down` exited 0 but instances are still up: {', '.join(left)}"
+            log.warning("job %s: teardown attempt %d failed: %s", job.job_id, attempts, last_problem)
+            time.sleep(max(0.0, min(self._down_retry_delay_s, deadline - time.monotonic())))
+        raise TeardownFailed(f"cluster {name} not verified down after {attempts} attempt(s): {last_problem}", attempts)
+
+
+class Ec2ClusterInstances:
+    """Verifies teardown independently of `ray down`'s exit code: instances by the launcher's tag."""
+
+    ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+    def __init__(self, ec2_client: object) -> None:
+        self._ec2 = ec2_client
+
+    def __call__(self, name: str) -> list[str]:
+        pages = self._ec2.get_paginator("describe_instances").paginate(  # type: ignore[attr-defined]
+            Filters=[
+                {"Name": "tag:ray-cluster-name", "Values": [name]},
+                {"Name": "instance-state-name", "Values": self.ALIVE_STATES},
+            ]
+        )
+        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]

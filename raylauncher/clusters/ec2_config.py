@@ -1,0 +1,195 @@
+"""A job's Ray cluster launcher config for EC2, and its offline validation with Ray's own checks.
+
+The base is templates/cluster.yaml (plain YAML). Per-job values are filled into the parsed dict,
+so no value is ever parsed as YAML; the only values that reach a node's shell are the two
+package versions, each checked against a strict pattern first. Ray is imported only by
+`validate_with_ray`, and neither that nor rendering calls AWS.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from raylauncher.config import Ec2Deployment, Pipeline
+from raylauncher.errors import ConfigError
+from raylauncher.model import Job, iso, require_job_id
+
+TEMPLATE = Path(__file__).with_name("templates") / "cluster.yaml"
+HEAD_TYPE = "ray.head.default"
+WORKER_TYPE = "ray.worker.default"
+CLUSTER_NAME_PREFIX = "rl-"
+TAG_PREFIX = "raylauncher:"
+ROOT_DEVICE = "/dev/sda1"  # the root device of Ubuntu AMIs
+
+_VERSION = re.compile(r"\d+\.\d+\.\d+")
+_SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+
+
+def cluster_name(job_id: str) -> str:
+    """The Ray cluster name of a job: one cluster per job, found again by this name."""
+    return CLUSTER_NAME_PREFIX + require_job_id(job_id)
+
+
+def pinned_ray_version() -> str:
+    """The Ray installed with the launcher (pyproject pins it): bastion, head and workers share it."""
+    return importlib.metadata.version("ray")
+
+
+def pinned_boto3_version() -> str:
+    """The boto3 installed with the launcher; the head's autoscaler gets the same one."""
+    return importlib.metadata.version("boto3")
+
+
+def _checked_version(name: str, value: str) -> str:
+    if not _VERSION.fullmatch(value):
+        raise ValueError(f"{name} {value!r} must be a plain release like 2.60.0")
+    return value
+
+
+def _tags(job: Job, pipeline: Pipeline, expires_at: datetime) -> list[dict[str, str]]:
+    values = {
+        "job-id": job.job_id,
+        "pipeline": pipeline.name,
+        "trigger": job.trigger,
+        "expires-at": iso(expires_at),
+    }
+    return [{"Key": TAG_PREFIX + key, "Value": value} for key, value in values.items()]
+
+
+def _node_config(
+    instance_type: str, deployment: Ec2Deployment, disk_gib: int, tags: list[dict[str, str]], *, spot: bool
+) -> dict[str, Any]:
+    # Fresh lists and dicts on every call: shared objects would become YAML anchors and aliases.
+    node_config: dict[str, Any] = {
+        "InstanceType": instance_type,
+        "ImageId": deployment.ami_id,
+        "SubnetIds": list(deployment.subnet_ids),
+        "SecurityGroupIds": list(deployment.security_group_ids),
+        "IamInstanceProfile": {"Arn": deployment.node_instance_profile_arn},
+        "MetadataOptions": {"HttpTokens": "required"},
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": ROOT_DEVICE,
+                "Ebs": {"VolumeSize": disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True},
+            }
+        ],
+        "TagSpecifications": [{"ResourceType": kind, "Tags": copy.deepcopy(tags)} for kind in ("instance", "volume")],
+    }
+    if spot:
+        node_config["InstanceMarketOptions"] = {"MarketType": "spot"}
+    return node_config
+
+
+def _setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool) -> tuple[list[str], list[str]]:
+    """(setup_commands for every node, head_setup_commands): install or check the pinned packages."""
+    if preinstalled:
+        check = f"python -c \"import ray; assert ray.__version__ == '{ray_version}', ray.__version__\""
+        return [check], ['python -c "import boto3"']
+    return [f"pip install 'ray[default,data]=={ray_version}'"], [f"pip install 'boto3=={boto3_version}'"]
+
+
+def render_cluster_config(
+    job: Job,
+    pipeline: Pipeline,
+    deployment: Ec2Deployment,
+    *,
+    ray_version: str,
+    expires_at: datetime,
+    boto3_version: str | None = None,
+) -> dict[str, Any]:
+    """The launcher config of `job`'s cluster (a new dict; `write_cluster_config` saves it).
+
+    `expires_at` (timezone-aware) is tagged on every instance and volume for the reaper;
+    `boto3_version` defaults to the one installed here. Raises ValueError on a bad argument.
+    """
+    import yaml
+
+    if job.pipeline != pipeline.name:
+        raise ValueError(f"job {job.job_id} belongs to pipeline {job.pipeline!r}, not {pipeline.name!r}")
+    if expires_at.utcoffset() is None:
+        raise ValueError("expires_at must be timezone-aware")
+    if not _SSH_USER.fullmatch(deployment.ssh_user):
+        raise ValueError(f"ssh_user {deployment.ssh_user!r} is not a plain user name")
+    ray_version = _checked_version("ray_version", ray_version)
+    boto3_version = _checked_version("boto3_version", pinned_boto3_version() if boto3_version is None else boto3_version)
+    profile = pipeline.cluster
+    tags = _tags(job, pipeline, expires_at)
+
+    config: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
+    config["cluster_name"] = cluster_name(job.job_id)
+    config["max_workers"] = profile.max_workers
+    config["idle_timeout_minutes"] = profile.idle_timeout_minutes
+    config["provider"]["region"] = deployment.region
+    config["auth"]["ssh_user"] = deployment.ssh_user
+    # Explicit resources: `ray up` would otherwise need EC2's answer (DescribeInstanceTypes) to
+    # pass validation, and a head with CPU 0 runs no tasks.
+    head = config["available_node_types"][HEAD_TYPE]
+    head["resources"] = {"CPU": profile.head_cpus}
+    head["node_config"] = _node_config(profile.head_instance_type, deployment, profile.disk_gib, tags, spot=False)
+    worker = config["available_node_types"][WORKER_TYPE]
+    worker["min_workers"] = profile.min_workers
+    worker["max_workers"] = profile.max_workers
+    worker["resources"] = {"CPU": profile.worker_cpus}
+    worker["node_config"] = _node_config(
+        profile.worker_instance_type, deployment, profile.disk_gib, tags, spot=profile.spot_workers
+    )
+    config["setup_commands"], config["head_setup_commands"] = _setup_commands(
+        ray_version, boto3_version, preinstalled=deployment.ray_preinstalled
+    )
+    return config
+
+
+def write_cluster_config(config: dict[str, Any], path: Path) -> Path:
+    """Write `config` as YAML, readable by its owner only (mode 0600, also when `path` existed)."""
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)
+        out.write(text)
+    return path
+
+
+def _check_product_rules(config: dict[str, Any]) -> None:
+    """What Ray accepts but an ephemeral cluster in a private subnet must not have."""
+    if config["provider"].get("cache_stopped_nodes", True) is not False:
+        raise ConfigError(
+            "invalid cluster config at provider.cache_stopped_nodes: must be false (terminate, never stop)"
+        )
+    for name, node_type in config["available_node_types"].items():
+        for key in ("SubnetIds", "SecurityGroupIds"):
+            if not node_type["node_config"].get(key):
+                raise ConfigError(
+                    f"invalid cluster config at available_node_types.{name}.node_config.{key}: must list at "
+                    "least one id (left out, Ray picks or creates its own; empty, EC2 uses the VPC default)"
+                )
+
+
+def validate_with_ray(config: dict[str, Any]) -> dict[str, Any]:
+    """Run Ray's own offline checks (those `ray up` runs before calling AWS), then the product's.
+
+    Returns the config as Ray prepared it (its AWS defaults merged in, setup commands merged
+    per node kind). Raises ConfigError naming the bad field. Starts no Ray process, calls no AWS.
+    """
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        prepared = prepare_config(copy.deepcopy(config))
+        validate_config(prepared)
+    except jsonschema.ValidationError as err:
+        where = ".".join(str(part) for part in err.absolute_path) or "<top level>"
+        raise ConfigError(f"invalid cluster config at {where}: {err.message}") from None
+    except KeyError as err:
+        raise ConfigError(f"invalid cluster config: missing field {err.args[0]!r}") from None
+    except (ValueError, TypeError, NotImplementedError, RuntimeError) as err:
+        raise ConfigError(f"invalid cluster config: {err}") from None
+    _check_product_rules(prepared)
+    return prepared

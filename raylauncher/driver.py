@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from raylauncher.clusters.base import ClusterBackend, ClusterHandle
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import (
+    IllegalTransition,
     ProvisioningCancelled,
     ProvisioningFailed,
     ProvisioningTimedOut,
@@ -140,9 +141,10 @@ class Driver:
         job = self._store.get(job_id)
         try:
             job = self._store.transition(job, JobStatus.PROVISIONING)
-        except TransitionConflict as err:
-            log.warning("job %s is not ours to run (status %s); leaving it alone", job_id, err.actual)
-            return self._store.get(job_id)
+        except (IllegalTransition, TransitionConflict):
+            job = self._store.get(job_id)
+            log.warning("job %s is not ours to run (status %s); leaving it alone", job_id, job.status)
+            return job
 
         guard = SignalGuard()
         outcome: Outcome | None = None

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from moto.server import ThreadedMotoServer
+from werkzeug.serving import make_server
 
 from raylauncher import aws
 from raylauncher.config import PipelinesConfig, Settings
@@ -27,11 +30,35 @@ LOCAL_VISIBILITY_TIMEOUT_S = 2
 FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
 
+class _AtomicDynamoDB:
+    """WSGI wrapper: one DynamoDB request at a time. moto serves requests on many threads and
+    does not make a conditional write atomic, so two racing writers could both "win" — real
+    DynamoDB never lets that happen. Other services stay concurrent (SQS long polls)."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            return self._app(environ, start_response)
+        with self._lock:
+            return list(self._app(environ, start_response))
+
+
+class _LoopbackMotoServer(ThreadedMotoServer):
+    def _server_entry(self) -> None:  # moto 5.2's own, with the DynamoDB wrapper around the app
+        app = _AtomicDynamoDB(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 class MotoServer:
     """moto in server mode, bound to loopback only, on a free port."""
 
     def __init__(self) -> None:
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server = _LoopbackMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
         self.endpoint_url = ""
 

@@ -43,13 +43,17 @@ class Bastion(ABC):
 class SsmBastion(Bastion):
     """AWS adapter: SSM Run Command on the bastion instance, output kept under the job's prefix."""
 
-    def __init__(self, ssm_client: Any, instance_id: str, launcher_bin: str, output_bucket: str) -> None:
+    def __init__(
+        self, ssm_client: Any, instance_id: str, launcher_bin: str, output_bucket: str, log_group: str | None = None
+    ) -> None:
         self._ssm = ssm_client
         self._instance_id = instance_id
         self._launcher_bin = launcher_bin
         self._output_bucket = output_bucket
+        self._log_group = log_group
 
     def run_driver(self, job_id: str) -> str:
+        logs = {"CloudWatchOutputConfig": {"CloudWatchLogGroupName": self._log_group, "CloudWatchOutputEnabled": True}}
         try:
             resp = self._ssm.send_command(
                 InstanceIds=[self._instance_id],
@@ -61,6 +65,7 @@ class SsmBastion(Bastion):
                 },
                 OutputS3BucketName=self._output_bucket,
                 OutputS3KeyPrefix=job_prefix(job_id) + "ssm",
+                **(logs if self._log_group else {}),
             )
         except ClientError as err:
             code = error_code(err)

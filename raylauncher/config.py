@@ -216,6 +216,7 @@ class Settings(_Strict):
     endpoint_url: str | None = None  # local mode: the moto server; None on AWS
     bastion: Literal["ssm", "local"] = "ssm"
     bastion_instance_id: str | None = None
+    ssm_log_group: str | None = None  # CloudWatch Logs group for the SSM command's output
     launcher_bin: str = "/opt/raylauncher/venv/bin/raylauncher"  # on the bastion
     cluster_backend: Literal["local", "ec2"] = "ec2"
     project_dir: str = "/opt/raylauncher/app"  # holds jobs/ on the bastion

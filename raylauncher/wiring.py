@@ -29,7 +29,10 @@ def build_bastion(settings: Settings) -> Bastion:
         env = {**os.environ, **settings.to_env()}
         return LocalBastion(settings.launcher_bin, env)
     assert settings.bastion_instance_id  # checked by Settings
-    return SsmBastion(aws.client("ssm", settings), settings.bastion_instance_id, settings.launcher_bin, settings.bucket)
+    return SsmBastion(
+        aws.client("ssm", settings), settings.bastion_instance_id, settings.launcher_bin, settings.bucket,
+        log_group=settings.ssm_log_group,
+    )  # fmt: skip
 
 
 def build_intake_service(settings: Settings) -> IntakeService:

@@ -15,7 +15,9 @@ INSTANCE = "i-0123456789abcdef0"
 def test_send_command_targets_the_bastion_with_the_job_id_only(settings: Settings) -> None:
     # Given the SSM adapter for one bastion instance
     ssm = aws.client("ssm", settings)
-    bastion = SsmBastion(ssm, INSTANCE, "/opt/raylauncher/venv/bin/raylauncher", settings.bucket)
+    sent: list[dict] = []  # what went over the wire (moto does not keep every field)
+    ssm.meta.events.register("provide-client-params.ssm.SendCommand", lambda params, **_: sent.append(params))
+    bastion = SsmBastion(ssm, INSTANCE, "/opt/raylauncher/venv/bin/raylauncher", settings.bucket, "/raylauncher/ssm")
     # When it is asked to run the driver
     command_id = bastion.run_driver(JOB)
     # Then SSM holds one AWS-RunShellScript command on that instance that starts the driver
@@ -28,6 +30,9 @@ def test_send_command_targets_the_bastion_with_the_job_id_only(settings: Setting
     ]
     assert command["OutputS3BucketName"] == settings.bucket
     assert command["OutputS3KeyPrefix"] == f"jobs/{JOB}/ssm"
+    assert sent[0]["CloudWatchOutputConfig"] == {"CloudWatchLogGroupName": "/raylauncher/ssm", "CloudWatchOutputEnabled": True}
+    # and the execution timeout only bounds *starting* the driver, which runs detached
+    assert command["Parameters"]["executionTimeout"] == ["300"]
 
 
 @pytest.mark.parametrize("code", ["InvalidInstanceId", "ThrottlingException", "AccessDeniedException"])

@@ -6,7 +6,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.config import Settings
 
@@ -20,5 +20,9 @@ def client(service: str, settings: Settings) -> Any:
     )
 
 
-def error_code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))
+def error_code(err: ClientError | BotoCoreError) -> str:
+    """The AWS error code of a ClientError; for a BotoCoreError (no answer: connection,
+    timeout, credentials) the exception's class name."""
+    if isinstance(err, ClientError):
+        return str(err.response.get("Error", {}).get("Code", ""))
+    return type(err).__name__

@@ -67,11 +67,9 @@ class SsmBastion(Bastion):
                 OutputS3KeyPrefix=job_prefix(job_id) + "ssm",
                 **(logs if self._log_group else {}),
             )
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             code = error_code(err)
             raise BastionUnavailable(f"SSM SendCommand failed ({code})", code) from err
-        except BotoCoreError as err:
-            raise BastionUnavailable(f"SSM SendCommand failed ({type(err).__name__})") from err
         return str(resp["Command"]["CommandId"])
 
 

@@ -38,7 +38,8 @@ def cmd_driver_start(args: argparse.Namespace) -> int:
         # driver first (KillMode=mixed) so it can tear the cluster down before it is killed.
         cmd = [
             "systemd-run", f"--unit=raylauncher-driver-{args.job_id}", "--collect",
-            "--property=KillMode=mixed", "--property=TimeoutStopSec=900",
+            # Longer than every teardown deadline together: systemd must never kill `ray down`.
+            "--property=KillMode=mixed", f"--property=TimeoutStopSec={settings.teardown_timeout_s + 600}",
             "--property=EnvironmentFile=/etc/raylauncher/env", *run,
         ]  # fmt: skip
         return subprocess.run(cmd, check=False).returncode

@@ -61,8 +61,8 @@ class Outcome:
     message: str | None = None
 
 
-class DriverTerminated(BaseException):
-    """SIGTERM/SIGINT arrived. A BaseException so that no `except Exception` swallows it."""
+class DriverTerminated(RayLauncherError):
+    """SIGTERM/SIGINT arrived; raised at the next safe point, never from the signal handler."""
 
 
 def clip(text: str, limit: int = REASON_LIMIT) -> str:
@@ -79,18 +79,16 @@ def _ray_status(info: Any) -> str:
 
 
 class SignalGuard:
-    """Turns the first SIGTERM/SIGINT into DriverTerminated, except while shielded (teardown):
-    then the signal is only remembered, so nothing can interrupt the cluster going down."""
+    """Records the first SIGTERM/SIGINT. The handler never raises: the driver looks at `fired`
+    at safe points (polling loops, launcher waits), so a signal can never cut teardown short."""
 
     def __init__(self) -> None:
         self.fired: str | None = None
-        self._shielded = False
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.fired is None:
             self.fired = signal.Signals(signum).name
-            if not self._shielded:
-                raise DriverTerminated(self.fired)
+            log.warning("received %s: stopping the job and tearing the cluster down", self.fired)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -104,13 +102,47 @@ class SignalGuard:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
-    @contextmanager
-    def shielded(self) -> Iterator[None]:
-        self._shielded = True
-        try:
-            yield
-        finally:
-            self._shielded = False
+
+class TimedJobsClient:
+    """Ray's JobSubmissionClient sets no HTTP timeout: a head that accepts connections but never
+    answers would hold the driver (and the cluster) forever. Every call here has a deadline."""
+
+    def __init__(self, inner: JobsClient, timeout_s: float) -> None:
+        self._inner = inner
+        self._timeout_s = timeout_s
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        result: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                result["value"] = getattr(self._inner, name)(*args, **kwargs)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
+                result["error"] = err
+
+        worker = threading.Thread(target=target, name=f"ray-jobs-{name}", daemon=True)
+        worker.start()
+        worker.join(self._timeout_s)
+        if worker.is_alive():
+            raise TimeoutError(f"Ray Jobs API call {name} did not answer within {self._timeout_s:.0f}s")
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    def list_jobs(self) -> list[Any]:
+        return list(self._call("list_jobs"))
+
+    def submit_job(self, **kwargs: Any) -> str:
+        return str(self._call("submit_job", **kwargs))
+
+    def get_job_info(self, job_id: str) -> Any:
+        return self._call("get_job_info", job_id)
+
+    def get_job_logs(self, job_id: str) -> str:
+        return str(self._call("get_job_logs", job_id))
+
+    def stop_job(self, job_id: str) -> bool:
+        return bool(self._call("stop_job", job_id))
 
 
 class Driver:
@@ -125,6 +157,7 @@ class Driver:
         provisioning_timeout_s: float,
         poll_interval_s: float = 2.0,
         heartbeat_interval_s: float = 15.0,
+        api_timeout_s: float = 60.0,
     ) -> None:
         self._store = store
         self._objects = objects
@@ -135,33 +168,40 @@ class Driver:
         self._provisioning_timeout_s = provisioning_timeout_s
         self._poll_s = poll_interval_s
         self._heartbeat_s = heartbeat_interval_s
+        self._api_timeout_s = api_timeout_s
 
     def run(self, job_id: str) -> Job:
         """Run job `job_id` to a terminal state. If another driver owns it, return it untouched."""
-        job = self._store.get(job_id)
-        try:
-            job = self._store.transition(job, JobStatus.PROVISIONING)
-        except (IllegalTransition, TransitionConflict):
-            job = self._store.get(job_id)
-            log.warning("job %s is not ours to run (status %s); leaving it alone", job_id, job.status)
-            return job
-
         guard = SignalGuard()
-        outcome: Outcome | None = None
-        client: JobsClient | None = None
         with guard.installed():
+            job = self._store.get(job_id)
+            try:
+                job = self._store.transition(job, JobStatus.PROVISIONING)
+            except (IllegalTransition, TransitionConflict):
+                job = self._store.get(job_id)
+                log.warning("job %s is not ours to run (status %s); leaving it alone", job_id, job.status)
+                return job
+            outcome: Outcome | None = None
+            client: JobsClient | None = None
             try:
                 pipeline = self._pipelines.get(job.pipeline)
-                handle = self._backend.up(job, pipeline, self._provisioning_timeout_s, self._cancel_check(job_id))
+                stop_asked = self._cancel_check(job_id)
+                handle = self._backend.up(
+                    job, pipeline, self._provisioning_timeout_s, lambda: bool(guard.fired) or stop_asked()
+                )
                 job = self._store.heartbeat(job, cluster=handle.details)
-                client = self._jobs_client(handle.dashboard_url)
+                client = TimedJobsClient(self._jobs_client(handle.dashboard_url), self._api_timeout_s)
                 self._submit_once(client, job, pipeline, handle)
                 job = self._store.transition(job, JobStatus.SUBMITTED, ray_status="PENDING")
-                job, outcome = self._follow(client, job, pipeline)
+                job, outcome = self._follow(client, job, pipeline, guard)
+            except ProvisioningCancelled as err:
+                outcome = (
+                    Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {guard.fired} while provisioning")
+                    if guard.fired
+                    else Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, str(err))
+                )
             except DriverTerminated as sig:
                 outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {sig}")
-            except ProvisioningCancelled as err:
-                outcome = Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, str(err))
             except ProvisioningTimedOut as err:
                 outcome = Outcome(JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT,
                                   clip(f"provisioning deadline of {self._provisioning_timeout_s:.0f}s passed: {err}"))  # fmt: skip
@@ -173,8 +213,7 @@ class Driver:
                 log.exception("job %s: driver error", job_id)
                 outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, clip(f"{type(err).__name__}: {err}"))
             finally:
-                with guard.shielded():
-                    job = self._finish(job, outcome, client)
+                job = self._finish(job, outcome, client)
         return job
 
     # -- the phases --------------------------------------------------------------------------
@@ -201,12 +240,14 @@ class Driver:
             raise _SubmitFailed(f"Ray Jobs API refused the job: {err}") from err
         log.info("job %s submitted: %s", job.job_id, shlex.join(argv))
 
-    def _follow(self, client: JobsClient, job: Job, pipeline: Pipeline) -> tuple[Job, Outcome]:
-        """Poll Ray until the job ends or the run deadline passes."""
+    def _follow(self, client: JobsClient, job: Job, pipeline: Pipeline, guard: SignalGuard) -> tuple[Job, Outcome]:
+        """Poll Ray until the job ends, the run deadline passes, a cancel or a signal arrives."""
         deadline = time.monotonic() + pipeline.run_timeout_s
         last_beat = time.monotonic()
         cancelled = self._cancel_check(job.job_id, every_s=0)
         while True:
+            if guard.fired:
+                raise DriverTerminated(guard.fired)
             if cancelled():
                 return job, Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, "cancel requested while the job ran")
             info = client.get_job_info(job.job_id)
@@ -228,14 +269,19 @@ class Driver:
 
     def _finish(self, job: Job, outcome: Outcome | None, client: JobsClient | None) -> Job:
         """Stop the Ray job if it still runs, TEARING_DOWN, keep logs, cluster down, final state.
-        The cluster goes down even if every store write here fails."""
+        The cluster goes down whatever the steps before it do (store, S3 or Ray API failures)."""
         outcome = outcome or Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, "driver ended without an outcome")
-        if client is not None and outcome.status != JobStatus.SUCCEEDED:
-            _stop_quietly(client, job.job_id)
-        job = self._record(job, JobStatus.TEARING_DOWN, pending_outcome=outcome.status,
-                           reason_code=outcome.reason_code, reason_message=outcome.message)  # fmt: skip
-        logs_key = self._keep_logs(job.job_id, client) if client is not None else None
-        summary = self._read_summary(job)
+        logs_key: str | None = None
+        summary: dict[str, Any] | None = None
+        try:
+            if client is not None and outcome.status != JobStatus.SUCCEEDED:
+                _stop_quietly(client, job.job_id)
+            job = self._record(job, JobStatus.TEARING_DOWN, pending_outcome=outcome.status,
+                               reason_code=outcome.reason_code, reason_message=outcome.message)  # fmt: skip
+            logs_key = self._keep_logs(job.job_id, client) if client is not None else None
+            summary = self._read_summary(job)
+        except Exception:  # noqa: BLE001 - bookkeeping must never keep a cluster up
+            log.exception("job %s: error before teardown; tearing down anyway", job.job_id)
         final, reason_code, message = outcome.status, outcome.reason_code, outcome.message
         try:
             attempts = self._backend.down(job)
@@ -259,7 +305,7 @@ class Driver:
                 last["at"] = time.monotonic()
                 try:
                     last["value"] = self._store.get(job_id).cancel_requested
-                except RayLauncherError:
+                except Exception:  # noqa: BLE001 - a failed read is "not cancelled", never a crash
                     log.warning("job %s: could not read the cancel flag", job_id, exc_info=True)
             return bool(last["value"])
 
@@ -274,7 +320,10 @@ class Driver:
             try:
                 return self._store.transition(job, target, **fields)
             except TransitionConflict:
-                return self._store.transition(self._store.get(job.job_id), target, **fields)
+                fresh = self._store.get(job.job_id)
+                if fresh.status == target:  # our write landed, its answer was lost
+                    return fresh
+                return self._store.transition(fresh, target, **fields)
         except RayLauncherError:
             log.exception("job %s: could not record %s", job.job_id, target)
             return job

@@ -15,7 +15,7 @@ from urllib.parse import unquote_plus
 
 from raylauncher.bastion import Bastion
 from raylauncher.config import Pipeline, PipelinesConfig
-from raylauncher.errors import BastionUnavailable, PoisonMessage, RayLauncherError
+from raylauncher.errors import BastionUnavailable, PoisonMessage, RayLauncherError, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, job_prefix, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
@@ -125,7 +125,7 @@ class IntakeService:
         """One job per pipeline for this batch. A message whose job could not be recorded is
         reported failed (so the queue redelivers it); nothing is acknowledged without a job."""
         result = IntakeResult()
-        groups: dict[str, tuple[Pipeline, dict[S3ObjectRef, None], set[str]]] = {}
+        groups: dict[str, tuple[Pipeline, dict[str, S3ObjectRef], set[str]]] = {}
         for message in messages:
             for ref in message.objects:
                 pipeline = self._pipelines.match(ref.key) if ref.bucket == self._objects.bucket else None
@@ -134,11 +134,14 @@ class IntakeService:
                     result.ignored.append(ref)
                     continue
                 _, refs, ids = groups.setdefault(pipeline.name, (pipeline, {}, set()))
-                refs[ref] = None  # ordered set: a duplicate inside one batch counts once
+                # One entry per key: a key written twice in one batch is read once (its latest).
+                seen = refs.get(ref.key)
+                if seen is None or (ref.sequencer or "") > (seen.sequencer or ""):
+                    refs[ref.key] = ref
                 ids.add(message.message_id)
         for pipeline, refs, ids in groups.values():
             try:
-                result.jobs.append(self.start_job(pipeline, list(refs), trigger="s3"))
+                result.jobs.append(self.start_job(pipeline, list(refs.values()), trigger="s3"))
             except RayLauncherError:
                 log.exception("could not start a job for pipeline %s; its messages will be retried", pipeline.name)
                 result.failed_message_ids.extend(sorted(ids - set(result.failed_message_ids)))
@@ -159,7 +162,13 @@ class IntakeService:
         )
         self._store.create(job)
         log.info("job %s recorded for %d object(s) of pipeline %s", job.job_id, len(objects), pipeline.name)
-        return self.launch(job)
+        # From here on the objects belong to this job: whatever launching does, the messages
+        # are acknowledged, so a redelivery can never make a second job for the same files.
+        try:
+            return self.launch(job)
+        except RayLauncherError:
+            log.exception("job %s: launch failed after the job was recorded", job.job_id)
+            return self._store.get(job.job_id)
 
     def launch(self, job: Job) -> Job:
         """QUEUED -> LAUNCHING, then ask the bastion to run the driver. If the bastion cannot be
@@ -169,10 +178,13 @@ class IntakeService:
             self._bastion.run_driver(job.job_id)
         except BastionUnavailable as err:
             log.error("job %s: bastion unavailable: %s", job.job_id, err)
-            return self._store.transition(
-                job,
-                JobStatus.FAILED,
-                reason_code=ReasonCode.LAUNCH_FAILED,
-                reason_message=f"could not start the driver on the bastion: {err}",
-            )
+            try:
+                return self._store.transition(
+                    job,
+                    JobStatus.FAILED,
+                    reason_code=ReasonCode.LAUNCH_FAILED,
+                    reason_message=f"could not start the driver on the bastion: {err}",
+                )
+            except TransitionConflict:  # a driver started after all, or a cancel came first
+                return self._store.get(job.job_id)
         return job

@@ -6,7 +6,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import StorageError
@@ -41,11 +41,11 @@ class S3ObjectStore(ObjectStore):
     def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType=content_type)
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot write s3://{self.bucket}/{key}", error_code(err)) from err
 
     def get_bytes(self, key: str) -> bytes:
         try:
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}", error_code(err)) from err

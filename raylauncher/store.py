@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransitionConflict
@@ -108,7 +108,7 @@ class DynamoJobStore(JobStore):
                 Item=item,
                 ConditionExpression="attribute_not_exists(job_id)",
             )
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             if error_code(err) == "ConditionalCheckFailedException":
                 raise JobAlreadyExists(job.job_id) from None
             raise StorageError(f"cannot create job {job.job_id}", error_code(err)) from err
@@ -117,7 +117,7 @@ class DynamoJobStore(JobStore):
     def get(self, job_id: str) -> Job:
         try:
             resp = self._ddb.get_item(TableName=self._table, Key={"job_id": {"S": job_id}}, ConsistentRead=True)
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot read job {job_id}", error_code(err)) from err
         if "Item" not in resp:
             raise JobNotFound(job_id)
@@ -128,7 +128,7 @@ class DynamoJobStore(JobStore):
         try:
             for page in self._ddb.get_paginator("scan").paginate(TableName=self._table, ConsistentRead=True):
                 jobs += [Job.model_validate(_from_dynamo(item)) for item in page.get("Items", [])]
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             raise StorageError("cannot list jobs", error_code(err)) from err
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)
 
@@ -195,7 +195,7 @@ class DynamoJobStore(JobStore):
                 ReturnValues="ALL_NEW",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
-        except ClientError as err:
+        except (ClientError, BotoCoreError) as err:
             if error_code(err) == "ConditionalCheckFailedException":
                 old = err.response.get("Item") or {}
                 actual = _deser.deserialize(old["status"]) if "status" in old else None

@@ -107,18 +107,23 @@ def run_cli(
         )  # fmt: skip
         deadline = time.monotonic() + max(timeout_s, 0)
         timed_out = interrupted = False
-        while proc.poll() is None:
-            if time.monotonic() >= deadline:
-                timed_out = True
-            elif should_stop():
-                interrupted = True
-            if timed_out or interrupted:
-                stop_processes(proc.pid, None, grace_s)
+        try:
+            while proc.poll() is None:
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                elif should_stop():
+                    interrupted = True
+                if timed_out or interrupted:
+                    break
+                time.sleep(poll_s)
+        finally:
+            # Whatever ended the wait (done, deadline, cancel, a signal, an error): nothing of
+            # this call may outlive it — `ray up` racing a `ray down` would leave a cluster.
+            stop_processes(proc.pid, None, grace_s)
+            try:
                 proc.wait(timeout=grace_s)
-                break
-            time.sleep(poll_s)
-        else:
-            stop_processes(proc.pid, None, grace_s)  # children it left behind in its session
+            except subprocess.TimeoutExpired:
+                pass
         out.seek(0)
         err.seek(0)
         stderr = err.read().decode(errors="replace").strip()

@@ -144,3 +144,24 @@ def test_handler_reports_only_the_failed_item(settings: Settings, intake_env: Lo
     # When the handler runs, Then only the poison is reported, and no job was made
     assert intake_handler.handler(event, LocalLambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "m-poison"}]}
     assert build_store(settings).list_jobs() == []
+
+
+def test_a_key_written_twice_in_one_batch_is_read_once(settings: Settings, intake_env: LocalResources) -> None:
+    # Given two notifications for the same key (overwritten) and one for another key, in one batch
+    def record(message_id: str, key: str, sequencer: str) -> dict:
+        body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": settings.bucket},
+                "object": {"key": key, "size": 1, "eTag": sequencer, "sequencer": sequencer}}}]}
+        return {"messageId": message_id, "receiptHandle": message_id, "body": json.dumps(body), "attributes": {},
+                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": intake_env.queue_arn, "awsRegion": "us-east-1"}  # fmt: skip
+
+    from raylauncher.local.poller import LocalLambdaContext
+
+    event = {"Records": [record("m1", "incoming/sales/a.csv", "01"), record("m2", "incoming/sales/a.csv", "02"),
+                         record("m3", "incoming/sales/b.csv", "01")]}  # fmt: skip
+    # When the batch is handled
+    assert intake_handler.handler(event, LocalLambdaContext()) == {"batchItemFailures": []}
+    # Then one job lists each key once, the overwritten one at its latest version
+    (job,) = build_store(settings).list_jobs()
+    objects = build_objects(settings).get_json(job.manifest_key)["objects"]
+    assert [(o["key"], o["sequencer"]) for o in objects] == [("incoming/sales/a.csv", "02"), ("incoming/sales/b.csv", "01")]

@@ -1,0 +1,192 @@
+"""The driver's promises with every port faked in memory: teardown happens whatever fails."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import psutil
+import pytest
+
+from raylauncher.clusters.base import ClusterHandle
+from raylauncher.clusters.processes import run_cli
+from raylauncher.config import parse_pipelines
+from raylauncher.driver import Driver, TimedJobsClient
+from raylauncher.errors import JobNotFound, StorageError, TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode, check_transition
+from raylauncher.objects import ObjectStore
+from raylauncher.store import JobStore
+
+PIPELINES = parse_pipelines(
+    {"pipelines": [{"name": "probe", "trigger": {"prefix": "in/"}, "entrypoint": {"script": "jobs/probe/main.py"},
+                    "output_prefix": "out/"}]}
+)  # fmt: skip
+
+
+class MemoryStore(JobStore):
+    """Conditional writes like DynamoDB's; `fail_on` makes writes to those statuses fail."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.fail_on: set[JobStatus] = set()
+
+    def create(self, job: Job) -> Job:
+        self.jobs[job.job_id] = job
+        return job
+
+    def get(self, job_id: str) -> Job:
+        if job_id not in self.jobs:
+            raise JobNotFound(job_id)
+        return self.jobs[job_id]
+
+    def list_jobs(self) -> list[Job]:
+        return list(self.jobs.values())
+
+    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        check_transition(job.status, target)
+        if target in self.fail_on:
+            raise StorageError("EndpointConnectionError", "EndpointConnectionError")
+        current = self.jobs[job.job_id]
+        if (current.status, current.version) != (job.status, job.version):
+            raise TransitionConflict(job.job_id, job.status.value, current.status.value)
+        moved = current.model_copy(update={"status": target, "version": job.version + 1, **fields})
+        self.jobs[job.job_id] = moved
+        return moved
+
+    def mark(self, job: Job, **fields: Any) -> Job:
+        current = self.jobs[job.job_id]
+        if current.status != job.status:
+            raise TransitionConflict(job.job_id, job.status.value, current.status.value)
+        self.jobs[job.job_id] = current.model_copy(update=fields)
+        return self.jobs[job.job_id]
+
+
+class MemoryObjects(ObjectStore):
+    def __init__(self) -> None:
+        self.bucket = "data"
+        self.blobs: dict[str, bytes] = {}
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        self.blobs[key] = body
+
+    def get_bytes(self, key: str) -> bytes:
+        if key not in self.blobs:
+            raise StorageError(f"no {key}", "NoSuchKey")
+        return self.blobs[key]
+
+
+class RecordingBackend:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def up(self, job: Job, pipeline: Any, timeout_s: float, cancelled: Any) -> ClusterHandle:
+        self.calls.append("up")
+        return ClusterHandle(name="c", dashboard_url="http://127.0.0.1:1", python=sys.executable)
+
+    def down(self, job: Job) -> int:
+        self.calls.append("down")
+        return 1
+
+
+class SucceedingRay:
+    def list_jobs(self) -> list[Any]:
+        return []
+
+    def submit_job(self, **kwargs: Any) -> str:
+        return str(kwargs["submission_id"])
+
+    def get_job_info(self, job_id: str) -> Any:
+        return SimpleNamespace(status="SUCCEEDED", message="")
+
+    def get_job_logs(self, job_id: str) -> str:
+        return "log line\n"
+
+    def stop_job(self, job_id: str) -> bool:
+        return True
+
+
+def driver_for(store: MemoryStore, backend: RecordingBackend, tmp_path: Path, ray: Any = None) -> Driver:
+    (tmp_path / "jobs" / "probe").mkdir(parents=True)
+    (tmp_path / "jobs" / "probe" / "main.py").write_text("print('ok')\n")
+    return Driver(store, MemoryObjects(), backend, PIPELINES, lambda url: ray or SucceedingRay(),  # type: ignore[arg-type]
+                  tmp_path, provisioning_timeout_s=5, poll_interval_s=0.01)  # fmt: skip
+
+
+def launching_job(store: MemoryStore) -> Job:
+    job = store.create(Job.new("probe", "api"))
+    return store.transition(job, JobStatus.LAUNCHING)
+
+
+def test_happy_path_ends_succeeded_with_one_teardown(tmp_path: Path) -> None:
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    done = driver_for(store, backend, tmp_path).run(job.job_id)
+    assert (done.status, done.teardown_attempts, backend.calls) == (JobStatus.SUCCEEDED, 1, ["up", "down"])
+
+
+def test_store_unreachable_at_teardown_still_tears_down(tmp_path: Path) -> None:
+    # Given the job store cannot be written once the job is over (a network blip)
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    store.fail_on = {JobStatus.TEARING_DOWN, JobStatus.SUCCEEDED}
+    # When the driver finishes, Then the cluster still goes down
+    driver_for(store, backend, tmp_path).run(job.job_id)
+    assert backend.calls == ["up", "down"]
+
+
+def test_a_hanging_ray_api_is_cut_off(tmp_path: Path) -> None:
+    # Given a head that accepts the call but never answers
+    class Hanging(SucceedingRay):
+        def get_job_info(self, job_id: str) -> Any:
+            time.sleep(600)
+
+    client = TimedJobsClient(Hanging(), timeout_s=0.5)
+    # When the driver asks it, Then the call fails after the timeout instead of holding the cluster
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="get_job_info"):
+        client.get_job_info("j")
+    assert time.monotonic() - started < 5
+
+
+def test_driver_with_a_hanging_head_fails_and_tears_down(tmp_path: Path) -> None:
+    class Hanging(SucceedingRay):
+        def get_job_info(self, job_id: str) -> Any:
+            time.sleep(600)
+
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    driver = driver_for(store, backend, tmp_path, ray=Hanging())
+    driver._api_timeout_s = 0.5  # noqa: SLF001 - a short deadline for the test
+    done = driver.run(job.job_id)
+    assert (done.status, done.reason_code) == (JobStatus.FAILED, ReasonCode.DRIVER_ERROR)
+    assert "did not answer" in (done.reason_message or "")
+    assert backend.calls == ["up", "down"]
+
+
+def test_run_cli_kills_the_launcher_when_interrupted_by_an_error(tmp_path: Path) -> None:
+    # Given a launcher call that would run for ten minutes and a stop check that blows up
+    marker = tmp_path / "pid"
+    script = f"import os, time; open({str(marker)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+
+    def broken_check() -> bool:
+        if marker.exists():
+            raise RuntimeError("store unreachable")
+        return False
+
+    # When the wait is interrupted, Then the error propagates and the launcher is gone
+    with pytest.raises(RuntimeError):
+        run_cli([sys.executable, "-c", script], 60, {"PATH": "/usr/bin:/bin"}, "test-job", should_stop=broken_check)
+    pid = int(marker.read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_run_cli_reports_timeout_and_stderr(tmp_path: Path) -> None:
+    result = run_cli([sys.executable, "-c", "import sys,time; sys.stderr.write('warming up'); sys.stderr.flush(); time.sleep(60)"],
+                     1.5, {"PATH": "/usr/bin:/bin"}, "test-job")  # fmt: skip
+    assert result.timed_out and not result.ok and result.returncode is None
+    assert "warming up" in result.describe()
+    done = run_cli([sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(3)"], 30, {}, "test-job")
+    assert (done.returncode, done.ok, done.stderr_tail) == (3, False, "bad")

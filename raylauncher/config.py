@@ -10,11 +10,11 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raylauncher.errors import ConfigError
+from raylauncher.errors import ConfigError, InvalidParams, UnknownPipeline
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{1,30}[a-z0-9]$"
 #: Prefixes the product writes to itself; a trigger there would start jobs from our own writes.
@@ -79,6 +79,35 @@ class ClusterProfile(_Strict):
         return self
 
 
+ParamType = Literal["string", "integer", "number", "boolean", "s3_prefix"]
+_PARAM_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "s3_prefix": (str,),
+}  # fmt: skip
+
+
+class ParamSpec(_Strict):
+    """One parameter a pipeline accepts from an API call or a schedule.
+
+    `s3_prefix`: a prefix under the pipeline's trigger prefix; the objects under it at submit
+    time become the job's manifest.
+    """
+
+    type: ParamType = "string"
+    required: bool = False
+    default: Any = None
+    description: str = ""
+    max_length: int = Field(default=1024, ge=1, le=4096)
+
+
+class Schedule(_Strict):
+    """An EventBridge Scheduler schedule that starts the pipeline with these params."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,40}[a-z0-9]$")
+    expression: str = Field(pattern=r"^(cron|rate)\(.+\)$", description="cron(...) or rate(...)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    timezone: str = "UTC"
+
+
 class Pipeline(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     trigger: S3Trigger
@@ -87,8 +116,49 @@ class Pipeline(_Strict):
     run_timeout_s: int = Field(default=3600, ge=10, le=7 * 24 * 3600)
     max_concurrent_clusters: int = Field(default=1, ge=1)
     output_prefix: str
+    params: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")], ParamSpec] = Field(default_factory=dict)
+    schedules: tuple[Schedule, ...] = ()
+    #: Burst coalescing: objects arriving within the window become one job of at most this many.
+    max_objects_per_job: int = Field(default=1000, ge=1, le=100_000)
+    batching_window_s: int = Field(default=30, ge=0, le=300)
 
     _output = field_validator("output_prefix")(_check_prefix)
+
+    @model_validator(mode="after")
+    def _schedules_use_declared_params(self) -> Pipeline:
+        for i, schedule in enumerate(self.schedules):
+            try:
+                self.validate_params(schedule.params)
+            except InvalidParams as err:
+                raise ValueError(f"schedules.{i}.params.{err.field}: {err.reason}") from None
+        return self
+
+    def validate_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """The params of one run, checked against the declaration (defaults filled in).
+        Raises InvalidParams naming the field at fault."""
+        unknown = sorted(set(raw) - set(self.params))
+        if unknown:
+            raise InvalidParams(unknown[0], f"unknown parameter; this pipeline accepts {sorted(self.params) or 'none'}")
+        clean: dict[str, Any] = {}
+        for name, spec in self.params.items():
+            if name not in raw or raw[name] is None:
+                if spec.required:
+                    raise InvalidParams(name, "required")
+                if spec.default is not None:
+                    clean[name] = spec.default
+                continue
+            value = raw[name]
+            ok = isinstance(value, _PARAM_TYPES[spec.type]) and not (spec.type != "boolean" and isinstance(value, bool))
+            if not ok:
+                raise InvalidParams(name, f"must be of type {spec.type}")
+            if isinstance(value, str) and len(value) > spec.max_length:
+                raise InvalidParams(name, f"must be at most {spec.max_length} characters")
+            if spec.type == "s3_prefix" and not (
+                value.startswith(self.trigger.prefix) and ".." not in value.split("/")
+            ):
+                raise InvalidParams(name, f"must be a prefix under {self.trigger.prefix!r}")
+            clean[name] = value
+        return clean
 
 
 class PipelinesConfig(_Strict):
@@ -119,10 +189,11 @@ class PipelinesConfig(_Strict):
         return self
 
     def get(self, name: str) -> Pipeline:
+        """The pipeline called `name`; UnknownPipeline if there is none."""
         for p in self.pipelines:
             if p.name == name:
                 return p
-        raise KeyError(name)
+        raise UnknownPipeline(name)
 
     def match(self, key: str) -> Pipeline | None:
         """The pipeline whose trigger matches the (decoded) object key, if any."""

@@ -11,6 +11,21 @@ class ConfigError(RayLauncherError):
     """A pipeline config or a setting is invalid; the message names the bad field's path."""
 
 
+class InvalidParams(RayLauncherError):
+    """A run's params do not match the pipeline's declaration; `field` names the one at fault."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"params.{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class UnknownPipeline(RayLauncherError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no pipeline named {name!r}")
+        self.name = name
+
+
 class InvalidJobId(RayLauncherError):
     def __init__(self, value: str) -> None:
         super().__init__(f"invalid job id {value!r}: expected lowercase letters, digits and '-'")

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any, Literal
 from urllib.parse import unquote_plus
 
 from raylauncher.bastion import Bastion
@@ -93,11 +94,12 @@ def parse_s3_event(body: str) -> tuple[S3ObjectRef, ...]:
 
 
 def manifest_document(job: Job, bucket: str, objects: Iterable[S3ObjectRef]) -> dict:
-    """What the Ray job reads: the exact objects it must process."""
+    """What the Ray job reads: the exact objects it must process, and the run's params."""
     return {
         "job_id": job.job_id,
         "pipeline": job.pipeline,
         "bucket": bucket,
+        "params": job.params,
         "objects": [
             {k: v for k, v in asdict(o).items() if k != "bucket"} for o in objects
         ],
@@ -147,9 +149,28 @@ class IntakeService:
                 result.failed_message_ids.extend(sorted(ids - set(result.failed_message_ids)))
         return result
 
-    def start_job(self, pipeline: Pipeline, objects: list[S3ObjectRef], trigger: str) -> Job:
+    def submit(self, pipeline_name: str, raw_params: dict[str, Any], trigger: Literal["api", "schedule"]) -> Job:
+        """Start a run of `pipeline_name` with `raw_params` (an API call or a schedule).
+        Objects under an `s3_prefix` param become the manifest. Raises UnknownPipeline or
+        InvalidParams (naming the field) before anything is written."""
+        pipeline = self._pipelines.get(pipeline_name)
+        params = pipeline.validate_params(raw_params)
+        objects: list[S3ObjectRef] = []
+        for name, spec in pipeline.params.items():
+            if spec.type == "s3_prefix" and name in params:
+                listed = self._objects.list_objects(params[name], pipeline.max_objects_per_job)
+                objects += [
+                    S3ObjectRef(self._objects.bucket, o["key"], o["size"], o["etag"])
+                    for o in listed
+                    if pipeline.trigger.matches(o["key"])
+                ]
+        return self.start_job(pipeline, objects, trigger, params)
+
+    def start_job(
+        self, pipeline: Pipeline, objects: list[S3ObjectRef], trigger: Literal["s3", "api", "schedule"], params: dict[str, Any] | None = None
+    ) -> Job:
         """Write the manifest, record the job (QUEUED), then launch it."""
-        job = Job.new(pipeline.name, trigger, self._clock())
+        job = Job.new(pipeline.name, trigger, self._clock()).model_copy(update={"params": params or {}})
         manifest_key = job_prefix(job.job_id) + "manifest.json"
         # The manifest first: a recorded job never points at a manifest that is not there.
         self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects))

@@ -114,6 +114,7 @@ class Job(BaseModel):
     phase_times: dict[str, str] = Field(default_factory=dict)  # status -> when it was entered
     manifest_key: str | None = None
     object_count: int = 0
+    params: dict[str, Any] = Field(default_factory=dict)  # validated against the pipeline
     output_prefix: str | None = None
     logs_key: str | None = None
     ray_status: str | None = None  # Ray's own job status, never ours

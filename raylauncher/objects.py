@@ -23,6 +23,10 @@ class ObjectStore(ABC):
     @abstractmethod
     def get_bytes(self, key: str) -> bytes: ...
 
+    @abstractmethod
+    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` objects under `prefix`: dicts with key, size, etag."""
+
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, indent=1, ensure_ascii=False).encode(), "application/json")
 
@@ -49,3 +53,15 @@ class S3ObjectStore(ObjectStore):
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}", error_code(err)) from err
+
+    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        try:
+            for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    found.append({"key": obj["Key"], "size": obj["Size"], "etag": obj.get("ETag", "").strip('"')})
+                    if len(found) >= limit:
+                        return found
+        except (ClientError, BotoCoreError) as err:
+            raise StorageError(f"cannot list s3://{self.bucket}/{prefix}", error_code(err)) from err
+        return found

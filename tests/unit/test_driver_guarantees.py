@@ -77,6 +77,9 @@ class MemoryObjects(ObjectStore):
             raise StorageError(f"no {key}", "NoSuchKey")
         return self.blobs[key]
 
+    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+        return [{"key": k, "size": len(v), "etag": None} for k, v in self.blobs.items() if k.startswith(prefix)][:limit]
+
 
 class RecordingBackend:
     def __init__(self) -> None:

@@ -76,5 +76,6 @@ def test_manifest_lists_exact_objects() -> None:
         "job_id": job.job_id,
         "pipeline": "sales-summary",
         "bucket": "data",
+        "params": {},
         "objects": [{"key": "incoming/日本 1.csv", "size": 5, "etag": "e1", "version_id": "v1", "sequencer": "s1"}],
     }

@@ -281,6 +281,7 @@ class Settings(_Strict):
     """Where things are. Built once per process from environment variables (`from_env`)."""
 
     table: str = Field(min_length=3)
+    idempotency_table: str = Field(default="raylauncher-idempotency", min_length=3)
     bucket: str = Field(min_length=3)
     pipelines_file: str
     region: str = "us-east-1"

@@ -38,6 +38,9 @@ class TableSchema:
 
 
 JOB_TABLE = TableSchema()
+#: Idempotency records: Powertools' (API Idempotency-Key, schedule runs) and our S3 object
+#: claims. Powertools expects a string key `id` and a TTL attribute `expiration`.
+IDEMPOTENCY_TABLE = TableSchema(partition_key="id", ttl_attribute="expiration")
 
 
 class JobStore(ABC):

@@ -44,6 +44,7 @@ def settings(moto_endpoint: str, aws_credentials: None, tmp_path: Path) -> Setti
     recorder.chmod(0o755)
     return Settings(
         table=f"jobs-{suffix}",
+        idempotency_table=f"idem-{suffix}",
         bucket=f"data-{suffix}",
         pipelines_file=str(PROJECT_DIR / "pipelines.yaml"),
         region="us-east-1",

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 from raylauncher import aws
 from raylauncher.config import PipelinesConfig, Settings
 from raylauncher.notifications import queue_notification_configuration
-from raylauncher.store import JOB_TABLE
+from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
 
 #: Redeliveries before a message goes to the DLQ (the deployed queue uses the same).
 MAX_RECEIVE_COUNT = 3
@@ -107,11 +107,11 @@ def bootstrap(settings: Settings, pipelines: PipelinesConfig, queue_name: str = 
     )["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
 
-    ddb.create_table(**JOB_TABLE.create_table_kwargs(settings.table))
-    ddb.update_time_to_live(
-        TableName=settings.table,
-        TimeToLiveSpecification={"Enabled": True, "AttributeName": JOB_TABLE.ttl_attribute},
-    )
+    for schema, name in ((JOB_TABLE, settings.table), (IDEMPOTENCY_TABLE, settings.idempotency_table)):
+        ddb.create_table(**schema.create_table_kwargs(name))
+        ddb.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": schema.ttl_attribute}
+        )
     s3.put_bucket_notification_configuration(
         Bucket=settings.bucket,
         NotificationConfiguration=queue_notification_configuration(pipelines, queue_arn),

@@ -17,21 +17,12 @@ from urllib.parse import unquote_plus
 from raylauncher.bastion import Bastion
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import BastionUnavailable, PoisonMessage, RayLauncherError, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode, job_prefix, utc_now
+from raylauncher.claims import ObjectClaims
+from raylauncher.model import Job, JobStatus, ReasonCode, S3ObjectRef, job_prefix, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class S3ObjectRef:
-    bucket: str
-    key: str  # decoded: exactly as stored in the bucket
-    size: int = 0
-    etag: str | None = None
-    version_id: str | None = None
-    sequencer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,12 +106,14 @@ class IntakeService:
         store: JobStore,
         objects: ObjectStore,
         bastion: Bastion,
+        claims: ObjectClaims | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._pipelines = pipelines
         self._store = store
         self._objects = objects
         self._bastion = bastion
+        self._claims = claims
         self._clock = clock
 
     def start_jobs(self, messages: Iterable[IntakeMessage]) -> IntakeResult:
@@ -142,12 +135,33 @@ class IntakeService:
                     refs[ref.key] = ref
                 ids.add(message.message_id)
         for pipeline, refs, ids in groups.values():
+            objects = list(refs.values())
             try:
-                result.jobs.append(self.start_job(pipeline, list(refs.values()), trigger="s3"))
+                # Burst coalescing: one job per batch and pipeline, at most max_objects_per_job each.
+                for first in range(0, len(objects), pipeline.max_objects_per_job):
+                    job = self._start_s3_job(pipeline, objects[first : first + pipeline.max_objects_per_job])
+                    if job is not None:
+                        result.jobs.append(job)
             except RayLauncherError:
                 log.exception("could not start a job for pipeline %s; its messages will be retried", pipeline.name)
                 result.failed_message_ids.extend(sorted(ids - set(result.failed_message_ids)))
         return result
+
+    def _start_s3_job(self, pipeline: Pipeline, objects: list[S3ObjectRef]) -> Job | None:
+        """Claim the objects, then start a job for those not already another job's (None if
+        every one was a duplicate delivery). If the job cannot be recorded, the claims are
+        released and the error propagates (the messages are retried)."""
+        job_id = Job.new(pipeline.name, "s3", self._clock()).job_id
+        claimed = self._claims.claim(objects, job_id) if self._claims else objects
+        if not claimed:
+            log.info("all %d object(s) were already taken by other jobs (duplicate delivery)", len(objects))
+            return None
+        try:
+            return self.start_job(pipeline, claimed, "s3", job_id=job_id)
+        except RayLauncherError:
+            if self._claims:
+                self._claims.release(claimed, job_id)
+            raise
 
     def submit(self, pipeline_name: str, raw_params: dict[str, Any], trigger: Literal["api", "schedule"]) -> Job:
         """Start a run of `pipeline_name` with `raw_params` (an API call or a schedule).
@@ -167,10 +181,16 @@ class IntakeService:
         return self.start_job(pipeline, objects, trigger, params)
 
     def start_job(
-        self, pipeline: Pipeline, objects: list[S3ObjectRef], trigger: Literal["s3", "api", "schedule"], params: dict[str, Any] | None = None
+        self,
+        pipeline: Pipeline,
+        objects: list[S3ObjectRef],
+        trigger: Literal["s3", "api", "schedule"],
+        params: dict[str, Any] | None = None,
+        job_id: str | None = None,
     ) -> Job:
         """Write the manifest, record the job (QUEUED), then launch it."""
-        job = Job.new(pipeline.name, trigger, self._clock()).model_copy(update={"params": params or {}})
+        job = Job.new(pipeline.name, trigger, self._clock())
+        job = job.model_copy(update={"params": params or {}, "job_id": job_id or job.job_id})
         manifest_key = job_prefix(job.job_id) + "manifest.json"
         # The manifest first: a recorded job never points at a manifest that is not there.
         self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects))

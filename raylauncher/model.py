@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -143,6 +144,18 @@ class Job(BaseModel):
             updated_at=stamp,
             phase_times={JobStatus.QUEUED.value: stamp},
         )
+
+
+@dataclass(frozen=True)
+class S3ObjectRef:
+    """One S3 object (version) a job reads."""
+
+    bucket: str
+    key: str  # decoded: exactly as stored in the bucket
+    size: int = 0
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
 
 
 def job_prefix(job_id: str) -> str:

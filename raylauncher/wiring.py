@@ -9,7 +9,8 @@ from pathlib import Path
 from raylauncher import aws
 from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
 from raylauncher.config import Settings, load_ec2_deployment, load_pipelines
-from raylauncher.errors import ConfigError
+from raylauncher.claims import DynamoObjectClaims
+from raylauncher.errors import ConfigError, JobNotFound
 from raylauncher.intake import IntakeService
 from raylauncher.objects import S3ObjectStore
 from raylauncher.store import DynamoJobStore
@@ -35,12 +36,25 @@ def build_bastion(settings: Settings) -> Bastion:
     )  # fmt: skip
 
 
+def build_claims(settings: Settings, store: DynamoJobStore) -> DynamoObjectClaims:
+    def job_exists(job_id: str) -> bool:
+        try:
+            store.get(job_id)
+        except JobNotFound:
+            return False
+        return True
+
+    return DynamoObjectClaims(aws.client("dynamodb", settings), settings.idempotency_table, job_exists)
+
+
 def build_intake_service(settings: Settings) -> IntakeService:
+    store = build_store(settings)
     return IntakeService(
         load_pipelines(settings.pipelines_file),
-        build_store(settings),
+        store,
         build_objects(settings),
         build_bastion(settings),
+        claims=build_claims(settings, store),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,29 +53,44 @@ def to_lambda_event(messages: list[dict[str, Any]], queue_arn: str, region: str)
 
 class SqsPoller:
     def __init__(
-        self, sqs_client: Any, queue_url: str, queue_arn: str, region: str, handler: Handler, batch_size: int = 10
+        self,
+        sqs_client: Any,
+        queue_url: str,
+        queue_arn: str,
+        region: str,
+        handler: Handler,
+        batch_size: int = 10,
+        batching_window_s: float = 0,
     ) -> None:
         self._sqs = sqs_client
         self._queue_url = queue_url
         self._queue_arn = queue_arn
         self._region = region
         self._handler = handler
-        self._batch_size = batch_size
+        self._batch_size = batch_size  # like the event source mapping's BatchSize (up to 10,000)
+        self._window_s = batching_window_s  # like MaximumBatchingWindowInSeconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def poll_once(self, wait_s: int = 1) -> int:
-        """Receive one batch, run the handler, delete what succeeded. Returns records handled."""
-        resp = self._sqs.receive_message(
-            QueueUrl=self._queue_url,
-            MaxNumberOfMessages=self._batch_size,
-            WaitTimeSeconds=wait_s,
-            AttributeNames=["All"],
-            MessageAttributeNames=["All"],
-        )
-        messages = resp.get("Messages", [])
-        if not messages:
-            return 0
+        """Receive one batch (up to batch_size messages, gathered for at most the batching
+        window), run the handler, delete what succeeded. Returns records handled."""
+        messages: list[dict[str, Any]] = []
+        window_ends = None
+        while len(messages) < self._batch_size:
+            got = self._sqs.receive_message(
+                QueueUrl=self._queue_url,
+                MaxNumberOfMessages=min(10, self._batch_size - len(messages)),  # SQS gives 10 at most
+                WaitTimeSeconds=wait_s if not messages else 0,
+                AttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            ).get("Messages", [])
+            messages += got
+            if not messages:
+                return 0
+            window_ends = window_ends or time.monotonic() + self._window_s
+            if not got or time.monotonic() >= window_ends:
+                break
         event = to_lambda_event(messages, self._queue_arn, self._region)
         try:
             result = self._handler(event, LocalLambdaContext(aws_request_id=str(uuid.uuid4())))
@@ -83,10 +99,10 @@ class SqsPoller:
             log.exception("intake handler failed; the whole batch will be redelivered")
             return len(messages)
         done = [m for m in messages if m["MessageId"] not in failed]
-        if done:
+        for first in range(0, len(done), 10):  # DeleteMessageBatch takes 10 at most
             self._sqs.delete_message_batch(
                 QueueUrl=self._queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done[first : first + 10])],
             )
         return len(messages)
 

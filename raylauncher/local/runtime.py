@@ -25,6 +25,8 @@ from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_objects, build_store, local_launcher_bin
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
+#: The intake's SQS batch size (the deployed event source mapping uses the same).
+INTAKE_BATCH_SIZE = 1000
 
 
 @dataclass
@@ -80,7 +82,10 @@ def local_system(
             pipelines = load_pipelines(pipelines_file)
             resources = bootstrap(settings, pipelines)
             sqs = aws.client("sqs", settings)
-            poller = SqsPoller(sqs, resources.queue_url, resources.queue_arn, settings.region, intake.handler)
+            poller = SqsPoller(
+                sqs, resources.queue_url, resources.queue_arn, settings.region, intake.handler,
+                batch_size=INTAKE_BATCH_SIZE, batching_window_s=max(p.batching_window_s for p in pipelines.pipelines),
+            )  # fmt: skip
             system = LocalSystem(
                 settings, pipelines, resources, build_store(settings), build_objects(settings),
                 aws.client("s3", settings), sqs, poller,

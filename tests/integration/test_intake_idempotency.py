@@ -1,0 +1,94 @@
+"""At-least-once delivery, exactly-once jobs: one job per S3 object version (moto server)."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lambdas.intake import handler as intake_handler
+from raylauncher import aws
+from raylauncher.config import Settings, load_pipelines
+from raylauncher.local.poller import SqsPoller
+from raylauncher.local.stack import LocalResources, bootstrap
+from raylauncher.wiring import build_objects, build_store
+
+
+@pytest.fixture
+def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
+    resources = bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    intake_handler.service.cache_clear()
+    yield resources
+    intake_handler.service.cache_clear()
+
+
+def received_bodies(settings: Settings, resources: LocalResources) -> list[str]:
+    """Take the pending notifications off the queue (as S3 put them there), without handling them."""
+    sqs = aws.client("sqs", settings)
+    bodies = []
+    while msgs := sqs.receive_message(QueueUrl=resources.queue_url, MaxNumberOfMessages=10).get("Messages", []):
+        for m in msgs:
+            bodies.append(m["Body"])
+            sqs.delete_message(QueueUrl=resources.queue_url, ReceiptHandle=m["ReceiptHandle"])
+    return [b for b in bodies if "ObjectCreated" in b]
+
+
+def deliver(settings: Settings, resources: LocalResources, bodies: list[str]) -> None:
+    sqs = aws.client("sqs", settings)
+    for body in bodies:
+        sqs.send_message(QueueUrl=resources.queue_url, MessageBody=body)
+    poller = SqsPoller(sqs, resources.queue_url, resources.queue_arn, settings.region, intake_handler.handler)
+    for _ in range(3):
+        poller.poll_once(wait_s=0)
+
+
+def manifest_keys(settings: Settings) -> list[list[str]]:
+    objects = build_objects(settings)
+    return [[o["key"] for o in objects.get_json(j.manifest_key)["objects"]] for j in build_store(settings).list_jobs()]
+
+
+def test_a_duplicate_notification_makes_one_job(settings: Settings, intake_env: LocalResources) -> None:
+    # Given one upload whose notification S3 delivers twice (in one batch and again later)
+    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/once.csv", Body=b"a")
+    (body,) = received_bodies(settings, intake_env)
+    # When both deliveries and a later redelivery are handled
+    deliver(settings, intake_env, [body, body])
+    deliver(settings, intake_env, [body])
+    # Then exactly one job holds the object
+    assert manifest_keys(settings) == [["incoming/sales/once.csv"]]
+
+
+def test_a_new_version_of_the_same_key_is_new_work(settings: Settings, intake_env: LocalResources) -> None:
+    # Given a key uploaded twice (two versions in a versioned bucket)
+    s3 = aws.client("s3", settings)
+    s3.put_object(Bucket=settings.bucket, Key="incoming/sales/daily.csv", Body=b"v1")
+    deliver(settings, intake_env, received_bodies(settings, intake_env))
+    s3.put_object(Bucket=settings.bucket, Key="incoming/sales/daily.csv", Body=b"v2")
+    deliver(settings, intake_env, received_bodies(settings, intake_env))
+    # Then each version made its own job
+    assert manifest_keys(settings) == [["incoming/sales/daily.csv"], ["incoming/sales/daily.csv"]]
+
+
+def test_a_burst_is_split_by_max_objects_per_job_and_every_object_lands_once(
+    settings: Settings, intake_env: LocalResources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a pipeline that takes at most 4 objects per job, and 10 uploads delivered together,
+    # some of them twice
+    pipelines = tmp_path / "pipelines.yaml"
+    source = Path(settings.pipelines_file).read_text()
+    pipelines.write_text(source.replace("max_objects_per_job: 1000", "max_objects_per_job: 4"))
+    monkeypatch.setenv("RAYLAUNCHER_PIPELINES_FILE", str(pipelines))
+    intake_handler.service.cache_clear()
+    s3 = aws.client("s3", settings)
+    for i in range(10):
+        s3.put_object(Bucket=settings.bucket, Key=f"incoming/sales/part-{i}.csv", Body=b"x")
+    bodies = received_bodies(settings, intake_env)
+    # When they are handled in one batch (the poller takes up to 10 a batch)
+    deliver(settings, intake_env, bodies[:10])
+    deliver(settings, intake_env, bodies[:3])  # redelivered
+    # Then ceil(10 / 4) = 3 jobs hold every object exactly once
+    manifests = manifest_keys(settings)
+    keys = sorted(k for m in manifests for k in m)
+    assert keys == sorted(f"incoming/sales/part-{i}.csv" for i in range(10))
+    assert len(manifests) == 3 and max(len(m) for m in manifests) <= 4

@@ -1,4 +1,4 @@
-"""`raylauncher` command line: the driver on the bastion, the local demo, config export.
+"""`raylauncher` command line: the driver on the bastion, the local demo and API, config export.
 
 This is an entry point: it reads the environment once and hands Settings to the domain.
 """
@@ -11,10 +11,11 @@ import logging
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 from raylauncher.config import Settings, load_pipelines
-from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound
+from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, UnknownPipeline
 from raylauncher.model import require_job_id
 
 
@@ -88,6 +89,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(rows_per_file=args.rows, files=args.files)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The local system plus the HTTP API on 127.0.0.1 until Ctrl-C (jobs really run)."""
+    from raylauncher.local.serve import run_serve
+
+    return run_serve(port=args.port)
+
+
+def cmd_fire_schedule(args: argparse.Namespace) -> int:
+    """Fire a pipeline's schedule now, through the schedule Lambda handler: locally, what
+    EventBridge Scheduler does at the scheduled time. Settings come from the environment
+    (`source .local/state/serve.env` while `raylauncher serve` runs)."""
+    from datetime import UTC, datetime
+
+    from raylauncher.local.poller import LocalLambdaContext
+    from raylauncher.schedules import InvalidScheduleEvent, UnknownSchedule, schedule_input
+
+    project_dir = str(Path(__file__).resolve().parents[1])
+    if project_dir not in sys.path:  # lambdas/ is deployed as code, not installed as a package
+        sys.path.insert(0, project_dir)
+    from lambdas.schedule import handler as schedule_handler
+
+    scheduled = datetime.now(UTC).replace(second=0, microsecond=0)
+    event = schedule_input(args.pipeline, args.schedule) | {"scheduled_time": scheduled.isoformat()}
+    context = LocalLambdaContext(function_name="raylauncher-schedule-local", aws_request_id=str(uuid.uuid4()))
+    try:
+        result = schedule_handler.handler(event, context)
+    except (UnknownPipeline, UnknownSchedule, InvalidScheduleEvent) as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except ConfigError as err:
+        print(f"configuration error: {err}\n(local mode: run `raylauncher serve`, then "
+              "`source .local/state/serve.env` in this shell)", file=sys.stderr)  # fmt: skip
+        return 2
+    print(json.dumps({**result, "scheduled_time": event["scheduled_time"]}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raylauncher", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--source", default="pipelines.yaml")
     export.add_argument("--out", required=True)
     export.set_defaults(func=cmd_export_pipelines)
+
+    serve = sub.add_parser("serve", help="local system + HTTP API on 127.0.0.1 until Ctrl-C (jobs really run)")
+    serve.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    serve.set_defaults(func=cmd_serve)
+
+    fire = sub.add_parser("fire-schedule", help="fire a pipeline's schedule now (local mode)")
+    fire.add_argument("pipeline")
+    fire.add_argument("schedule")
+    fire.set_defaults(func=cmd_fire_schedule)
 
     demo = sub.add_parser("demo", help="local end-to-end demo on moto server and a local Ray")
     demo.add_argument("--rows", type=int, default=40_000, help="rows per generated CSV file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raylauncher import aws
 from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
@@ -14,6 +15,12 @@ from raylauncher.errors import ConfigError, JobNotFound
 from raylauncher.intake import IntakeService
 from raylauncher.objects import S3ObjectStore
 from raylauncher.store import DynamoJobStore
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    from raylauncher.api import ApiServices
+    from raylauncher.schedules import ScheduleRunner
 
 
 def build_store(settings: Settings) -> DynamoJobStore:
@@ -47,8 +54,8 @@ def build_claims(settings: Settings, store: DynamoJobStore) -> DynamoObjectClaim
     return DynamoObjectClaims(aws.client("dynamodb", settings), settings.idempotency_table, job_exists)
 
 
-def build_intake_service(settings: Settings) -> IntakeService:
-    store = build_store(settings)
+def build_intake_service(settings: Settings, store: DynamoJobStore | None = None) -> IntakeService:
+    store = store or build_store(settings)
     return IntakeService(
         load_pipelines(settings.pipelines_file),
         store,
@@ -103,3 +110,29 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
 def local_launcher_bin() -> str:
     """The `raylauncher` console script of this environment (what the local bastion runs)."""
     return str(Path(sys.executable).with_name("raylauncher"))
+
+
+def build_idempotency_layer(settings: Settings) -> DynamoDBPersistenceLayer:
+    """Powertools idempotency on the idempotency table. One per idempotent function: Powertools
+    configures a layer once, for the first function that uses it."""
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+
+    return DynamoDBPersistenceLayer(table_name=settings.idempotency_table, boto3_client=aws.client("dynamodb", settings))
+
+
+def build_api_services(settings: Settings) -> ApiServices:
+    """What the HTTP API's routes use (imported here, not at the top: the intake Lambda does not
+    need Powertools' event handler)."""
+    from raylauncher.api import ApiServices, Submissions
+
+    store = build_store(settings)
+    submissions = Submissions(build_intake_service(settings, store), store, build_idempotency_layer(settings))
+    return ApiServices(load_pipelines(settings.pipelines_file), store, settings.bucket, submissions)
+
+
+def build_schedule_runner(settings: Settings) -> ScheduleRunner:
+    from raylauncher.schedules import ScheduleRunner
+
+    return ScheduleRunner(
+        build_intake_service(settings), load_pipelines(settings.pipelines_file), build_idempotency_layer(settings)
+    )

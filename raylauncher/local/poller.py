@@ -14,6 +14,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], Any], dict[str, Any]]
+#: While a batch is gathered and handled its messages stay invisible (Lambda: the queue's
+#: visibility timeout, at least six times the function's timeout).
+IN_FLIGHT_VISIBILITY_S = 300
+#: Locally, a failed record is offered again after this long (the queue's timeout on AWS).
+RETRY_DELAY_S = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class SqsPoller:
                 QueueUrl=self._queue_url,
                 MaxNumberOfMessages=min(10, self._batch_size - len(messages)),  # SQS gives 10 at most
                 WaitTimeSeconds=wait_s if not messages else 0,
+                VisibilityTimeout=IN_FLIGHT_VISIBILITY_S,  # gathering + handling must not outlast it
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
             ).get("Messages", [])
@@ -97,7 +103,14 @@ class SqsPoller:
             failed = {f["itemIdentifier"] for f in result.get("batchItemFailures", [])}
         except Exception:  # noqa: BLE001 - like Lambda: a raising handler fails the whole batch
             log.exception("intake handler failed; the whole batch will be redelivered")
-            return len(messages)
+            failed = {m["MessageId"] for m in messages}
+        retry = [m for m in messages if m["MessageId"] in failed]
+        for first in range(0, len(retry), 10):  # failed records come back after the retry delay
+            self._sqs.change_message_visibility_batch(
+                QueueUrl=self._queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": RETRY_DELAY_S}
+                         for i, m in enumerate(retry[first : first + 10])],
+            )  # fmt: skip
         done = [m for m in messages if m["MessageId"] not in failed]
         for first in range(0, len(done), 10):  # DeleteMessageBatch takes 10 at most
             self._sqs.delete_message_batch(

@@ -23,6 +23,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
@@ -43,6 +44,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 from pydantic import BaseModel, ConfigDict, Field
 
 from raylauncher import control, queries
+from raylauncher.admission import queue_position
 from raylauncher.config import NAME_PATTERN, PipelinesConfig
 from raylauncher.errors import (
     BastionUnavailable,
@@ -105,6 +107,9 @@ class JobView(BaseModel):
     log_location: str | None = Field(description="s3:// URI of the Ray job's log, once kept")
     output_location: str | None = Field(description="s3:// URI prefix the job writes its output under")
     summary: dict[str, Any] | None = Field(description="the Ray job's own summary, when it wrote one")
+    queue_position: int | None = Field(
+        default=None, description="QUEUED jobs (GET /jobs/{job_id}): 1 = launched next when a cluster slot frees"
+    )
 
 
 class JobPage(BaseModel):
@@ -182,6 +187,7 @@ class ApiServices:
     store: JobStore
     bucket: str
     submissions: Submissions
+    on_finished: Callable[[Job], object] = lambda job: None  # gives back a cancelled job's cluster slot
 
 
 # ---------------------------------------------------------------- the app
@@ -250,7 +256,7 @@ def _responses(ok: dict[int, str], *errors: HTTPStatus) -> dict[int, dict[str, A
     return dict(sorted(out.items()))
 
 
-def job_view(job: Job, bucket: str) -> JobView:
+def job_view(job: Job, bucket: str, queue_position: int | None = None) -> JobView:
     def uri(key: str | None) -> str | None:
         return f"s3://{bucket}/{key}" if key else None
 
@@ -274,6 +280,7 @@ def job_view(job: Job, bucket: str) -> JobView:
         log_location=uri(job.logs_key),
         output_location=uri(job.output_prefix),
         summary=job.summary,
+        queue_position=queue_position,
     )
 
 
@@ -348,7 +355,9 @@ JobIdParam = Annotated[
 )
 def get_job(job_id: JobIdParam) -> JobView:
     services = _services()
-    return job_view(services.store.get(job_id), services.bucket)
+    job = services.store.get(job_id)
+    position = queue_position(job, services.store.list_jobs()) if job.status == JobStatus.QUEUED else None
+    return job_view(job, services.bucket, position)
 
 
 @app.post(
@@ -362,7 +371,7 @@ def get_job(job_id: JobIdParam) -> JobView:
 )
 def cancel_job(job_id: JobIdParam) -> Response[JobView]:
     services = _services()
-    job = control.request_cancel(services.store, job_id)
+    job = control.request_cancel(services.store, job_id, on_finished=services.on_finished)
     return _json(HTTPStatus.OK if job.is_terminal else HTTPStatus.ACCEPTED, job_view(job, services.bucket))
 
 

@@ -68,9 +68,11 @@ def cmd_driver_run(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a job: at once if nothing was launched yet, else through its driver."""
     from raylauncher.control import request_cancel
-    from raylauncher.wiring import build_store
+    from raylauncher.wiring import build_launcher, build_store
 
-    job = request_cancel(build_store(_settings()), args.job_id)
+    settings = _settings()
+    store = build_store(settings)
+    job = request_cancel(store, args.job_id, on_finished=build_launcher(settings, store).finished)
     print(json.dumps({"job_id": job.job_id, "status": job.status, "cancel_requested": job.cancel_requested}))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from raylauncher.errors import TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode
 from raylauncher.store import JobStore
@@ -11,7 +13,9 @@ from raylauncher.store import JobStore
 CANCEL_AT_ONCE = frozenset({JobStatus.QUEUED, JobStatus.LAUNCHING})
 
 
-def request_cancel(store: JobStore, job_id: str, max_tries: int = 5) -> Job:
+def request_cancel(
+    store: JobStore, job_id: str, max_tries: int = 5, on_finished: Callable[[Job], object] = lambda job: None
+) -> Job:
     """Cancel job `job_id`. Not yet provisioning: it ends CANCELLED now. Provisioning or
     running: `cancel_requested` is set and the driver stops the Ray job, tears the cluster down
     and ends the job CANCELLED. A finished job is returned as it is. Raises JobNotFound."""
@@ -21,10 +25,12 @@ def request_cancel(store: JobStore, job_id: str, max_tries: int = 5) -> Job:
             return job
         try:
             if job.status in CANCEL_AT_ONCE:
-                return store.transition(
+                job = store.transition(
                     job, JobStatus.CANCELLED, cancel_requested=True,
                     reason_code=ReasonCode.CANCEL_REQUESTED, reason_message="cancelled before any cluster was launched",
                 )  # fmt: skip
+                on_finished(job)  # a LAUNCHING job held a cluster slot
+                return job
             return store.mark(job, cancel_requested=True)
         except TransitionConflict:
             continue  # the job moved on while we looked: look again

@@ -158,6 +158,7 @@ class Driver:
         poll_interval_s: float = 2.0,
         heartbeat_interval_s: float = 15.0,
         api_timeout_s: float = 60.0,
+        on_finished: Callable[[Job], object] = lambda job: None,
     ) -> None:
         self._store = store
         self._objects = objects
@@ -169,6 +170,7 @@ class Driver:
         self._poll_s = poll_interval_s
         self._heartbeat_s = heartbeat_interval_s
         self._api_timeout_s = api_timeout_s
+        self._on_finished = on_finished  # gives back the cluster slot, launches what is queued
 
     def run(self, job_id: str) -> Job:
         """Run job `job_id` to a terminal state. If another driver owns it, return it untouched."""
@@ -214,6 +216,11 @@ class Driver:
                 outcome = Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, clip(f"{type(err).__name__}: {err}"))
             finally:
                 job = self._finish(job, outcome, client)
+        if job.is_terminal:
+            try:
+                self._on_finished(job)
+            except Exception:  # noqa: BLE001 - the cluster is down; a slot left taken is logged
+                log.exception("job %s: could not release its cluster slot", job_id)
         return job
 
     # -- the phases --------------------------------------------------------------------------

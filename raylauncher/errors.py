@@ -63,6 +63,14 @@ class TransitionConflict(RayLauncherError):
         self.actual = actual
 
 
+class TransactionRefused(RayLauncherError):
+    """A transaction's other items failed their conditions (e.g. no free cluster slot)."""
+
+    def __init__(self, failed_items: list[int]) -> None:
+        super().__init__(f"transaction refused by item(s) {failed_items}")
+        self.failed_items = failed_items
+
+
 class PoisonMessage(RayLauncherError):
     """An intake message that can never be processed as it is (it is retried, then dead-lettered)."""
 

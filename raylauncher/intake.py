@@ -14,11 +14,11 @@ from datetime import datetime
 from typing import Any, Literal
 from urllib.parse import unquote_plus
 
-from raylauncher.bastion import Bastion
+from raylauncher.admission import Launcher
 from raylauncher.config import Pipeline, PipelinesConfig
-from raylauncher.errors import BastionUnavailable, PoisonMessage, RayLauncherError, TransitionConflict
+from raylauncher.errors import PoisonMessage, RayLauncherError
 from raylauncher.claims import ObjectClaims
-from raylauncher.model import Job, JobStatus, ReasonCode, S3ObjectRef, job_prefix, utc_now
+from raylauncher.model import Job, S3ObjectRef, job_prefix, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
 
@@ -105,14 +105,14 @@ class IntakeService:
         pipelines: PipelinesConfig,
         store: JobStore,
         objects: ObjectStore,
-        bastion: Bastion,
+        launcher: Launcher,
         claims: ObjectClaims | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._pipelines = pipelines
         self._store = store
         self._objects = objects
-        self._bastion = bastion
+        self._launcher = launcher
         self._claims = claims
         self._clock = clock
 
@@ -212,20 +212,7 @@ class IntakeService:
             return self._store.get(job.job_id)
 
     def launch(self, job: Job) -> Job:
-        """QUEUED -> LAUNCHING, then ask the bastion to run the driver. If the bastion cannot be
-        asked, the job ends FAILED(LAUNCH_FAILED) with the reason; no cluster was started."""
-        job = self._store.transition(job, JobStatus.LAUNCHING)
-        try:
-            self._bastion.run_driver(job.job_id)
-        except BastionUnavailable as err:
-            log.error("job %s: bastion unavailable: %s", job.job_id, err)
-            try:
-                return self._store.transition(
-                    job,
-                    JobStatus.FAILED,
-                    reason_code=ReasonCode.LAUNCH_FAILED,
-                    reason_message=f"could not start the driver on the bastion: {err}",
-                )
-            except TransitionConflict:  # a driver started after all, or a cancel came first
-                return self._store.get(job.job_id)
-        return job
+        """Launch within the cluster caps (admission control): LAUNCHING with a slot and the
+        bastion asked to run the driver, or still QUEUED until a slot frees. If the bastion
+        cannot be asked, the job ends FAILED(LAUNCH_FAILED) with the reason."""
+        return self._launcher.try_launch(job)

@@ -125,6 +125,7 @@ class Job(BaseModel):
     cluster: dict[str, Any] | None = None  # what the backend needs to find the cluster again
     heartbeat_at: str | None = None
     cancel_requested: bool = False  # the driver polls it; a QUEUED job is cancelled at once
+    slot_held: bool = False  # holds one of the cluster slots (admission control)
     teardown_attempts: int = 0
     summary: dict[str, Any] | None = None  # the Ray job's own summary, when it wrote one
 

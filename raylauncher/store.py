@@ -16,7 +16,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
-from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransitionConflict
+from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransactionRefused, TransitionConflict
 from raylauncher.model import Job, JobStatus, check_transition, iso, utc_now
 
 
@@ -103,6 +103,10 @@ class DynamoJobStore(JobStore):
         self._ddb = dynamodb_client
         self._table = table_name
 
+    @property
+    def table_name(self) -> str:
+        return self._table
+
     def create(self, job: Job) -> Job:
         item = {k: _to_dynamo(v) for k, v in job.model_dump(mode="json").items() if v is not None}
         try:
@@ -135,38 +139,44 @@ class DynamoJobStore(JobStore):
             raise StorageError("cannot list jobs", error_code(err)) from err
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)
 
-    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+    def transition_params(self, job: Job, target: JobStatus, **fields: Any) -> dict[str, Any]:
+        """The conditional UpdateItem of a transition, for use inside a transaction too."""
         check_transition(job.status, target)
-        now = iso(utc_now())
         names = {"#status": "status", "#version": "version", "#phase": target.value}
         values = {
             ":from": _to_dynamo(job.status.value),
             ":expected_version": _to_dynamo(job.version),
             ":to": _to_dynamo(target.value),
             ":next_version": _to_dynamo(job.version + 1),
-            ":now": _to_dynamo(now),
+            ":now": _to_dynamo(iso(utc_now())),
         }
-        sets = [
-            "#status = :to",
-            "#version = :next_version",
-            "updated_at = :now",
-            "phase_times.#phase = :now",
-        ]
-        return self._update(
-            job,
-            fields,
-            names,
-            values,
-            sets,
-            condition="#status = :from AND #version = :expected_version",
-        )
+        sets = ["#status = :to", "#version = :next_version", "updated_at = :now", "phase_times.#phase = :now"]
+        return self._update_params(job, fields, names, values, sets, "#status = :from AND #version = :expected_version")
+
+    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        return self._update(job, self.transition_params(job, target, **fields))
+
+    def transact(self, job: Job, job_update: dict[str, Any], others: list[dict[str, Any]]) -> Job:
+        """Apply `job_update` (from transition_params) together with `others` (TransactItems),
+        all or nothing. Raises TransitionConflict if the job's condition failed, or
+        TransactionRefused with the failed items' indexes in `others`."""
+        try:
+            self._ddb.transact_write_items(TransactItems=[{"Update": job_update}, *others])
+        except (ClientError, BotoCoreError) as err:
+            if error_code(err) != "TransactionCanceledException":
+                raise StorageError(f"cannot update job {job.job_id}", error_code(err)) from err
+            reasons = [r.get("Code", "None") for r in err.response.get("CancellationReasons", [])]  # type: ignore[union-attr]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                raise TransitionConflict(job.job_id, job.status.value, None) from None
+            raise TransactionRefused([i - 1 for i, code in enumerate(reasons) if i and code != "None"]) from None
+        return self.get(job.job_id)
 
     def mark(self, job: Job, **fields: Any) -> Job:
         names = {"#status": "status"}
         values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(iso(utc_now()))}
-        return self._update(job, fields, names, values, ["updated_at = :now"], condition="#status = :from")
+        return self._update(job, self._update_params(job, fields, names, values, ["updated_at = :now"], "#status = :from"))
 
-    def _update(
+    def _update_params(
         self,
         job: Job,
         fields: dict[str, Any],
@@ -174,7 +184,7 @@ class DynamoJobStore(JobStore):
         values: dict[str, Any],
         sets: list[str],
         condition: str,
-    ) -> Job:
+    ) -> dict[str, Any]:
         removes = []
         for i, (name, value) in enumerate(sorted(fields.items())):
             if name not in Job.model_fields:
@@ -187,20 +197,23 @@ class DynamoJobStore(JobStore):
                 values[f":f{i}"] = _to_dynamo(plain)
                 sets.append(f"#f{i} = :f{i}")
         expression = "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else "")
+        return {
+            "TableName": self._table,
+            "Key": {"job_id": {"S": job.job_id}},
+            "UpdateExpression": expression,
+            "ConditionExpression": condition,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def _update(self, job: Job, params: dict[str, Any]) -> Job:
         try:
             resp = self._ddb.update_item(
-                TableName=self._table,
-                Key={"job_id": {"S": job.job_id}},
-                UpdateExpression=expression,
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-                ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                **params, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
             )
         except (ClientError, BotoCoreError) as err:
             if error_code(err) == "ConditionalCheckFailedException":
-                old = err.response.get("Item") or {}
+                old = err.response.get("Item") or {}  # type: ignore[union-attr]
                 actual = _deser.deserialize(old["status"]) if "status" in old else None
                 raise TransitionConflict(job.job_id, job.status.value, actual) from None
             raise StorageError(f"cannot update job {job.job_id}", error_code(err)) from err

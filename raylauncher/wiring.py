@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raylauncher import aws
+from raylauncher.admission import Launcher
 from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
 from raylauncher.config import Settings, load_ec2_deployment, load_pipelines
 from raylauncher.claims import DynamoObjectClaims
@@ -54,13 +55,21 @@ def build_claims(settings: Settings, store: DynamoJobStore) -> DynamoObjectClaim
     return DynamoObjectClaims(aws.client("dynamodb", settings), settings.idempotency_table, job_exists)
 
 
+def build_launcher(settings: Settings, store: DynamoJobStore, bastion: Bastion | None = None) -> Launcher:
+    """Admission control + the bastion. The driver passes the bastion's own local start."""
+    return Launcher(
+        store, bastion or build_bastion(settings), load_pipelines(settings.pipelines_file),
+        aws.client("dynamodb", settings), settings.idempotency_table, settings.max_clusters_total,
+    )  # fmt: skip
+
+
 def build_intake_service(settings: Settings, store: DynamoJobStore | None = None) -> IntakeService:
     store = store or build_store(settings)
     return IntakeService(
         load_pipelines(settings.pipelines_file),
         store,
         build_objects(settings),
-        build_bastion(settings),
+        build_launcher(settings, store),
         claims=build_claims(settings, store),
     )
 
@@ -95,8 +104,12 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
             down_attempts=settings.down_attempts,
             instances_left=Ec2ClusterInstances(aws.client("ec2", settings)),
         )
+    store = build_store(settings)
+    # On the bastion, "run the driver" for the next queued job is a local detached start.
+    launcher = build_launcher(settings, store, LocalBastion(settings.launcher_bin, {**os.environ, **settings.to_env()}))
     return Driver(
-        store=build_store(settings),
+        store=store,
+        on_finished=launcher.finished,
         objects=build_objects(settings),
         backend=backend,
         pipelines=load_pipelines(settings.pipelines_file),
@@ -127,7 +140,8 @@ def build_api_services(settings: Settings) -> ApiServices:
 
     store = build_store(settings)
     submissions = Submissions(build_intake_service(settings, store), store, build_idempotency_layer(settings))
-    return ApiServices(load_pipelines(settings.pipelines_file), store, settings.bucket, submissions)
+    launcher = build_launcher(settings, store)
+    return ApiServices(load_pipelines(settings.pipelines_file), store, settings.bucket, submissions, launcher.finished)
 
 
 def build_schedule_runner(settings: Settings) -> ScheduleRunner:

@@ -1,0 +1,136 @@
+"""Admission control: never more clusters than the owner allowed, per pipeline and in total.
+
+A cluster slot is taken in the same DynamoDB transaction that moves the job QUEUED ->
+LAUNCHING (so two intakes can never both take the last slot), and given back in the same
+transaction that clears the job's `slot_held` flag once it is terminal (so a slot is released
+exactly once). A job that finds no slot stays QUEUED; when a slot frees, the oldest QUEUED job
+is launched (FIFO).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from raylauncher.bastion import Bastion
+from raylauncher.config import PipelinesConfig
+from raylauncher.errors import BastionUnavailable, RayLauncherError, TransactionRefused, TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode
+from raylauncher.store import DynamoJobStore
+
+log = logging.getLogger(__name__)
+
+TOTAL_SLOTS_ID = "slots#total"
+
+
+def pipeline_slots_id(pipeline: str) -> str:
+    return f"slots#pipeline#{pipeline}"
+
+
+def queue_position(job: Job, jobs: list[Job]) -> int | None:
+    """1 for the next QUEUED job to launch (oldest first, across pipelines); None if not queued."""
+    if job.status != JobStatus.QUEUED:
+        return None
+    ahead = [j for j in jobs if j.status == JobStatus.QUEUED and (j.created_at, j.job_id) < (job.created_at, job.job_id)]
+    return len(ahead) + 1
+
+
+class Launcher:
+    """Launches jobs within the caps: QUEUED -> LAUNCHING + slot, then the bastion runs the driver."""
+
+    def __init__(
+        self,
+        store: DynamoJobStore,
+        bastion: Bastion,
+        pipelines: PipelinesConfig,
+        control_client: Any,
+        control_table: str,
+        max_clusters_total: int,
+        on_launched: Callable[[Job], None] = lambda job: None,
+    ) -> None:
+        self._store = store
+        self._bastion = bastion
+        self._pipelines = pipelines
+        self._ddb = control_client
+        self._table = control_table
+        self._total = max_clusters_total
+        self._on_launched = on_launched
+
+    def _slot(self, slot_id: str, delta: int, cap: int | None) -> dict[str, Any]:
+        update: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"id": {"S": slot_id}},
+            "UpdateExpression": "SET used = if_not_exists(used, :zero) + :delta",
+            "ExpressionAttributeValues": {":zero": {"N": "0"}, ":delta": {"N": str(delta)}},
+        }
+        if cap is not None:  # taking a slot: only below the cap
+            update["ConditionExpression"] = "attribute_not_exists(used) OR used < :cap"
+            update["ExpressionAttributeValues"][":cap"] = {"N": str(cap)}
+        else:  # giving one back: never below zero
+            update["ConditionExpression"] = "used > :zero"
+        return {"Update": update}
+
+    def try_launch(self, job: Job) -> Job:
+        """Take a slot and launch `job`, or leave it QUEUED when the caps are reached.
+        Raises TransitionConflict if the job moved on meanwhile."""
+        cap = self._pipelines.get(job.pipeline).max_concurrent_clusters
+        slots = [self._slot(pipeline_slots_id(job.pipeline), +1, cap), self._slot(TOTAL_SLOTS_ID, +1, self._total)]
+        try:
+            job = self._store.transact(job, self._store.transition_params(job, JobStatus.LAUNCHING, slot_held=True), slots)
+        except TransactionRefused:
+            log.info("job %s stays QUEUED: no free cluster slot", job.job_id)
+            return job
+        try:
+            self._bastion.run_driver(job.job_id)
+        except BastionUnavailable as err:
+            log.error("job %s: bastion unavailable: %s", job.job_id, err)
+            try:
+                job = self._store.transition(job, JobStatus.FAILED, reason_code=ReasonCode.LAUNCH_FAILED,
+                                             reason_message=f"could not start the driver on the bastion: {err}")  # fmt: skip
+            except TransitionConflict:  # a driver started after all, or a cancel came first
+                return self._store.get(job.job_id)
+            self.release(job)
+            return job
+        self._on_launched(job)
+        return job
+
+    def release(self, job: Job) -> bool:
+        """Give back the slot of a terminal job (once: guarded by its slot_held flag)."""
+        if not (job.is_terminal and job.slot_held):
+            return False
+        clear = {
+            "TableName": self._store.table_name,
+            "Key": {"job_id": {"S": job.job_id}},
+            "UpdateExpression": "SET slot_held = :no",
+            "ConditionExpression": "slot_held = :yes AND #status = :status",
+            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeValues": {":no": {"BOOL": False}, ":yes": {"BOOL": True},
+                                          ":status": {"S": job.status.value}},
+        }  # fmt: skip
+        slots = [self._slot(pipeline_slots_id(job.pipeline), -1, None), self._slot(TOTAL_SLOTS_ID, -1, None)]
+        try:
+            self._ddb.transact_write_items(TransactItems=[{"Update": clear}, *slots])
+        except Exception:  # noqa: BLE001 - already released, or the table is unreachable: logged
+            log.warning("job %s: slot not released (already released?)", job.job_id, exc_info=True)
+            return False
+        return True
+
+    def launch_queued(self) -> list[Job]:
+        """Launch QUEUED jobs, oldest first, while slots allow."""
+        launched = []
+        queued = sorted((j for j in self._store.list_jobs() if j.status == JobStatus.QUEUED),
+                        key=lambda j: (j.created_at, j.job_id))  # fmt: skip
+        for job in queued:
+            try:
+                after = self.try_launch(job)
+            except (TransitionConflict, RayLauncherError):
+                continue
+            if after.status != JobStatus.QUEUED:
+                launched.append(after)
+        return launched
+
+    def finished(self, job: Job) -> list[Job]:
+        """A job ended: give back its slot and launch whatever now fits."""
+        self.release(job)
+        return self.launch_queued()

@@ -81,12 +81,13 @@ class SqsPoller:
         """Receive one batch (up to batch_size messages, gathered for at most the batching
         window), run the handler, delete what succeeded. Returns records handled."""
         messages: list[dict[str, Any]] = []
-        window_ends = None
+        window_ends: float | None = None
         while len(messages) < self._batch_size:
+            remaining = 0.0 if window_ends is None else window_ends - time.monotonic()
             got = self._sqs.receive_message(
                 QueueUrl=self._queue_url,
                 MaxNumberOfMessages=min(10, self._batch_size - len(messages)),  # SQS gives 10 at most
-                WaitTimeSeconds=wait_s if not messages else 0,
+                WaitTimeSeconds=wait_s if not messages else int(max(0.0, min(1.0, remaining))),
                 VisibilityTimeout=IN_FLIGHT_VISIBILITY_S,  # gathering + handling must not outlast it
                 AttributeNames=["All"],
                 MessageAttributeNames=["All"],
@@ -94,8 +95,9 @@ class SqsPoller:
             messages += got
             if not messages:
                 return 0
-            window_ends = window_ends or time.monotonic() + self._window_s
-            if not got or time.monotonic() >= window_ends:
+            if window_ends is None:  # like Lambda: the window opens with the first record
+                window_ends = time.monotonic() + self._window_s
+            if time.monotonic() >= window_ends:
                 break
         event = to_lambda_event(messages, self._queue_arn, self._region)
         try:

@@ -56,6 +56,7 @@ pipelines:
     entrypoint: {{script: jobs/probe/main.py}}
     cluster: {{local_num_cpus: 1}}
     run_timeout_s: {run_timeout_s}
+    batching_window_s: 1
     output_prefix: outputs/probe/
 """
     )
@@ -65,6 +66,7 @@ pipelines:
 def test_demo_flow_succeeds_and_output_matches_pandas(tmp_path: Path) -> None:
     with local_system(tmp_path / "state") as system:
         # Given CSV files (with a space, a plus and unicode in their names) dropped under the prefix
+        # within the pipeline's batching window
         keys = upload_sample_files(system, files=3, rows_per_file=5_000)
         # When the system runs them
         (job,) = run_until(system, all_terminal)

@@ -28,6 +28,7 @@ check-no-ray: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
+	$(BIN)/python bench/intake.py
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache

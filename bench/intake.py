@@ -110,7 +110,8 @@ def main() -> None:
         listed = [o["key"] for j in jobs for o in objects.get_json(j.manifest_key)["objects"]]
         missing = len(set(keys) - set(listed))
         doubled = len(listed) - len(set(listed))
-        launching = sum(1 for j in jobs if j.status == "LAUNCHING")
+        launching = sum(1 for j in jobs if j.status == "LAUNCHING")  # none finishes here: all still hold slots
+        queued = sum(1 for j in jobs if j.status == "QUEUED")
 
     print(f"notifications handled     {events} ({len(duplicates)} of them redeliveries)")
     print(f"intake time               {intake_s:.2f}s")
@@ -118,7 +119,8 @@ def main() -> None:
     print(f"DynamoDB requests         {DYNAMODB_CALLS['n']} ({DYNAMODB_CALLS['n'] / events:.3f} per event)")
     print(f"jobs created              {len(jobs)} (max_objects_per_job={pipelines.pipelines[0].max_objects_per_job}, "
           f"batch size {args.batch_size})")  # fmt: skip
-    print(f"launches requested        {launching} (admission control is not built: every job launches)")
+    print(f"max concurrent clusters   {launching} (caps: {pipelines.pipelines[0].max_concurrent_clusters} per pipeline, "
+          f"{settings.max_clusters_total} in total; {queued} job(s) QUEUED for a slot)")  # fmt: skip
     print(f"objects missing / doubled {missing} / {doubled}")
 
 

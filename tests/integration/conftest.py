@@ -17,7 +17,7 @@ from lambdas.schedule import handler as schedule_handler
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.http_api import to_rest_event
 from raylauncher.local.poller import LocalLambdaContext
-from raylauncher.local.stack import bootstrap
+from raylauncher.local.stack import LocalResources, bootstrap
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_store
 
@@ -79,3 +79,16 @@ def api(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiClie
     yield ApiClient(settings)
     api_handler.services.cache_clear()
     schedule_handler.runner.cache_clear()
+
+
+@pytest.fixture
+def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
+    """Resources created as the stack would, and the intake handler configured through its environment."""
+    from lambdas.intake import handler as intake_handler
+
+    resources = bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    intake_handler.service.cache_clear()
+    yield resources
+    intake_handler.service.cache_clear()

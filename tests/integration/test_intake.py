@@ -2,30 +2,18 @@
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from lambdas.intake import handler as intake_handler
 from raylauncher import aws
-from raylauncher.config import Settings, load_pipelines
+from raylauncher.config import Settings
 from raylauncher.local.poller import SqsPoller
-from raylauncher.local.stack import MAX_RECEIVE_COUNT, LocalResources, bootstrap
+from raylauncher.local.stack import MAX_RECEIVE_COUNT, LocalResources
 from raylauncher.model import JobStatus, ReasonCode
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_objects, build_store
 from tests.conftest import launcher_calls
-
-
-@pytest.fixture
-def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
-    """Resources created as the stack would, and the handler configured through its environment."""
-    resources = bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
-    for key, value in settings.to_env().items():
-        monkeypatch.setenv(key, value)
-    intake_handler.service.cache_clear()
-    yield resources
-    intake_handler.service.cache_clear()
 
 
 def poller(settings: Settings, resources: LocalResources) -> SqsPoller:

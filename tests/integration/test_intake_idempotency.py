@@ -1,26 +1,15 @@
 """At-least-once delivery, exactly-once jobs: one job per S3 object version (moto server)."""
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lambdas.intake import handler as intake_handler
 from raylauncher import aws
-from raylauncher.config import Settings, load_pipelines
+from raylauncher.config import Settings
 from raylauncher.local.poller import SqsPoller
-from raylauncher.local.stack import LocalResources, bootstrap
+from raylauncher.local.stack import LocalResources
 from raylauncher.wiring import build_objects, build_store
-
-
-@pytest.fixture
-def intake_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalResources]:
-    resources = bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
-    for key, value in settings.to_env().items():
-        monkeypatch.setenv(key, value)
-    intake_handler.service.cache_clear()
-    yield resources
-    intake_handler.service.cache_clear()
 
 
 def received_bodies(settings: Settings, resources: LocalResources) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from raylauncher.clusters import ec2_config
 from pydantic import ValidationError
 
 from raylauncher.clusters.ec2_config import (
@@ -237,15 +239,17 @@ def test_no_ray_default_is_left_to_merge_in(sample: Pipeline, deployment: Ec2Dep
 def test_start_commands_are_the_launchers_usual_ones(sample: Pipeline, deployment: Ec2Deployment) -> None:
     # Given a rendered config, Then nodes start Ray the usual way (these run on the nodes, not here)
     config = render(sample, deployment)
-    assert config["head_start_ray_commands"] == [
-        "ray stop",
+    template = yaml.safe_load((Path(ec2_config.__file__).parent / "templates" / "cluster.yaml").read_text())
+    # the node-local reset the launcher always runs first on a fresh node (on the node, never here)
+    for field in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert config[field] == template[field] and config[field][0].split()[-1] == "stop"
+    assert config["head_start_ray_commands"][1] == (
         "ulimit -n 65536; ray start --head --port=6379 --object-manager-port=8076 "
-        "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0 --disable-usage-stats",
-    ]
-    assert config["worker_start_ray_commands"] == [
-        "ray stop",
-        "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats",
-    ]
+        "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0 --disable-usage-stats"
+    )
+    assert config["worker_start_ray_commands"][1] == (
+        "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats"
+    )
 
 
 def test_cluster_name_is_unique_per_job(sample: Pipeline, deployment: Ec2Deployment) -> None:

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 import yaml
-
-from raylauncher.clusters import ec2_config
 from pydantic import ValidationError
 
+from raylauncher.clusters import ec2_config
 from raylauncher.clusters.ec2_config import (
     HEAD_TYPE,
     WORKER_TYPE,

@@ -158,6 +158,7 @@ class Driver:
         poll_interval_s: float = 2.0,
         heartbeat_interval_s: float = 15.0,
         api_timeout_s: float = 60.0,
+        submit_timeout_s: float = 120.0,
         on_finished: Callable[[Job], object] = lambda job: None,
     ) -> None:
         self._store = store
@@ -170,6 +171,7 @@ class Driver:
         self._poll_s = poll_interval_s
         self._heartbeat_s = heartbeat_interval_s
         self._api_timeout_s = api_timeout_s
+        self._submit_timeout_s = submit_timeout_s
         self._on_finished = on_finished  # gives back the cluster slot, launches what is queued
 
     def run(self, job_id: str) -> Job:
@@ -226,13 +228,28 @@ class Driver:
     # -- the phases --------------------------------------------------------------------------
 
     def _submit_once(self, client: JobsClient, job: Job, pipeline: Pipeline, handle: ClusterHandle) -> None:
-        """Submit with submission id = job id, unless Ray already has it (a re-run never submits twice)."""
-        if any(getattr(j, "submission_id", None) == job.job_id for j in client.list_jobs()):
-            log.info("job %s already submitted; following it", job.job_id)
-            return
+        """Submit with submission id = job id, unless Ray already has it (a re-run never submits
+        twice). A fresh head can refuse submissions until its job agent has registered (HTTP
+        500 "no available agent"), so a refusal is retried until the submit deadline; before
+        each retry Ray is asked again whether the previous attempt got through after all."""
         script = self._project_dir / pipeline.entrypoint.script
-        if not script.is_file():
+        if not script.is_file():  # not worth a retry
             raise _SubmitFailed(f"entrypoint {pipeline.entrypoint.script} not found under {self._project_dir}")
+        deadline = time.monotonic() + self._submit_timeout_s
+        while True:
+            if any(getattr(j, "submission_id", None) == job.job_id for j in client.list_jobs()):
+                log.info("job %s is known to Ray; following it", job.job_id)
+                return
+            try:
+                self._submit(client, job, pipeline, handle, script)
+                return
+            except _SubmitFailed:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: submission refused, retrying", job.job_id, exc_info=True)
+                time.sleep(2)
+
+    def _submit(self, client: JobsClient, job: Job, pipeline: Pipeline, handle: ClusterHandle, script: Path) -> None:
         manifest_uri = self._objects.uri(job.manifest_key or job_prefix(job.job_id) + "manifest.json")
         output_uri = self._objects.uri(job.output_prefix or "")
         argv = [handle.python, script.name, *pipeline.entrypoint.args, "--manifest", manifest_uri, "--output", output_uri]

@@ -50,7 +50,7 @@ class ClusterBackend(ABC):
 
 def jobs_api_answers(dashboard_url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=2) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=10) as resp:  # noqa: S310
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False

@@ -193,3 +193,33 @@ def test_run_cli_reports_timeout_and_stderr(tmp_path: Path) -> None:
     assert "warming up" in result.describe()
     done = run_cli([sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(3)"], 30, {}, "test-job")
     assert (done.returncode, done.ok, done.stderr_tail) == (3, False, "bad")
+
+
+def test_a_refused_submission_is_retried_and_never_doubled(tmp_path: Path) -> None:
+    # Given a fresh head that refuses the first submission (its job agent is not registered yet),
+    # and a second attempt whose answer is lost although Ray accepted it
+    class FreshHead(SucceedingRay):
+        def __init__(self) -> None:
+            self.submits: list[str] = []
+            self.known: list[Any] = []
+
+        def list_jobs(self) -> list[Any]:
+            return self.known
+
+        def submit_job(self, **kwargs: Any) -> str:
+            self.submits.append(kwargs["submission_id"])
+            if len(self.submits) == 1:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job")
+            self.known.append(SimpleNamespace(submission_id=kwargs["submission_id"]))
+            raise TimeoutError("the answer was lost")
+
+    head = FreshHead()
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    driver = driver_for(store, backend, tmp_path, ray=head)
+    # When the driver runs the job
+    done = driver.run(job.job_id)
+    # Then it retried, saw Ray had the job, did not submit a third time, and the job succeeded
+    assert head.submits == [job.job_id, job.job_id]
+    assert done.status == JobStatus.SUCCEEDED
+    assert backend.calls == ["up", "down"]

@@ -262,24 +262,13 @@ def job_view(job: Job, bucket: str, queue_position: int | None = None) -> JobVie
 
     order = list(JobStatus)
     phases = sorted(job.phase_times.items(), key=lambda kv: (kv[1], order.index(JobStatus(kv[0]))))
+    shared = (set(JobView.model_fields) & set(Job.model_fields)) - {"phase_times"}
     return JobView(
-        job_id=job.job_id,
-        pipeline=job.pipeline,
-        trigger=job.trigger,
-        status=job.status,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
+        **{name: getattr(job, name) for name in shared},
         phase_times=[PhaseTime(status=JobStatus(s), at=at) for s, at in phases],
-        reason_code=job.reason_code,
-        reason_message=job.reason_message,
-        cancel_requested=job.cancel_requested,
-        params=job.params,
-        object_count=job.object_count,
-        ray_status=job.ray_status,
         manifest_location=uri(job.manifest_key),
         log_location=uri(job.logs_key),
         output_location=uri(job.output_prefix),
-        summary=job.summary,
         queue_position=queue_position,
     )
 

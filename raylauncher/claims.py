@@ -58,7 +58,6 @@ class DynamoObjectClaims(ObjectClaims):
         self._job_exists = job_exists
         self._stale_after_s = stale_after_s
         self._clock = clock
-        self.requests = 0  # DynamoDB calls made, for the intake benchmark
 
     def _put(self, ref: S3ObjectRef, job_id: str) -> dict[str, Any]:
         now = int(self._clock())
@@ -78,7 +77,6 @@ class DynamoObjectClaims(ObjectClaims):
         for start in range(0, len(refs), TRANSACTION_ITEMS):
             chunk = refs[start : start + TRANSACTION_ITEMS]
             try:
-                self.requests += 1
                 self._ddb.transact_write_items(TransactItems=[{"Put": self._put(r, job_id)} for r in chunk])
                 won += chunk
             except ClientError as err:
@@ -91,7 +89,6 @@ class DynamoObjectClaims(ObjectClaims):
 
     def _claim_one(self, ref: S3ObjectRef, job_id: str) -> bool:
         try:
-            self.requests += 1
             self._ddb.put_item(**self._put(ref, job_id), ReturnValuesOnConditionCheckFailure="ALL_OLD")
             return True
         except ClientError as err:
@@ -113,7 +110,6 @@ class DynamoObjectClaims(ObjectClaims):
         put["ConditionExpression"] = "job_id = :stale"
         put["ExpressionAttributeValues"] = {":stale": {"S": stale_owner}}
         try:
-            self.requests += 1
             self._ddb.put_item(**put)
             return True
         except ClientError as err:
@@ -124,7 +120,6 @@ class DynamoObjectClaims(ObjectClaims):
     def release(self, refs: Sequence[S3ObjectRef], job_id: str) -> None:
         for ref in refs:
             try:
-                self.requests += 1
                 self._ddb.delete_item(
                     TableName=self._table,
                     Key={"id": {"S": claim_id(ref)}},

@@ -294,7 +294,6 @@ class Settings(_Strict):
     project_dir: str = "/opt/raylauncher/app"  # holds jobs/ on the bastion
     state_dir: str = "/var/lib/raylauncher"  # driver logs and temp files on the bastion
     detach: Literal["process", "systemd"] = "systemd"
-    queue_url: str | None = None  # the local poller reads it
     max_clusters_total: int = Field(default=10, ge=1)  # admission control, all pipelines together
     poll_interval_s: float = Field(default=2.0, gt=0)
     provisioning_timeout_s: int = Field(default=900, ge=5)  # ray up + head ready

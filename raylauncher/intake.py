@@ -18,7 +18,7 @@ from raylauncher.admission import Launcher
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import PoisonMessage, RayLauncherError
 from raylauncher.claims import ObjectClaims
-from raylauncher.model import Job, S3ObjectRef, job_prefix, utc_now
+from raylauncher.model import Job, S3ObjectRef, job_prefix, new_job_id, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
 
@@ -151,7 +151,7 @@ class IntakeService:
         """Claim the objects, then start a job for those not already another job's (None if
         every one was a duplicate delivery). If the job cannot be recorded, the claims are
         released and the error propagates (the messages are retried)."""
-        job_id = Job.new(pipeline.name, "s3", self._clock()).job_id
+        job_id = new_job_id(pipeline.name, self._clock())
         claimed = self._claims.claim(objects, job_id) if self._claims else objects
         if not claimed:
             log.info("all %d object(s) were already taken by other jobs (duplicate delivery)", len(objects))
@@ -206,13 +206,8 @@ class IntakeService:
         # From here on the objects belong to this job: whatever launching does, the messages
         # are acknowledged, so a redelivery can never make a second job for the same files.
         try:
-            return self.launch(job)
+            # Within the cluster caps: LAUNCHING + driver started, or QUEUED until a slot frees.
+            return self._launcher.try_launch(job)
         except RayLauncherError:
             log.exception("job %s: launch failed after the job was recorded", job.job_id)
             return self._store.get(job.job_id)
-
-    def launch(self, job: Job) -> Job:
-        """Launch within the cluster caps (admission control): LAUNCHING with a slot and the
-        bastion asked to run the driver, or still QUEUED until a slot frees. If the bastion
-        cannot be asked, the job ends FAILED(LAUNCH_FAILED) with the reason."""
-        return self._launcher.try_launch(job)

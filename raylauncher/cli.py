@@ -14,7 +14,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from raylauncher.config import Settings, load_pipelines
+from raylauncher.config import BASTION_ENV_FILE, Settings, load_pipelines, pipelines_json
 from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, UnknownPipeline
 from raylauncher.model import require_job_id
 
@@ -41,7 +41,7 @@ def cmd_driver_start(args: argparse.Namespace) -> int:
             "systemd-run", f"--unit=raylauncher-driver-{args.job_id}", "--collect",
             # Longer than every teardown deadline together: systemd must never kill `ray down`.
             "--property=KillMode=mixed", f"--property=TimeoutStopSec={settings.teardown_timeout_s + 600}",
-            "--property=EnvironmentFile=/etc/raylauncher/env", *run,
+            f"--property=EnvironmentFile={BASTION_ENV_FILE}", *run,
         ]  # fmt: skip
         return subprocess.run(cmd, check=False).returncode
     log_dir = Path(settings.state_dir) / "drivers"
@@ -80,8 +80,16 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_export_pipelines(args: argparse.Namespace) -> int:
     """Validate pipelines.yaml and write it as JSON (what the Lambdas read: no PyYAML there)."""
     config = load_pipelines(args.source)
-    Path(args.out).write_text(config.model_dump_json(indent=1) + "\n", encoding="utf-8")
+    Path(args.out).write_text(pipelines_json(config), encoding="utf-8")
     print(f"{len(config.pipelines)} pipeline(s) written to {args.out}")
+    return 0
+
+
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    """One watchdog sweep (on AWS a schedule runs it every few minutes)."""
+    from raylauncher.wiring import build_watchdog
+
+    print(json.dumps(build_watchdog(_settings()).sweep().as_dict()))
     return 0
 
 
@@ -154,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="local system + HTTP API on 127.0.0.1 until Ctrl-C (jobs really run)")
     serve.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
     serve.set_defaults(func=cmd_serve)
+
+    sweep = sub.add_parser("watchdog", help="one watchdog sweep: fail unclaimed launches, launch queued jobs")
+    sweep.set_defaults(func=cmd_watchdog)
 
     fire = sub.add_parser("fire-schedule", help="fire a pipeline's schedule now (local mode)")
     fire.add_argument("pipeline")

@@ -217,6 +217,11 @@ def parse_pipelines(data: Any, source: str = "<data>") -> PipelinesConfig:
         raise ConfigError(_describe(err, source)) from None
 
 
+def pipelines_json(config: PipelinesConfig) -> str:
+    """The validated pipelines as JSON: what the Lambdas and the bastion read (no PyYAML there)."""
+    return config.model_dump_json(indent=1) + "\n"
+
+
 def load_pipelines(path: str | Path) -> PipelinesConfig:
     """Load pipelines from a .yaml/.yml (needs PyYAML) or .json file; ConfigError names the bad field."""
     path = Path(path)
@@ -276,6 +281,17 @@ def load_ec2_deployment(path: str | Path) -> Ec2Deployment:
 
 ENV_PREFIX = "RAYLAUNCHER_"
 
+#: The bastion's layout, as the stack installs it (cdk/bastion.py) and the driver relies on it.
+BASTION_HOME = "/opt/raylauncher"
+BASTION_APP_DIR = f"{BASTION_HOME}/app"  # the installed project: jobs/, pipelines.json
+BASTION_VENV = f"{BASTION_HOME}/venv"
+#: Settings of the bastion's driver, as KEY=value lines (bash `source` and systemd EnvironmentFile).
+BASTION_ENV_FILE = "/etc/raylauncher/env"
+#: What the SSM command runs: reads BASTION_ENV_FILE, then execs the venv's `raylauncher`.
+BASTION_LAUNCHER = f"{BASTION_HOME}/bin/raylauncher"
+BASTION_EC2_DEPLOYMENT_FILE = "/etc/raylauncher/ec2-deployment.json"
+BASTION_STATE_DIR = "/var/lib/raylauncher"
+
 
 class Settings(_Strict):
     """Where things are. Built once per process from environment variables (`from_env`)."""
@@ -289,10 +305,10 @@ class Settings(_Strict):
     bastion: Literal["ssm", "local"] = "ssm"
     bastion_instance_id: str | None = None
     ssm_log_group: str | None = None  # CloudWatch Logs group for the SSM command's output
-    launcher_bin: str = "/opt/raylauncher/venv/bin/raylauncher"  # on the bastion
+    launcher_bin: str = BASTION_LAUNCHER  # on the bastion
     cluster_backend: Literal["local", "ec2"] = "ec2"
-    project_dir: str = "/opt/raylauncher/app"  # holds jobs/ on the bastion
-    state_dir: str = "/var/lib/raylauncher"  # driver logs and temp files on the bastion
+    project_dir: str = BASTION_APP_DIR  # holds jobs/ on the bastion
+    state_dir: str = BASTION_STATE_DIR  # driver logs and temp files on the bastion
     detach: Literal["process", "systemd"] = "systemd"
     max_clusters_total: int = Field(default=10, ge=1)  # admission control, all pipelines together
     poll_interval_s: float = Field(default=2.0, gt=0)

@@ -60,6 +60,7 @@ class ReasonCode(StrEnum):
     """Why a job did not succeed. Stored with a human message on every non-success."""
 
     LAUNCH_FAILED = "LAUNCH_FAILED"  # the bastion could not be asked to run the driver
+    DRIVER_NOT_STARTED = "DRIVER_NOT_STARTED"  # launched, but no driver claimed it (watchdog)
     PROVISIONING_FAILED = "PROVISIONING_FAILED"  # the cluster did not come up
     PROVISIONING_TIMEOUT = "PROVISIONING_TIMEOUT"  # not up before the provisioning deadline
     SUBMIT_FAILED = "SUBMIT_FAILED"  # the Ray Jobs API refused the job

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from raylauncher.api import ApiServices
     from raylauncher.schedules import ScheduleRunner
+    from raylauncher.watchdog import Watchdog
 
 
 def build_store(settings: Settings) -> DynamoJobStore:
@@ -150,3 +151,10 @@ def build_schedule_runner(settings: Settings) -> ScheduleRunner:
     return ScheduleRunner(
         build_intake_service(settings), load_pipelines(settings.pipelines_file), build_idempotency_layer(settings)
     )
+
+
+def build_watchdog(settings: Settings) -> Watchdog:
+    from raylauncher.watchdog import Watchdog
+
+    store = build_store(settings)
+    return Watchdog(store, build_launcher(settings, store))

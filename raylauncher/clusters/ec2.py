@@ -19,6 +19,7 @@ from pathlib import Path
 
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
 from raylauncher.clusters.ec2_config import (
+    RAY_CLUSTER_TAG,
     cluster_name,
     pinned_ray_version,
     render_cluster_config,
@@ -157,7 +158,7 @@ class Ec2ClusterInstances:
     def __call__(self, name: str) -> list[str]:
         pages = self._ec2.get_paginator("describe_instances").paginate(  # type: ignore[attr-defined]
             Filters=[
-                {"Name": "tag:ray-cluster-name", "Values": [name]},
+                {"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [name]},
                 {"Name": "instance-state-name", "Values": self.ALIVE_STATES},
             ]
         )

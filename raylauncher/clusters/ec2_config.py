@@ -24,6 +24,8 @@ TEMPLATE = Path(__file__).with_name("templates") / "cluster.yaml"
 HEAD_TYPE = "ray.head.default"
 WORKER_TYPE = "ray.worker.default"
 CLUSTER_NAME_PREFIX = "rl-"
+#: The tag Ray's AWS provider puts on every node of a cluster (value: the cluster name).
+RAY_CLUSTER_TAG = "ray-cluster-name"
 TAG_PREFIX = "raylauncher:"
 ROOT_DEVICE = "/dev/sda1"  # the root device of Ubuntu AMIs
 
@@ -86,12 +88,22 @@ def _node_config(
     return node_config
 
 
+#: Stock Ubuntu 22.04 images (the stack's default node AMI) have python3 but no pip and no
+#: `python`: add both, from the image's own package mirror, before installing the pinned Ray.
+STOCK_IMAGE_BOOTSTRAP = (
+    "command -v pip >/dev/null || (sudo apt-get update -qq && "
+    "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip python-is-python3)"
+)
+
+
 def _setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool) -> tuple[list[str], list[str]]:
     """(setup_commands for every node, head_setup_commands): install or check the pinned packages."""
     if preinstalled:
         check = f"python -c \"import ray; assert ray.__version__ == '{ray_version}', ray.__version__\""
         return [check], ['python -c "import boto3"']
-    return [f"pip install 'ray[default,data]=={ray_version}'"], [f"pip install 'boto3=={boto3_version}'"]
+    return [STOCK_IMAGE_BOOTSTRAP, f"pip install 'ray[default,data]=={ray_version}'"], [
+        f"pip install 'boto3=={boto3_version}'"
+    ]
 
 
 def render_cluster_config(

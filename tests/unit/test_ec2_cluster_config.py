@@ -22,6 +22,7 @@ from raylauncher.clusters import ec2_config
 from raylauncher.clusters.ec2_config import (
     HEAD_TYPE,
     WORKER_TYPE,
+    STOCK_IMAGE_BOOTSTRAP,
     cluster_name,
     pinned_ray_version,
     render_cluster_config,
@@ -131,7 +132,7 @@ def test_sample_profile_renders_the_walkthrough_cluster(sample: Pipeline, deploy
     assert worker["node_config"]["SecurityGroupIds"] == ["sg-0123456789abcdef0"]
     # And on-demand workers, the exact installed Ray on every node, a pinned boto3 on the head
     assert "InstanceMarketOptions" not in worker["node_config"]
-    assert config["setup_commands"] == [f"pip install 'ray[default,data]=={RAY}'"]
+    assert config["setup_commands"] == [STOCK_IMAGE_BOOTSTRAP, f"pip install 'ray[default,data]=={RAY}'"]
     assert config["head_setup_commands"] == [f"pip install 'boto3=={importlib.metadata.version('boto3')}'"]
     # And Ray's preparation kept what we said (no default replaced or added to it)
     assert prepared["max_workers"] == 8

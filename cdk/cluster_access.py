@@ -1,0 +1,107 @@
+"""Who may launch Ray nodes, and what the nodes may do.
+
+`ray up` on the bastion launches the head; the head's autoscaler launches the workers. Both
+therefore get `launcher_statements`: EC2 describes (IAM has no resource scoping for them),
+RunInstances only into our private subnets and cluster security group and only with the
+`ray-cluster-name` tag of one of our clusters, terminate/stop/tag only instances carrying that
+tag, key pairs only under Ray's own name, and PassRole only for the node role, only to EC2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import Aws
+from aws_cdk import aws_iam as iam
+from constructs import Construct
+
+from cdk.nag import acknowledge
+from cdk.storage import JOB_PREFIX, Storage
+
+from raylauncher.clusters.ec2_config import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
+from raylauncher.config import PipelinesConfig
+
+#: Ray names the key pairs it creates `ray-autoscaler_<n>_<region>`.
+RAY_KEY_PAIR_PREFIX = "ray-autoscaler"
+DESCRIBE_ACTIONS = [
+    "ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypes", "ec2:DescribeImages",
+    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs", "ec2:DescribeAvailabilityZones",
+]  # fmt: skip
+
+
+_ARN = "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
+_NEW_RESOURCE = ("does not exist before RunInstances creates it; the statement's condition requires our "
+                 f"{RAY_CLUSTER_TAG} tag (or acts only on instances carrying it)")  # fmt: skip
+LAUNCHER_WILDCARDS = {
+    "IAM5[Resource::*]": "EC2 Describe* actions support no resource-level permissions (AWS service authorization reference)",
+    f"IAM5[Resource::{_ARN}instance/*]": "an instance " + _NEW_RESOURCE,
+    f"IAM5[Resource::{_ARN}volume/*]": "a root volume " + _NEW_RESOURCE,
+    f"IAM5[Resource::{_ARN}network-interface/*]": "the node's network interface is created by RunInstances in our subnets and security group",
+    f"IAM5[Resource::{_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
+}  # fmt: skip
+
+
+def ec2_arn(resource: str, *, account: bool = True) -> str:
+    return f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID if account else ''}:{resource}"
+
+
+def launcher_statements(
+    *, node_role: iam.IRole, subnet_ids: Sequence[str], cluster_sg_id: str, image_id: str
+) -> list[iam.PolicyStatement]:
+    ours = f"{CLUSTER_NAME_PREFIX}*"
+    return [
+        iam.PolicyStatement(sid="DescribeForRayLauncher", actions=DESCRIBE_ACTIONS, resources=["*"]),
+        iam.PolicyStatement(
+            sid="RunTaggedNodes", actions=["ec2:RunInstances"],
+            resources=[ec2_arn("instance/*"), ec2_arn("volume/*")],
+            conditions={"StringLike": {f"aws:RequestTag/{RAY_CLUSTER_TAG}": ours}},
+        ),  # fmt: skip
+        iam.PolicyStatement(
+            sid="RunInOurNetwork", actions=["ec2:RunInstances"],
+            resources=[*(ec2_arn(f"subnet/{s}") for s in subnet_ids), ec2_arn(f"security-group/{cluster_sg_id}"),
+                       ec2_arn("network-interface/*"), ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*"),
+                       ec2_arn(f"image/{image_id}", account=False)],
+        ),  # fmt: skip
+        iam.PolicyStatement(
+            sid="TagAtLaunch", actions=["ec2:CreateTags"], resources=[ec2_arn("instance/*"), ec2_arn("volume/*")],
+            conditions={"StringEquals": {"ec2:CreateAction": "RunInstances"}},
+        ),  # fmt: skip
+        iam.PolicyStatement(
+            sid="ManageOurNodes",
+            actions=["ec2:CreateTags", "ec2:DeleteTags", "ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"],
+            resources=[ec2_arn("instance/*")],
+            conditions={"StringLike": {f"aws:ResourceTag/{RAY_CLUSTER_TAG}": ours}},
+        ),  # fmt: skip
+        iam.PolicyStatement(
+            sid="RayKeyPairs", actions=["ec2:CreateKeyPair"], resources=[ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*")]
+        ),
+        iam.PolicyStatement(
+            sid="PassNodeRoleToEc2", actions=["iam:PassRole"], resources=[node_role.role_arn],
+            conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
+        ),  # fmt: skip
+    ]
+
+
+class NodeRole(Construct):
+    """The role of head and workers: read the pipelines' inputs and the job's manifest, write the
+    pipelines' outputs; the head also launches and stops its workers (`launcher_statements`)."""
+
+    def __init__(self, scope: Construct, construct_id: str, *, storage: Storage, pipelines: PipelinesConfig) -> None:
+        super().__init__(scope, construct_id)
+        self.role = iam.Role(self, "Role", assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+                             description="Ray head and worker nodes of raylauncher clusters")  # fmt: skip
+        self.profile = iam.InstanceProfile(self, "Profile", role=self.role)
+        outputs = sorted({p.output_prefix for p in pipelines.pipelines})
+        storage.allow_read(self.role, [*sorted({p.trigger.prefix for p in pipelines.pipelines}), JOB_PREFIX, *outputs])
+        storage.allow_write(self.role, outputs)
+
+    def allow_launching(self, statements: list[iam.PolicyStatement]) -> None:
+        allow_launching(self.role, statements)
+
+
+def allow_launching(role: iam.IRole, statements: list[iam.PolicyStatement]) -> None:
+    """Give `role` the launcher statements, acknowledging the wildcards they need and why."""
+    for statement in statements:
+        role.add_to_principal_policy(statement)
+    for rule, reason in LAUNCHER_WILDCARDS.items():
+        acknowledge(role, rule, reason)

@@ -1,0 +1,154 @@
+"""The whole system in one stack: network, storage, bastion + cluster access, intake, HTTP API,
+schedules and watchdog. Each capability is one construct in its own file; this file wires them
+and is the one place that turns deployed resources into `Settings` (the same environment
+variables local mode uses)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from aws_cdk import Aws, CfnOutput, Duration, Stack
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from cdk.api import HttpApi
+from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
+from cdk.bastion import Bastion, FixedLinuxImage
+from cdk.cluster_access import NodeRole, allow_launching, launcher_statements
+from cdk.config import DeploymentConfig
+from cdk.functions import LambdaFactory
+from cdk.intake import Intake
+from cdk.network import Network
+from cdk.schedules import Schedules
+from cdk.storage import JOB_PREFIX, Storage
+from raylauncher.bastion import SSM_DOCUMENT
+from raylauncher.config import (
+    BASTION_APP_DIR,
+    BASTION_EC2_DEPLOYMENT_FILE,
+    BASTION_LAUNCHER,
+    Ec2Deployment,
+    PipelinesConfig,
+    Settings,
+)
+
+#: Canonical's public SSM parameter for stock Ubuntu 22.04 (python3 + apt; see ec2_config).
+UBUNTU_NODE_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
+LAMBDA_TASK_ROOT = "/var/task"
+
+
+def lambda_environment(settings: Settings) -> dict[str, str]:
+    """Settings as Lambda environment variables (AWS_REGION is the runtime's own)."""
+    return {k: v for k, v in settings.to_env().items() if not k.startswith("AWS_")}
+
+
+class RayLauncherStack(Stack):
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        config: DeploymentConfig,
+        pipelines: PipelinesConfig,
+        project_dir: Path,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        defaults = Settings.model_fields
+        dashboard_port = int(defaults["dashboard_port"].default)
+        retention = logs.RetentionDays[config.log_retention]
+
+        network = Network(self, "Network", config=config, dashboard_port=dashboard_port)
+        storage = Storage(self, "Storage", logs_expire_days=config.logs_expire_days)
+        tables = (storage.job_table, storage.idempotency_table)
+        ssm_output = logs.LogGroup(self, "DriverCommandLogs", retention=retention)
+
+        # Cluster nodes and who may launch them.
+        node = NodeRole(self, "Nodes", storage=storage, pipelines=pipelines)
+        node_image_id = (
+            FixedLinuxImage(config.node_ami_id) if config.node_ami_id
+            else ec2.MachineImage.from_ssm_parameter(UBUNTU_NODE_AMI_PARAMETER)
+        ).get_image(self).image_id  # fmt: skip
+        subnet_ids = network.private_subnet_ids
+        launching = launcher_statements(node_role=node.role, subnet_ids=subnet_ids,
+                                        cluster_sg_id=network.cluster_sg.security_group_id, image_id=node_image_id)  # fmt: skip
+        node.allow_launching(launching)
+
+        # The bastion: the driver's settings name the same resources the Lambdas use.
+        shared = {"table": storage.job_table.table_name, "idempotency_table": storage.idempotency_table.table_name,
+                  "bucket": storage.bucket_name, "region": Aws.REGION, "max_clusters_total": config.max_clusters_total}  # fmt: skip
+        driver_settings = Settings(
+            **shared, pipelines_file=f"{BASTION_APP_DIR}/{PIPELINES_JSON}", bastion="local",
+            launcher_bin=BASTION_LAUNCHER, cluster_backend="ec2", detach="systemd",
+            ec2_deployment_file=BASTION_EC2_DEPLOYMENT_FILE,
+        )  # fmt: skip
+        deployment = Ec2Deployment.model_construct(  # tokens: checked on the bastion when the driver loads it
+            region=Aws.REGION, subnet_ids=tuple(subnet_ids), security_group_ids=(network.cluster_sg.security_group_id,),
+            node_instance_profile_arn=node.profile.instance_profile_arn, ami_id=node_image_id,
+            ssh_user=config.node_ssh_user, ray_preinstalled=config.ray_preinstalled,
+        )  # fmt: skip
+        bastion = Bastion(
+            self, "Bastion", network=network, config=config,
+            bundle_dir=stage_bastion_bundle(project_dir, pipelines), driver_env=driver_settings.to_env(),
+            ec2_deployment_json=json.dumps(deployment.model_dump(mode="json"), indent=1),
+            ec2_deployment_file=BASTION_EC2_DEPLOYMENT_FILE,
+        )  # fmt: skip
+        allow_launching(bastion.role, launching)
+        for table in tables:
+            table.grant_read_write_data(bastion.role)
+        # Manifests, Ray logs and SSM output under jobs/; each job's summary under its outputs.
+        storage.allow_read(bastion.role, [JOB_PREFIX, *sorted({p.output_prefix for p in pipelines.pipelines})])
+        storage.allow_write(bastion.role, [JOB_PREFIX])
+        ssm_output.grant_write(bastion.role)
+
+        # The Lambdas: one factory, one environment.
+        lambda_settings = Settings(
+            **shared, pipelines_file=f"{LAMBDA_TASK_ROOT}/{PIPELINES_JSON}", bastion="ssm",
+            bastion_instance_id=bastion.instance.instance_id, ssm_log_group=ssm_output.log_group_name,
+            launcher_bin=BASTION_LAUNCHER, cluster_backend="ec2",
+        )  # fmt: skip
+        functions = LambdaFactory(
+            self, "Functions", code_dir=stage_lambda_code(project_dir, pipelines), vpc=network.vpc,
+            subnets=network.private_subnets, security_group=network.lambda_sg,
+            environment=lambda_environment(lambda_settings), log_retention=retention,
+        )  # fmt: skip
+        intake = Intake(self, "Intake", bucket=storage.bucket, bucket_arn=storage.bucket_arn, pipelines=pipelines,
+                        functions=functions)  # fmt: skip
+        api = HttpApi(
+            self, "Http", openapi=json.loads((project_dir / "docs" / "openapi.json").read_text()),
+            functions=functions, throttle_rate=config.api_throttle_rate, throttle_burst=config.api_throttle_burst,
+            log_retention=retention,
+        )  # fmt: skip
+        schedule_fn = functions.function(self, "ScheduleHandler", handler_package="schedule",
+                                         description="EventBridge Scheduler firing -> one job per scheduled time")  # fmt: skip
+        watchdog_fn = functions.function(self, "WatchdogHandler", handler_package="watchdog", timeout=Duration.seconds(120),
+                                         description="sweep: fail unclaimed launches, launch queued jobs, report")  # fmt: skip
+        Schedules(self, "Schedules", pipelines=pipelines, schedule_function=schedule_fn,
+                  watchdog_function=watchdog_fn, watchdog_rate_minutes=config.watchdog_rate_minutes)  # fmt: skip
+
+        send_command = iam.PolicyStatement(
+            sid="RunTheDriverOnTheBastionOnly", actions=["ssm:SendCommand"],
+            resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/{bastion.instance.instance_id}",
+                       f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::document/{SSM_DOCUMENT}"],
+        )  # fmt: skip
+        trigger_prefixes = sorted({p.trigger.prefix for p in pipelines.pipelines})
+        self.functions: dict[str, lambda_.Function] = {
+            "intake": intake.function, "api": api.function, "schedule": schedule_fn, "watchdog": watchdog_fn,
+        }  # fmt: skip
+        for fn in self.functions.values():
+            for table in tables:
+                table.grant_read_write_data(fn)
+            storage.allow_list(fn.role, trigger_prefixes)  # an s3_prefix param lists the objects under it
+            storage.allow_write(fn.role, [JOB_PREFIX])  # manifests
+            fn.add_to_role_policy(send_command)
+
+        self.storage, self.network, self.bastion, self.intake, self.api, self.nodes = storage, network, bastion, intake, api, node
+        CfnOutput(self, "DataBucket", value=storage.bucket_name, description="drop input files under a pipeline prefix")
+        CfnOutput(self, "JobTable", value=storage.job_table.table_name)
+        CfnOutput(self, "IntakeQueueUrl", value=intake.queue.queue_url)
+        CfnOutput(self, "ApiUrl", value=api.api.url, description="IAM-signed (SigV4) requests only")
+        CfnOutput(self, "BastionInstanceId", value=bastion.instance.instance_id,
+                  description="aws ssm start-session --target <id> (no SSH keys, no public IP)")  # fmt: skip

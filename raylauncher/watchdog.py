@@ -1,0 +1,89 @@
+"""The watchdog: a periodic sweep that keeps the promises when an event was lost.
+
+Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locally) it
+1. fails LAUNCHING jobs that no driver claimed within the launch grace period (the bastion was
+   down, or the SSM command was lost): reason DRIVER_NOT_STARTED; no cluster was started for
+   them, since only a driver starts clusters, and a driver that shows up late gets a conflict;
+2. gives their slots back and launches QUEUED jobs that now fit (a lost "slot freed" event
+   would otherwise leave them queued forever);
+3. reports jobs that need a person: TEARDOWN_FAILED (the cluster may still be up) and
+   running jobs whose driver stopped sending heartbeats.
+Each step is a conditional transition: a sweep racing a driver or another sweep loses cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from raylauncher.admission import Launcher
+from raylauncher.errors import IllegalTransition, TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode, utc_now
+from raylauncher.store import DynamoJobStore
+
+log = logging.getLogger(__name__)
+
+#: Statuses whose driver sends heartbeats (see driver.py).
+_DRIVEN = frozenset({JobStatus.PROVISIONING, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.TEARING_DOWN})
+
+
+@dataclass
+class SweepReport:
+    failed_unclaimed: list[str] = field(default_factory=list)
+    launched: list[str] = field(default_factory=list)
+    teardown_failed: list[str] = field(default_factory=list)
+    silent_drivers: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.__dict__.items()}
+
+
+def _parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+class Watchdog:
+    def __init__(
+        self,
+        store: DynamoJobStore,
+        launcher: Launcher,
+        *,
+        launch_grace_s: float = 600,
+        heartbeat_grace_s: float = 900,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._store = store
+        self._launcher = launcher
+        self._launch_grace = timedelta(seconds=launch_grace_s)
+        self._heartbeat_grace = timedelta(seconds=heartbeat_grace_s)
+        self._clock = clock
+
+    def sweep(self) -> SweepReport:
+        now = self._clock()
+        report = SweepReport()
+        for job in self._store.list_jobs():
+            if job.status == JobStatus.LAUNCHING and now - _parse(job.updated_at) > self._launch_grace:
+                if self._fail_unclaimed(job):
+                    report.failed_unclaimed.append(job.job_id)
+            elif job.status == JobStatus.TEARDOWN_FAILED:
+                report.teardown_failed.append(job.job_id)
+            elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
+                report.silent_drivers.append(job.job_id)
+        report.launched = [j.job_id for j in self._launcher.launch_queued()]
+        if report.teardown_failed or report.silent_drivers:
+            log.warning("jobs need attention: %s", report.as_dict())
+        return report
+
+    def _fail_unclaimed(self, job: Job) -> bool:
+        try:
+            failed = self._store.transition(
+                job, JobStatus.FAILED, reason_code=ReasonCode.DRIVER_NOT_STARTED,
+                reason_message=(f"no driver claimed the job within {int(self._launch_grace.total_seconds())} s of "
+                                "its launch (bastion down or its SSM command lost); no cluster was started"),
+            )  # fmt: skip
+        except (TransitionConflict, IllegalTransition):
+            return False  # the driver claimed it meanwhile
+        self._launcher.release(failed)
+        return True

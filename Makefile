@@ -4,12 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean check-no-ray bench
+.PHONY: demo test install clean check-no-ray bench synth
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[cluster,dev]"
+	$(BIN)/pip install --quiet -e ".[cluster,dev,cdk]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,9 +26,16 @@ test: $(STAMP)
 check-no-ray: $(STAMP)
 	@$(BIN)/python -m raylauncher.local.leftovers
 
+# The CloudFormation template, offline (no AWS credentials, no Docker): cdk.out/RayLauncher.template.json.
+# cdk-nag (AwsSolutions) runs as part of synth; cfn-lint then lints the template.
+synth: $(STAMP)
+	CDK_OUTDIR=cdk.out $(BIN)/python app.py
+	@rc=0; $(BIN)/cfn-lint cdk.out/RayLauncher.template.json || rc=$$?; \
+	  if [ $$(( rc & 2 )) -ne 0 ]; then echo "cfn-lint: errors"; exit 1; else echo "cfn-lint: no errors (exit $$rc: warnings are bit 4)"; fi
+
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py
 
 clean:
-	rm -rf $(VENV) .local .pytest_cache
+	rm -rf $(VENV) .local .pytest_cache cdk.out

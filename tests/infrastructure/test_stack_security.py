@@ -1,0 +1,188 @@
+"""The synthesized stack: nothing public, least privilege, every Lambda private (assertions on
+the real CloudFormation template)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk.assertions import Match
+
+from cdk.functions import POWERTOOLS_LAYER_PARAMETER
+from raylauncher.bastion import SSM_DOCUMENT
+from tests.infrastructure.conftest import EXISTING_VPC, Synthesized
+
+OPEN = {"0.0.0.0/0", "::/0"}
+
+
+def logical_id(s: Synthesized, construct: Any) -> str:
+    return s.resolve(construct.node.default_child.logical_id)
+
+
+def ingress_rules(s: Synthesized) -> list[dict[str, Any]]:
+    rules = [r["Properties"] for r in s.resources("AWS::EC2::SecurityGroupIngress").values()]
+    for group in s.resources("AWS::EC2::SecurityGroup").values():
+        rules += [{**r, "GroupId": "inline"} for r in group["Properties"].get("SecurityGroupIngress", [])]
+    return rules
+
+
+def statements(s: Synthesized) -> list[dict[str, Any]]:
+    found = []
+    for policy in s.resources("AWS::IAM::Policy").values():
+        found += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_security_group_admits_the_internet(default_stack: Synthesized, existing_vpc_stack: Synthesized) -> None:
+    for s in (default_stack, existing_vpc_stack):
+        # Given every ingress rule of the stack, inline or separate
+        rules = ingress_rules(s)
+        assert rules
+        # Then none is open to 0.0.0.0/0 or ::/0
+        assert not [r for r in rules if {str(r.get("CidrIp")), str(r.get("CidrIpv6"))} & OPEN]
+
+
+def test_cluster_and_bastion_security_groups_are_the_walkthroughs(default_stack: Synthesized) -> None:
+    s = default_stack
+    cluster = {"Fn::GetAtt": [logical_id(s, s.stack.network.cluster_sg), "GroupId"]}
+    bastion = {"Fn::GetAtt": [logical_id(s, s.stack.network.bastion_sg), "GroupId"]}
+    to_cluster = [r for r in ingress_rules(s) if r.get("GroupId") == cluster]
+    # Then the cluster group admits exactly: all TCP from itself, 22 and 8265 from the bastion
+    got = sorted((r["SourceSecurityGroupId"] == cluster, r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in to_cluster)
+    assert got == [(False, "tcp", 22, 22), (False, "tcp", 8265, 8265), (True, "tcp", 0, 65535)]
+    assert all(r["SourceSecurityGroupId"] in (cluster, bastion) for r in to_cluster)
+    # And nothing may reach the bastion (SSM only)
+    assert [r for r in ingress_rules(s) if r.get("GroupId") == bastion] == []
+
+
+def test_every_lambda_runs_python_312_in_the_private_subnets_with_the_powertools_layer(
+    default_stack: Synthesized, existing_vpc_stack: Synthesized
+) -> None:
+    # Created VPC: the private subnets are the PRIVATE_WITH_EGRESS ones
+    s = default_stack
+    functions = s.resources("AWS::Lambda::Function")
+    assert len(functions) == 4  # intake, api, schedule, watchdog: no custom-resource Lambda outside the VPC
+    private = sorted(s.resolve(s.stack.network.private_subnet_ids), key=str)
+    layer_param = next(k for k, v in s.template_json["Parameters"].items()
+                       if v.get("Default") == POWERTOOLS_LAYER_PARAMETER)  # fmt: skip
+    for fn in functions.values():
+        props = fn["Properties"]
+        assert props["Runtime"] == "python3.12" and props["TracingConfig"] == {"Mode": "Active"}
+        assert sorted(props["VpcConfig"]["SubnetIds"], key=str) == private
+        assert props["Layers"] == [{"Ref": layer_param}]
+        assert props["LoggingConfig"]["LogFormat"] == "JSON"
+    assert all("private" in str(ref) for ref in private)
+    # Existing VPC: exactly the subnet ids from cdk.json
+    for fn in existing_vpc_stack.resources("AWS::Lambda::Function").values():
+        assert fn["Properties"]["VpcConfig"]["SubnetIds"] == EXISTING_VPC["private_subnet_ids"]
+
+
+def test_send_command_only_on_the_bastion_and_the_run_shell_script_document(default_stack: Synthesized) -> None:
+    s = default_stack
+    bastion = {"Ref": logical_id(s, s.stack.bastion.instance)}
+    sends = [st for st in statements(s) if "ssm:SendCommand" in as_list(st["Action"])]
+    assert len(sends) == 4  # one per Lambda role
+    for st in sends:
+        resources = [str(r) for r in as_list(st["Resource"])]
+        assert len(resources) == 2
+        assert any(str(bastion) in r and ":instance/" in r for r in resources)
+        assert any(f":document/{SSM_DOCUMENT}" in r for r in resources)
+        assert "*" not in [st["Resource"]]
+
+
+def test_pass_role_only_for_the_node_role_and_only_to_ec2(default_stack: Synthesized) -> None:
+    s = default_stack
+    node_role = {"Fn::GetAtt": [logical_id(s, s.stack.nodes.role), "Arn"]}
+    passes = [st for st in statements(s) if any(a.startswith("iam:PassRole") or a == "iam:*" for a in as_list(st["Action"]))]
+    assert len(passes) == 2  # the bastion (ray up: the head) and the nodes (the autoscaler: workers)
+    for st in passes:
+        assert st["Resource"] == node_role
+        assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}
+    # And no statement anywhere allows every action
+    assert not [st for st in statements(s) if "*" in as_list(st["Action"])]
+
+
+def test_terminate_and_run_instances_are_scoped_by_the_cluster_tag(default_stack: Synthesized) -> None:
+    s = default_stack
+    terminates = [st for st in statements(s) if "ec2:TerminateInstances" in as_list(st["Action"])]
+    assert terminates and all(st["Condition"] == {"StringLike": {"aws:ResourceTag/ray-cluster-name": "rl-*"}}
+                              for st in terminates)  # fmt: skip
+    runs_tagged = [st for st in statements(s) if as_list(st["Action"]) == ["ec2:RunInstances"] and "Condition" in st]
+    assert runs_tagged and all(st["Condition"] == {"StringLike": {"aws:RequestTag/ray-cluster-name": "rl-*"}}
+                               for st in runs_tagged)  # fmt: skip
+
+
+def test_data_bucket_is_private_encrypted_versioned_and_tls_only(default_stack: Synthesized) -> None:
+    s = default_stack
+    bucket_id = logical_id(s, s.stack.storage.bucket)
+    props = s.template_json["Resources"][bucket_id]["Properties"]
+    assert props["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "AES256"}
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert "LoggingConfiguration" in props
+    rules = {r["Id"]: r for r in props["LifecycleConfiguration"]["Rules"]}
+    assert rules["job-records"]["Prefix"] == "jobs/" and rules["job-records"]["ExpirationInDays"] > 0
+    s.template.has_resource_properties("AWS::S3::BucketPolicy", {
+        "Bucket": {"Ref": bucket_id},
+        "PolicyDocument": {"Statement": Match.array_with([Match.object_like({
+            "Effect": "Deny", "Action": "s3:*", "Condition": {"Bool": {"aws:SecureTransport": "false"}}})])},
+    })  # fmt: skip
+
+
+def test_bastion_is_private_ssm_managed_imdsv2_and_encrypted(default_stack: Synthesized) -> None:
+    s = default_stack
+    instance = s.template_json["Resources"][logical_id(s, s.stack.bastion.instance)]["Properties"]
+    assert "KeyName" not in instance
+    [nic] = instance["NetworkInterfaces"]
+    assert nic["SubnetId"] in s.resolve(s.stack.network.private_subnet_ids) and nic["AssociatePublicIpAddress"] is False
+    assert all(d["Ebs"]["Encrypted"] is True for d in instance["BlockDeviceMappings"])
+    # IMDSv2: CDK puts it on a launch template the instance uses
+    template_id = instance["LaunchTemplate"]["LaunchTemplateName"]
+    templates = [t for t in s.resources("AWS::EC2::LaunchTemplate").values()
+                 if t["Properties"]["LaunchTemplateName"] == template_id]  # fmt: skip
+    assert templates[0]["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+    role = s.template_json["Resources"][logical_id(s, s.stack.bastion.role)]["Properties"]
+    assert {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::aws:policy/AmazonSSMManagedInstanceCore"]]} in role[
+        "ManagedPolicyArns"]
+
+
+def test_every_api_method_uses_iam_authorization_and_a_request_validator(default_stack: Synthesized) -> None:
+    s = default_stack
+    methods = s.resources("AWS::ApiGateway::Method")
+    assert len(methods) == 4
+    for method in methods.values():
+        assert method["Properties"]["AuthorizationType"] == "AWS_IAM"
+        assert "RequestValidatorId" in method["Properties"]
+    stage = next(iter(s.resources("AWS::ApiGateway::Stage").values()))["Properties"]
+    assert "DestinationArn" in stage["AccessLogSetting"]
+    throttling = stage["MethodSettings"][0]
+    assert throttling["ThrottlingRateLimit"] > 0 and throttling["ThrottlingBurstLimit"] > 0
+    assert stage["TracingEnabled"] is True
+
+
+def service_suffix(name: Any) -> str:
+    """`com.amazonaws.<region>.ssm` (a plain string or CloudFormation's Fn::Join) -> `ssm`."""
+    last = name if isinstance(name, str) else name["Fn::Join"][1][-1]
+    return str(last).rsplit(".", 1)[-1]
+
+
+def test_vpc_endpoints_let_lambdas_and_bastion_work_without_internet(
+    default_stack: Synthesized, existing_vpc_stack: Synthesized
+) -> None:
+    for s in (default_stack, existing_vpc_stack):
+        endpoints = s.resources("AWS::EC2::VPCEndpoint").values()
+        by_type: dict[str, set[str]] = {}
+        for e in endpoints:
+            kind = e["Properties"].get("VpcEndpointType", "Gateway")
+            by_type.setdefault(kind, set()).add(service_suffix(e["Properties"]["ServiceName"]))
+        assert by_type["Gateway"] == {"s3", "dynamodb"}
+        assert {"ssm", "ssmmessages", "ec2messages", "ec2", "sqs", "sts", "logs", "events"} <= by_type["Interface"]
+    # The existing VPC's gateway endpoints go on its private route tables
+    gateway = next(e for e in existing_vpc_stack.resources("AWS::EC2::VPCEndpoint").values()
+                   if service_suffix(e["Properties"]["ServiceName"]) == "s3")  # fmt: skip
+    assert sorted(gateway["Properties"]["RouteTableIds"]) == sorted(EXISTING_VPC["private_route_table_ids"])

@@ -1,0 +1,98 @@
+"""The watchdog sweep against moto server: lost launches fail with a reason, their slots come
+back and queued jobs launch; jobs that need a person are reported, not touched."""
+
+from datetime import timedelta
+
+import pytest
+
+from raylauncher.admission import pipeline_slots_id
+from raylauncher.config import Settings, load_pipelines
+from raylauncher.local.stack import bootstrap
+from raylauncher.model import Job, JobStatus, ReasonCode, utc_now
+from raylauncher.watchdog import Watchdog
+from raylauncher.wiring import build_launcher, build_store
+from tests.conftest import launcher_calls
+from tests.integration.test_admission import slots_used
+
+
+@pytest.fixture
+def system(settings: Settings):
+    bootstrap(settings, load_pipelines(settings.pipelines_file), queue_name=f"{settings.table}-intake")
+    store = build_store(settings)
+    return store, build_launcher(settings, store)
+
+
+def test_unclaimed_launch_fails_with_reason_and_its_slot_launches_the_next_job(settings: Settings, system) -> None:
+    store, launcher = system
+    # Given the pipeline's 2 slots held by two LAUNCHING jobs whose driver never showed up,
+    # and a third job QUEUED behind them
+    launched = [launcher.try_launch(store.create(Job.new("sales-summary", "api"))) for _ in range(2)]
+    queued = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
+    assert [j.status for j in launched] == [JobStatus.LAUNCHING] * 2 and queued.status == JobStatus.QUEUED
+    assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2
+    calls_before = len(launcher_calls(settings))
+    # When the watchdog sweeps 11 minutes later (grace: 10 minutes)
+    later = utc_now() + timedelta(minutes=11)
+    report = Watchdog(store, launcher, launch_grace_s=600, clock=lambda: later).sweep()
+    # Then both lost launches FAILED with DRIVER_NOT_STARTED and a message, slots given back once
+    for job in launched:
+        after = store.get(job.job_id)
+        assert after.status == JobStatus.FAILED
+        assert after.reason_code == ReasonCode.DRIVER_NOT_STARTED and "no driver claimed" in (after.reason_message or "")
+        assert after.slot_held is False
+    assert sorted(report.failed_unclaimed) == sorted(j.job_id for j in launched)
+    # And the queued job was launched into a freed slot (its driver asked for once)
+    assert report.launched == [queued.job_id]
+    assert store.get(queued.job_id).status == JobStatus.LAUNCHING
+    assert slots_used(settings, pipeline_slots_id("sales-summary")) == 1
+    assert launcher_calls(settings)[calls_before:] == [f"driver start {queued.job_id}"]
+
+
+def test_recent_launches_and_running_jobs_are_left_alone(settings: Settings, system) -> None:
+    store, launcher = system
+    # Given a job launched a minute ago and one whose driver claimed it and heartbeats
+    fresh = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
+    running = store.transition(launcher.try_launch(store.create(Job.new("sales-summary", "api"))), JobStatus.PROVISIONING)
+    running = store.heartbeat(running)
+    # When the watchdog sweeps now
+    report = Watchdog(store, launcher, launch_grace_s=600).sweep()
+    # Then nothing changed
+    assert store.get(fresh.job_id).status == JobStatus.LAUNCHING
+    assert store.get(running.job_id).status == JobStatus.PROVISIONING
+    assert report.failed_unclaimed == [] and report.silent_drivers == []
+
+
+def test_silent_drivers_and_failed_teardowns_are_reported_not_touched(settings: Settings, system) -> None:
+    store, launcher = system
+    # Given a provisioning job whose last heartbeat is old, and a job whose teardown failed
+    silent = store.transition(launcher.try_launch(store.create(Job.new("sales-summary", "api"))), JobStatus.PROVISIONING)
+    stuck = store.transition(launcher.try_launch(store.create(Job.new("sales-summary", "api"))), JobStatus.PROVISIONING)
+    stuck = store.transition(store.transition(stuck, JobStatus.TEARING_DOWN), JobStatus.TEARDOWN_FAILED)
+    # When the watchdog sweeps 20 minutes later (heartbeat grace: 15 minutes)
+    later = utc_now() + timedelta(minutes=20)
+    report = Watchdog(store, launcher, heartbeat_grace_s=900, clock=lambda: later).sweep()
+    # Then both are reported for a person, and neither job changed
+    assert report.silent_drivers == [silent.job_id]
+    assert report.teardown_failed == [stuck.job_id]
+    assert store.get(silent.job_id).status == JobStatus.PROVISIONING
+    assert store.get(stuck.job_id).status == JobStatus.TEARDOWN_FAILED
+
+
+def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, system, monkeypatch) -> None:
+    from lambdas.watchdog import handler as watchdog_handler
+    from raylauncher.local.poller import LocalLambdaContext
+
+    store, launcher = system
+    # Given a QUEUED job and free slots (its "slot freed" event was lost)
+    queued = store.create(Job.new("sales-summary", "schedule"))
+    for key, value in settings.to_env().items():
+        monkeypatch.setenv(key, value)
+    watchdog_handler.watchdog.cache_clear()
+    # When EventBridge Scheduler invokes the watchdog Lambda
+    try:
+        report = watchdog_handler.handler({}, LocalLambdaContext(function_name="watchdog", aws_request_id="r-1"))
+    finally:
+        watchdog_handler.watchdog.cache_clear()
+    # Then the queued job was launched and the report says so
+    assert report["launched"] == [queued.job_id]
+    assert store.get(queued.job_id).status == JobStatus.LAUNCHING

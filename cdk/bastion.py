@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jsii
+from aws_cdk import Stack, Token
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
@@ -129,7 +130,10 @@ class Bastion(Construct):
         )  # fmt: skip
         acknowledge(self.role, "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                     "the AWS-maintained minimum for an SSM-managed instance (Run Command, Session Manager)")
-        for rule in ("IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*]",
+        stack = Stack.of(self)  # the CDK CLI may pin the stack to an account/region at synth
+        account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
+        region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
+        for rule in (f"IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-{account}-{region}/*]",
                      "IAM5[Action::s3:GetBucket*]", "IAM5[Action::s3:GetObject*]", "IAM5[Action::s3:List*]"):
             acknowledge(self.role, rule, "read-only access to CDK's asset bucket, as Asset.grant_read gives it, "
                         "to download the bastion bundle at boot")  # fmt: skip

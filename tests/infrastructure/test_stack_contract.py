@@ -21,7 +21,7 @@ from raylauncher.config import Settings, load_pipelines, pipelines_json
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.schedules import schedule_input
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
-from tests.infrastructure.conftest import OFFLINE_AMIS, PROJECT_DIR, Synthesized
+from tests.infrastructure.conftest import OFFLINE_AMIS, PROJECT_DIR, Synthesized, synthesize
 
 PIPELINES = load_pipelines(PROJECT_DIR / "pipelines.yaml")
 
@@ -229,3 +229,15 @@ def test_a_bad_config_fails_synth_with_the_path_of_the_bad_field(
     assert path in done.stderr.replace("\n  ", " "), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "RayLauncher.template.json").exists()
+
+
+def test_synth_pinned_to_an_account_and_region_as_the_cdk_cli_does(tmp_path: Path, monkeypatch) -> None:
+    # Given the environment the CDK CLI sets from the caller's profile
+    monkeypatch.setenv("CDK_DEFAULT_ACCOUNT", "123456789012")
+    monkeypatch.setenv("CDK_DEFAULT_REGION", "eu-west-1")
+    # When the app is synthesized (cdk-nag raises on any unacknowledged finding)
+    s = synthesize(tmp_path)
+    # Then it is pinned there, and cdk-nag still passes
+    assert (s.stack.account, s.stack.region) == ("123456789012", "eu-west-1")
+    [report] = [r for r in s.validation_report()["pluginReports"] if r["pluginName"] == "AwsSolutions"]
+    assert report["conclusion"] == "success"

@@ -1,14 +1,15 @@
 """The bastion: a private EC2 instance managed by SSM (no key pair, no public IP, IMDSv2,
 encrypted EBS) that runs the driver — `ray up`, submit, follow, logs, `ray down`.
 
-User data installs the project bundle (a CDK S3 asset: the package with its pinned Ray, `jobs/`,
-the pipelines as JSON) into a venv, and writes the driver's settings (Settings.to_env, the same
-names the Lambdas use), the EC2 deployment (Ec2Deployment: where clusters go), and the launcher
-wrapper the SSM command runs.
-
-Code updates: the instance is not replaced when the bundle changes (replacing it would kill the
-drivers of running jobs). After a deploy, when no job runs, re-run the installer through SSM:
-`sudo /opt/raylauncher/install.sh`.
+User data only installs Python and writes `/opt/raylauncher/install.sh`, then runs it. The
+installer reads what this deployment says from SSM parameters — where the bundle is (a CDK S3
+asset: the package with its pinned Ray, `jobs/`, the pipelines as JSON), the driver's settings
+(Settings.to_env: the names the Lambdas use) and the EC2 deployment (Ec2Deployment) — and
+installs it into a fresh venv. So a deploy that changes code or config only changes those
+parameters: the instance is neither replaced nor restarted under running drivers (its image is
+resolved at launch, not at deploy). To apply a new deploy, when no job runs:
+`aws ssm send-command --document-name AWS-RunShellScript --instance-ids <BastionInstanceId>
+--parameters commands=/opt/raylauncher/install.sh`.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import jsii
-from aws_cdk import Stack, Token
+from aws_cdk import Acknowledgment, Aws, Stack, Token, Validations
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
+from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk.config import DeploymentConfig
@@ -27,13 +29,16 @@ from cdk.nag import acknowledge
 from cdk.network import Network
 from raylauncher.config import (
     BASTION_APP_DIR,
+    BASTION_EC2_DEPLOYMENT_FILE,
     BASTION_ENV_FILE,
     BASTION_HOME,
     BASTION_LAUNCHER,
+    BASTION_STATE_DIR,
     BASTION_VENV,
 )
 
 INSTALLER = f"{BASTION_HOME}/install.sh"
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 BUNDLE_ZIP = f"{BASTION_HOME}/bundle.zip"
 ROOT_DEVICE = "/dev/xvda"  # Amazon Linux 2023
 PYTHON = "python3.11"
@@ -58,16 +63,27 @@ def _file(path: str, content: str, mode: str = "0644") -> list[str]:
             "RAYLAUNCHER_EOF", f"chmod {mode} {path}"]  # fmt: skip
 
 
-def installer_script(*, preinstalled: bool) -> str:
-    """Unpack the bundle into a fresh venv. With Ray preinstalled on the image (no egress) the venv
-    sees the image's packages and installs only our own, without dependencies."""
-    pip = (f"{BASTION_VENV}/bin/pip install --no-index --no-deps {BASTION_APP_DIR}" if preinstalled
-           else f"{BASTION_VENV}/bin/pip install --quiet '{BASTION_APP_DIR}[cluster]'")  # fmt: skip
+def installer_script(*, preinstalled: bool, parameters: dict[str, str]) -> str:
+    """Fetch the deployment's parameters, then unpack the bundle into a fresh venv. With Ray
+    preinstalled on the image (no egress) the venv sees the image's packages and installs only
+    our own: no index, no dependencies, no build isolation (the image brings setuptools)."""
+    pip = (f"{BASTION_VENV}/bin/pip install --no-index --no-deps --no-build-isolation {BASTION_APP_DIR}"
+           if preinstalled else f"{BASTION_VENV}/bin/pip install --quiet '{BASTION_APP_DIR}[cluster]'")  # fmt: skip
     venv = f"{PYTHON} -m venv {'--system-site-packages ' if preinstalled else ''}{BASTION_VENV}"
+
+    def fetch(name: str) -> str:
+        return f"aws ssm get-parameter --name '{parameters[name]}' --query Parameter.Value --output text"
+
     return "\n".join([
-        "#!/bin/bash", "set -euo pipefail",
+        "#!/bin/bash", "set -euo pipefail", "umask 022", f"export AWS_DEFAULT_REGION={Aws.REGION}",
+        f"mkdir -p $(dirname {BASTION_ENV_FILE}) $(dirname {BASTION_LAUNCHER}) {BASTION_STATE_DIR}",
+        f"(umask 077; {fetch('env')} > {BASTION_ENV_FILE})",
+        f"{fetch('ec2_deployment')} > {BASTION_EC2_DEPLOYMENT_FILE}",
+        f'aws s3 cp "$({fetch("bundle")})" {BUNDLE_ZIP}',
         f"rm -rf {BASTION_APP_DIR} {BASTION_VENV}", f"mkdir -p {BASTION_APP_DIR}",
         f"unzip -q -o {BUNDLE_ZIP} -d {BASTION_APP_DIR}", venv, pip,
+        f"cat > {BASTION_LAUNCHER} <<'RAYLAUNCHER_EOF'", launcher_wrapper().rstrip("\n"), "RAYLAUNCHER_EOF",
+        f"chmod 0755 {BASTION_LAUNCHER}",
     ]) + "\n"  # fmt: skip
 
 
@@ -89,7 +105,6 @@ class Bastion(Construct):
         bundle_dir: Path,
         driver_env: dict[str, str],
         ec2_deployment_json: str,
-        ec2_deployment_file: str,
     ) -> None:
         super().__init__(scope, construct_id)
         bundle = s3_assets.Asset(self, "Bundle", path=str(bundle_dir))
@@ -99,25 +114,34 @@ class Bastion(Construct):
             managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
         )  # fmt: skip
         bundle.grant_read(self.role)
+        # What this deployment says; changing it never touches the instance (see the docstring).
+        values = {
+            "bundle": bundle.s3_object_url,
+            "env": "\n".join(f"{k}={v}" for k, v in sorted(driver_env.items())) + "\n",
+            "ec2_deployment": ec2_deployment_json,
+        }
+        self.parameters = {
+            name: ssm.StringParameter(self, f"{name.title().replace('_', '')}Parameter", string_value=value,
+                                      description=f"raylauncher bastion: {name} (read by {INSTALLER})")
+            for name, value in values.items()
+        }  # fmt: skip
+        for parameter in self.parameters.values():
+            parameter.grant_read(self.role)
 
         user_data = ec2.UserData.for_linux()
         user_data.add_commands("set -euo pipefail")
         if not config.ray_preinstalled:  # rsync: ray up syncs files to the head; ssh comes with the image
             user_data.add_commands(f"dnf install -y -q {PYTHON} {PYTHON}-pip rsync unzip")
-        user_data.add_s3_download_command(bucket=bundle.bucket, bucket_key=bundle.s3_object_key, local_file=BUNDLE_ZIP)
-        env_lines = "\n".join(f"{k}={v}" for k, v in sorted(driver_env.items()))
-        user_data.add_commands(
-            *_file(INSTALLER, installer_script(preinstalled=config.ray_preinstalled), "0755"),
-            *_file(BASTION_ENV_FILE, env_lines, "0600"),
-            *_file(ec2_deployment_file, ec2_deployment_json, "0644"),
-            *_file(BASTION_LAUNCHER, launcher_wrapper(), "0755"),
-            f"mkdir -p {driver_env['RAYLAUNCHER_STATE_DIR']}",
-            INSTALLER,
+        installer = installer_script(
+            preinstalled=config.ray_preinstalled,
+            parameters={name: p.parameter_name for name, p in self.parameters.items()},
         )  # fmt: skip
+        user_data.add_commands(*_file(INSTALLER, installer, "0755"), INSTALLER)
 
         machine_image = (
             FixedLinuxImage(config.bastion_ami_id) if config.bastion_ami_id
-            else ec2.MachineImage.latest_amazon_linux2023()
+            # resolved when the instance launches: a new Amazon Linux release does not replace it
+            else ec2.MachineImage.resolve_ssm_parameter_at_launch(AL2023_PARAMETER, os=ec2.OperatingSystemType.LINUX)
         )  # fmt: skip
         self.instance = ec2.Instance(
             self, "Instance",
@@ -128,6 +152,13 @@ class Bastion(Construct):
             block_devices=[ec2.BlockDevice(device_name=ROOT_DEVICE, volume=ec2.BlockDeviceVolume.ebs(
                 30, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3, delete_on_termination=True))],
         )  # fmt: skip
+        if not config.bastion_ami_id:
+            # EC2 takes `resolve:ssm:<parameter>` as ImageId; cfn-lint's pattern only knows ami-ids.
+            why = "ImageId is resolve:ssm:<public AL2023 parameter>, resolved by EC2 at launch (no replacement on new releases)"
+            cfn_instance = self.instance.node.default_child
+            assert isinstance(cfn_instance, ec2.CfnInstance)
+            cfn_instance.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}, "reason": why})
+            Validations.of(self.instance).acknowledge(Acknowledgment(id="CloudFormation-Validate::E1152", reason=why))
         acknowledge(self.role, "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",
                     "the AWS-maintained minimum for an SSM-managed instance (Run Command, Session Manager)")
         stack = Stack.of(self)  # the CDK CLI may pin the stack to an account/region at synth

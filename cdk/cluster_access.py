@@ -38,6 +38,7 @@ LAUNCHER_WILDCARDS = {
     f"IAM5[Resource::{_ARN}volume/*]": "a root volume " + _NEW_RESOURCE,
     f"IAM5[Resource::{_ARN}network-interface/*]": "the node's network interface is created by RunInstances in our subnets and security group",
     f"IAM5[Resource::{_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
+    f"IAM5[Resource::{_ARN}spot-instances-request/*]": "a spot request is created by RunInstances itself (spot workers), in the same call as the tagged instance",
 }  # fmt: skip
 
 
@@ -60,6 +61,7 @@ def launcher_statements(
             sid="RunInOurNetwork", actions=["ec2:RunInstances"],
             resources=[*(ec2_arn(f"subnet/{s}") for s in subnet_ids), ec2_arn(f"security-group/{cluster_sg_id}"),
                        ec2_arn("network-interface/*"), ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*"),
+                       ec2_arn("spot-instances-request/*"),  # spot_workers: the request RunInstances makes
                        ec2_arn(f"image/{image_id}", account=False)],
         ),  # fmt: skip
         iam.PolicyStatement(
@@ -68,7 +70,8 @@ def launcher_statements(
         ),  # fmt: skip
         iam.PolicyStatement(
             sid="ManageOurNodes",
-            actions=["ec2:CreateTags", "ec2:DeleteTags", "ec2:TerminateInstances", "ec2:StopInstances", "ec2:StartInstances"],
+            # (no stop/start: clusters run with cache_stopped_nodes false, nodes are terminated)
+            actions=["ec2:CreateTags", "ec2:DeleteTags", "ec2:TerminateInstances"],
             resources=[ec2_arn("instance/*")],
             conditions={"StringLike": {f"aws:ResourceTag/{RAY_CLUSTER_TAG}": ours}},
         ),  # fmt: skip

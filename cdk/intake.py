@@ -73,6 +73,7 @@ class Intake(Construct):
         )  # fmt: skip
         self.function.add_event_source(sources.SqsEventSource(
             self.queue, report_batch_item_failures=True,
-            batch_size=min(MAX_SQS_BATCH, max(p.max_objects_per_job for p in pipelines.pipelines)),
+            # Without a batching window Lambda takes at most 10 messages per batch.
+            batch_size=min(MAX_SQS_BATCH if window_s else 10, max(p.max_objects_per_job for p in pipelines.pipelines)),
             max_batching_window=Duration.seconds(window_s) if window_s else None,
         ))  # fmt: skip

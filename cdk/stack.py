@@ -22,6 +22,7 @@ from cdk.cluster_access import NodeRole, allow_launching, launcher_statements
 from cdk.config import DeploymentConfig
 from cdk.functions import LambdaFactory
 from cdk.intake import Intake
+from cdk.nag import acknowledge
 from cdk.network import Network
 from cdk.schedules import Schedules
 from cdk.storage import JOB_PREFIX, Storage
@@ -94,7 +95,6 @@ class RayLauncherStack(Stack):
             self, "Bastion", network=network, config=config,
             bundle_dir=stage_bastion_bundle(project_dir, pipelines), driver_env=driver_settings.to_env(),
             ec2_deployment_json=json.dumps(deployment.model_dump(mode="json"), indent=1),
-            ec2_deployment_file=BASTION_EC2_DEPLOYMENT_FILE,
         )  # fmt: skip
         allow_launching(bastion.role, launching)
         for table in tables:
@@ -102,7 +102,15 @@ class RayLauncherStack(Stack):
         # Manifests, Ray logs and SSM output under jobs/; each job's summary under its outputs.
         storage.allow_read(bastion.role, [JOB_PREFIX, *sorted({p.output_prefix for p in pipelines.pipelines})])
         storage.allow_write(bastion.role, [JOB_PREFIX])
+        # Run Command output: the SSM agent checks the bucket's encryption and the log group first.
         ssm_output.grant_write(bastion.role)
+        bastion.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["logs:DescribeLogGroups", "logs:DescribeLogStreams"],
+            resources=[f"arn:{Aws.PARTITION}:logs:{Aws.REGION}:{Aws.ACCOUNT_ID}:log-group:*"]))  # fmt: skip
+        bastion.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetEncryptionConfiguration"], resources=[storage.bucket_arn]))  # fmt: skip
+        acknowledge(bastion.role, "IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:*]",
+                    "the SSM agent lists log groups (DescribeLogGroups has no per-group scoping) before it streams output")
 
         # The Lambdas: one factory, one environment.
         lambda_settings = Settings(

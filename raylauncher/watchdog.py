@@ -4,8 +4,9 @@ Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locall
 1. fails LAUNCHING jobs that no driver claimed within the launch grace period (the bastion was
    down, or the SSM command was lost): reason DRIVER_NOT_STARTED; no cluster was started for
    them, since only a driver starts clusters, and a driver that shows up late gets a conflict;
-2. gives their slots back and launches QUEUED jobs that now fit (a lost "slot freed" event
-   would otherwise leave them queued forever);
+2. gives back the slots of those and of finished jobs still holding one (a driver that died
+   between its last transition and the release), then launches QUEUED jobs that now fit (a lost
+   "slot freed" event would otherwise leave them queued forever);
 3. reports jobs that need a person: TEARDOWN_FAILED (the cluster may still be up) and
    running jobs whose driver stopped sending heartbeats.
 Each step is a conditional transition: a sweep racing a driver or another sweep loses cleanly.
@@ -32,6 +33,7 @@ _DRIVEN = frozenset({JobStatus.PROVISIONING, JobStatus.SUBMITTED, JobStatus.RUNN
 @dataclass
 class SweepReport:
     failed_unclaimed: list[str] = field(default_factory=list)
+    slots_released: list[str] = field(default_factory=list)
     launched: list[str] = field(default_factory=list)
     teardown_failed: list[str] = field(default_factory=list)
     silent_drivers: list[str] = field(default_factory=list)
@@ -67,7 +69,10 @@ class Watchdog:
             if job.status == JobStatus.LAUNCHING and now - _parse(job.updated_at) > self._launch_grace:
                 if self._fail_unclaimed(job):
                     report.failed_unclaimed.append(job.job_id)
-            elif job.status == JobStatus.TEARDOWN_FAILED:
+                continue
+            if job.is_terminal and job.slot_held and self._launcher.release(job):
+                report.slots_released.append(job.job_id)
+            if job.status == JobStatus.TEARDOWN_FAILED:
                 report.teardown_failed.append(job.job_id)
             elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)

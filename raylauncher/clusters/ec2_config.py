@@ -65,8 +65,12 @@ def _tags(job: Job, pipeline: Pipeline, expires_at: datetime) -> list[dict[str, 
 
 
 def _node_config(
-    instance_type: str, deployment: Ec2Deployment, disk_gib: int, tags: list[dict[str, str]], *, spot: bool
+    instance_type: str, deployment: Ec2Deployment, disk_gib: int, tags: list[dict[str, str]], cluster: str, *, spot: bool
 ) -> dict[str, Any]:
+    """Ray's AWS provider adds `ray-cluster-name` to the instance's tags only; the volume gets
+    it here, because the launcher's IAM policy lets RunInstances create only resources that
+    carry it (see cdk/cluster_access.py)."""
+    volume_tags = [*tags, {"Key": RAY_CLUSTER_TAG, "Value": cluster}]
     # Fresh lists and dicts on every call: shared objects would become YAML anchors and aliases.
     node_config: dict[str, Any] = {
         "InstanceType": instance_type,
@@ -81,7 +85,10 @@ def _node_config(
                 "Ebs": {"VolumeSize": disk_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True},
             }
         ],
-        "TagSpecifications": [{"ResourceType": kind, "Tags": copy.deepcopy(tags)} for kind in ("instance", "volume")],
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": copy.deepcopy(tags)},
+            {"ResourceType": "volume", "Tags": copy.deepcopy(volume_tags)},
+        ],
     }
     if spot:
         node_config["InstanceMarketOptions"] = {"MarketType": "spot"}
@@ -143,13 +150,14 @@ def render_cluster_config(
     # pass validation, and a head with CPU 0 runs no tasks.
     head = config["available_node_types"][HEAD_TYPE]
     head["resources"] = {"CPU": profile.head_cpus}
-    head["node_config"] = _node_config(profile.head_instance_type, deployment, profile.disk_gib, tags, spot=False)
+    name = config["cluster_name"]
+    head["node_config"] = _node_config(profile.head_instance_type, deployment, profile.disk_gib, tags, name, spot=False)
     worker = config["available_node_types"][WORKER_TYPE]
     worker["min_workers"] = profile.min_workers
     worker["max_workers"] = profile.max_workers
     worker["resources"] = {"CPU": profile.worker_cpus}
     worker["node_config"] = _node_config(
-        profile.worker_instance_type, deployment, profile.disk_gib, tags, spot=profile.spot_workers
+        profile.worker_instance_type, deployment, profile.disk_gib, tags, name, spot=profile.spot_workers
     )
     config["setup_commands"], config["head_setup_commands"] = _setup_commands(
         ray_version, boto3_version, preinstalled=deployment.ray_preinstalled

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,20 +89,58 @@ def test_lambda_settings_are_the_settings_local_mode_reads(default_stack: Synthe
         assert not [k for k in env if k.startswith("AWS_")]  # the runtime's own
 
 
-def test_bastion_user_data_installs_the_bundle_and_writes_the_driver_settings(default_stack: Synthesized) -> None:
-    s = default_stack
+def joined(value: Any) -> str:
+    """A CloudFormation string (plain or Fn::Join) with every reference shown as <ref>."""
+    if isinstance(value, str):
+        return value
+    if "Fn::Sub" in value:
+        return re.sub(r"\$\{[^}]+\}", "<ref>", value["Fn::Sub"])
+    return "".join(p if isinstance(p, str) else "<ref>" for p in value["Fn::Join"][1])
+
+
+def bastion_parameter(s: Synthesized, name: str) -> str:
+    param = s.stack.bastion.parameters[name]
+    return joined(s.template_json["Resources"][s.resolve(param.node.default_child.logical_id)]["Properties"]["Value"])
+
+
+def bastion_user_data(s: Synthesized) -> str:
     instance = s.template_json["Resources"][s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
-    parts = instance["Properties"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
-    script = "".join(p if isinstance(p, str) else "<ref>" for p in parts)
-    env_file = script.split("cat > /etc/raylauncher/env <<'RAYLAUNCHER_EOF'\n")[1].split("\nRAYLAUNCHER_EOF")[0]
-    env = dict(line.split("=", 1) for line in env_file.splitlines())
-    # Then the driver's settings parse, on the bastion's own adapters (it runs drivers locally)
+    return joined(instance["Properties"]["UserData"]["Fn::Base64"])
+
+
+def test_bastion_installer_reads_the_deployment_from_parameters_and_installs_the_bundle(default_stack: Synthesized) -> None:
+    s = default_stack
+    # Given the driver settings the stack publishes for the bastion
+    env = dict(line.split("=", 1) for line in bastion_parameter(s, "env").splitlines())
+    # Then they parse as Settings, on the bastion's own adapters (it runs drivers locally)
     settings = Settings.from_env(env)
     assert (settings.bastion, settings.cluster_backend, settings.detach) == ("local", "ec2", "systemd")
     assert settings.ec2_deployment_file == "/etc/raylauncher/ec2-deployment.json"
-    # And the installer takes the pinned Ray from the project's cluster extra
+    # And the installer fetches them, the EC2 deployment and the bundle, then installs the
+    # project with its cluster extra (the pinned Ray)
+    script = bastion_user_data(s)
+    for name in ("env", "ec2_deployment", "bundle"):
+        assert s.resolve(s.stack.bastion.parameters[name].parameter_name)["Ref"] in json.dumps(
+            s.resolve(s.stack.bastion.instance.node.default_child.user_data))
+    assert "> /etc/raylauncher/env" in script and "> /etc/raylauncher/ec2-deployment.json" in script
     assert "/opt/raylauncher/venv/bin/pip install --quiet '/opt/raylauncher/app[cluster]'" in script
     assert "dnf install -y -q python3.11 python3.11-pip rsync unzip" in script
+    assert bastion_parameter(s, "bundle").startswith("s3://")
+    # And the script is valid bash
+    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
+
+
+def test_a_code_or_config_change_does_not_touch_the_bastion_instance(default_stack: Synthesized) -> None:
+    s = default_stack
+    instance = s.template_json["Resources"][s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
+    user_data = json.dumps(instance["Properties"]["UserData"])
+    # Then the user data names no asset hash, no node image and no table: those live in parameters
+    asset_hashes = [a["source"]["path"].removeprefix("asset.") for a in json.loads(
+        (s.outdir / "RayLauncher.assets.json").read_text())["files"].values() if "path" in a["source"]]  # fmt: skip
+    assert asset_hashes and not [h for h in asset_hashes if h.split(".")[0] in user_data]
+    assert "ubuntu" not in user_data and "JobTable" not in user_data
+    # And the image is resolved at launch (a new Amazon Linux release does not replace it)
+    assert instance["Properties"]["ImageId"].startswith("resolve:ssm:/aws/service/ami-amazon-linux-latest/")
 
 
 def test_existing_vpc_without_egress_creates_no_network_and_uses_the_given_images(existing_vpc_stack: Synthesized) -> None:
@@ -110,13 +149,12 @@ def test_existing_vpc_without_egress_creates_no_network_and_uses_the_given_image
         assert s.resources(kind) == {}, kind
     [instance] = s.resources("AWS::EC2::Instance").values()
     assert instance["Properties"]["ImageId"] == OFFLINE_AMIS["bastion_ami_id"]
-    parts = instance["Properties"]["UserData"]["Fn::Base64"]["Fn::Join"][1]
-    script = "".join(p if isinstance(p, str) else "<ref>" for p in parts)
-    deployment = json.loads(re.sub(r'"<ref>[^"]*"', '"x"', script.split(
-        "cat > /etc/raylauncher/ec2-deployment.json <<'RAYLAUNCHER_EOF'\n")[1].split("\nRAYLAUNCHER_EOF")[0]))  # fmt: skip
+    deployment = json.loads(re.sub(r'"<ref>[^"]*"', '"x"', bastion_parameter(s, "ec2_deployment")))
     assert deployment["ami_id"] == OFFLINE_AMIS["node_ami_id"] and deployment["ray_preinstalled"] is True
     assert deployment["subnet_ids"] == ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
-    assert "pip install --no-index --no-deps /opt/raylauncher/app" in script and "dnf install" not in script
+    script = bastion_user_data(s)
+    assert "pip install --no-index --no-deps --no-build-isolation /opt/raylauncher/app" in script
+    assert "dnf install" not in script
 
 
 def test_schedules_come_from_the_pipeline_config_plus_the_watchdog(default_stack: Synthesized) -> None:

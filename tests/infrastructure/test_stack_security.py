@@ -90,7 +90,7 @@ def test_send_command_only_on_the_bastion_and_the_run_shell_script_document(defa
         assert len(resources) == 2
         assert any(str(bastion) in r and ":instance/" in r for r in resources)
         assert any(f":document/{SSM_DOCUMENT}" in r for r in resources)
-        assert "*" not in [st["Resource"]]
+        assert "*" not in as_list(st["Resource"])
 
 
 def test_pass_role_only_for_the_node_role_and_only_to_ec2(default_stack: Synthesized) -> None:

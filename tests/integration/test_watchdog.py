@@ -96,3 +96,21 @@ def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, syst
     # Then the queued job was launched and the report says so
     assert report["launched"] == [queued.job_id]
     assert store.get(queued.job_id).status == JobStatus.LAUNCHING
+
+
+def test_a_finished_job_still_holding_its_slot_gives_it_back_once(settings: Settings, system) -> None:
+    store, launcher = system
+    # Given a job that ended while holding a slot whose release never happened (driver died),
+    # and a job queued behind the cap
+    held = [launcher.try_launch(store.create(Job.new("sales-summary", "api"))) for _ in range(2)]
+    ended = store.transition(held[0], JobStatus.FAILED, reason_code=ReasonCode.DRIVER_ERROR, reason_message="died")
+    queued = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
+    assert ended.slot_held and queued.status == JobStatus.QUEUED
+    # When the watchdog sweeps twice
+    first = Watchdog(store, launcher).sweep()
+    second = Watchdog(store, launcher).sweep()
+    # Then the slot came back exactly once and the queued job took it
+    assert first.slots_released == [ended.job_id] and second.slots_released == []
+    assert store.get(ended.job_id).slot_held is False
+    assert first.launched == [queued.job_id]
+    assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2

@@ -3,6 +3,7 @@ prepare_config/validate_config, and carrying the walkthrough's cluster without i
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import json
 import re
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from raylauncher.clusters import ec2_config
 from raylauncher.clusters.ec2_config import (
     HEAD_TYPE,
+    RAY_CLUSTER_TAG,
     WORKER_TYPE,
     STOCK_IMAGE_BOOTSTRAP,
     cluster_name,
@@ -198,7 +200,9 @@ def test_every_profile_passes_rays_validation(
         }
         for kind in ("instance", "volume"):
             tags = tags_of(node_config, kind)
-            assert list(tags) == TAG_KEYS
+            # (the volume also gets Ray's cluster tag, which Ray adds to the instance itself:
+            # the launcher's IAM policy requires it on every resource RunInstances creates)
+            assert list(tags) == TAG_KEYS + ([RAY_CLUSTER_TAG] if kind == "volume" else [])
             assert tags["raylauncher:pipeline"] == "sales-summary"
             assert tags["raylauncher:trigger"] == "s3"
             assert tags["raylauncher:expires-at"] == "2026-11-25T10:30:00.000Z"
@@ -452,3 +456,23 @@ def test_module_does_not_import_ray() -> None:
     # Given a fresh interpreter, When the module is imported, Then Ray is not (the Lambdas share the package)
     code = "import sys, raylauncher.clusters.ec2_config; assert 'ray' not in sys.modules, 'ray imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PROJECT_DIR, timeout=60)
+
+
+def test_every_resource_run_instances_creates_carries_the_cluster_tag_the_iam_policy_requires(
+    sample: Pipeline, deployment: Ec2Deployment
+) -> None:
+    from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
+
+    job = Job.new(sample.name, "s3", NOW)
+    config = render(sample, deployment, job)
+    for node_type in (HEAD_TYPE, WORKER_TYPE):
+        node_config = config["available_node_types"][node_type]["node_config"]
+        # Given the tag specs Ray's AWS provider sends with RunInstances: its own instance tags
+        # (ray-cluster-name first), merged with our node config's by Ray's own code
+        specs = [{"ResourceType": "instance", "Tags": [{"Key": RAY_CLUSTER_TAG, "Value": config["cluster_name"]}]}]
+        AWSNodeProvider._merge_tag_specs(specs, copy.deepcopy(node_config["TagSpecifications"]))
+        # Then every resource type created (instance and root volume) carries our cluster's tag,
+        # as cdk/cluster_access.py's RunInstances condition (aws:RequestTag/ray-cluster-name) demands
+        assert sorted(s["ResourceType"] for s in specs) == ["instance", "volume"]
+        for spec in specs:
+            assert {"Key": RAY_CLUSTER_TAG, "Value": cluster_name(job.job_id)} in spec["Tags"], spec["ResourceType"]

@@ -18,6 +18,7 @@ from aws_cdk import aws_ssm as ssm
 from constructs import Construct
 
 from cdk.nag import acknowledge
+from raylauncher.watchdog import METRICS_NAMESPACE
 
 RUNTIME = lambda_.Runtime.PYTHON_3_12
 ARCHITECTURE = lambda_.Architecture.ARM_64
@@ -32,6 +33,11 @@ LAMBDA_ACKNOWLEDGED = {
     "L1": "Python 3.12 on purpose: the Powertools layer is resolved from its python3.12 SSM parameter; "
           "RUNTIME and POWERTOOLS_LAYER_PARAMETER move together",
 }  # fmt: skip
+
+
+def service_name(handler_package: str) -> str:
+    """Powertools' service name (log field, metric dimension) of a function."""
+    return f"raylauncher-{handler_package}"
 
 
 class LambdaFactory(Construct):
@@ -70,7 +76,8 @@ class LambdaFactory(Construct):
             runtime=RUNTIME, architecture=ARCHITECTURE,
             code=self._code, handler=f"lambdas.{handler_package}.handler.handler", layers=[self._layer],
             vpc=self._vpc, vpc_subnets=self._subnets, security_groups=[self._sg],
-            environment={**self._environment, "POWERTOOLS_SERVICE_NAME": f"raylauncher-{handler_package}"},
+            environment={**self._environment, "POWERTOOLS_SERVICE_NAME": service_name(handler_package),
+                         "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE},
             timeout=timeout, memory_size=memory_mb,
             tracing=lambda_.Tracing.ACTIVE,
             logging_format=lambda_.LoggingFormat.JSON, log_group=log_group,

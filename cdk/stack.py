@@ -15,12 +15,13 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from cdk.alerts import Alerts
 from cdk.api import HttpApi
 from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
 from cdk.bastion import Bastion, FixedLinuxImage
 from cdk.cluster_access import NodeRole, allow_launching, launcher_statements
 from cdk.config import DeploymentConfig
-from cdk.functions import LambdaFactory
+from cdk.functions import LambdaFactory, service_name
 from cdk.intake import Intake
 from cdk.nag import acknowledge
 from cdk.network import Network
@@ -136,6 +137,8 @@ class RayLauncherStack(Stack):
                                          description="sweep: fail unclaimed launches, launch queued jobs, report")  # fmt: skip
         Schedules(self, "Schedules", pipelines=pipelines, schedule_function=schedule_fn,
                   watchdog_function=watchdog_fn, watchdog_rate_minutes=config.watchdog_rate_minutes)  # fmt: skip
+        self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog_service=service_name("watchdog"),
+                             period_minutes=config.watchdog_rate_minutes)  # fmt: skip
 
         send_command = iam.PolicyStatement(
             sid="RunTheDriverOnTheBastionOnly", actions=["ssm:SendCommand"],
@@ -158,5 +161,7 @@ class RayLauncherStack(Stack):
         CfnOutput(self, "JobTable", value=storage.job_table.table_name)
         CfnOutput(self, "IntakeQueueUrl", value=intake.queue.queue_url)
         CfnOutput(self, "ApiUrl", value=api.api.url, description="IAM-signed (SigV4) requests only")
+        CfnOutput(self, "AlertsTopicArn", value=self.alerts.topic.topic_arn,
+                  description="subscribe to it: failed teardowns, silent drivers, dead-lettered notifications")
         CfnOutput(self, "BastionInstanceId", value=bastion.instance.instance_id,
                   description="aws ssm start-session --target <id> (no SSH keys, no public IP)")  # fmt: skip

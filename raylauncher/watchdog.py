@@ -7,8 +7,9 @@ Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locall
 2. gives back the slots of those and of finished jobs still holding one (a driver that died
    between its last transition and the release), then launches QUEUED jobs that now fit (a lost
    "slot freed" event would otherwise leave them queued forever);
-3. reports jobs that need a person: TEARDOWN_FAILED (the cluster may still be up) and
-   running jobs whose driver stopped sending heartbeats.
+3. reports jobs that need a person: TEARDOWN_FAILED in the last day (the cluster may still be
+   up) and running jobs whose driver stopped sending heartbeats. The Lambda publishes the counts
+   as CloudWatch metrics; the stack's alarms page whoever subscribed to its alerts topic.
 Each step is a conditional transition: a sweep racing a driver or another sweep loses cleanly.
 """
 
@@ -28,6 +29,16 @@ log = logging.getLogger(__name__)
 
 #: Statuses whose driver sends heartbeats (see driver.py).
 _DRIVEN = frozenset({JobStatus.PROVISIONING, JobStatus.SUBMITTED, JobStatus.RUNNING, JobStatus.TEARING_DOWN})
+
+
+#: SweepReport field -> the CloudWatch metric (namespace METRICS_NAMESPACE) the Lambda publishes.
+METRICS_NAMESPACE = "raylauncher"
+METRICS = {
+    "failed_unclaimed": "DriverNotStarted",
+    "teardown_failed": "TeardownFailedJobs",
+    "silent_drivers": "SilentDrivers",
+    "launched": "QueuedJobsLaunched",
+}
 
 
 @dataclass
@@ -54,12 +65,14 @@ class Watchdog:
         *,
         launch_grace_s: float = 600,
         heartbeat_grace_s: float = 900,
+        attention_window_s: float = 24 * 3600,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._launcher = launcher
         self._launch_grace = timedelta(seconds=launch_grace_s)
         self._heartbeat_grace = timedelta(seconds=heartbeat_grace_s)
+        self._attention_window = timedelta(seconds=attention_window_s)
         self._clock = clock
 
     def sweep(self) -> SweepReport:
@@ -73,7 +86,8 @@ class Watchdog:
             if job.is_terminal and job.slot_held and self._launcher.release(job):
                 report.slots_released.append(job.job_id)
             if job.status == JobStatus.TEARDOWN_FAILED:
-                report.teardown_failed.append(job.job_id)
+                if now - _parse(job.updated_at) <= self._attention_window:
+                    report.teardown_failed.append(job.job_id)
             elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)
         report.launched = [j.job_id for j in self._launcher.launch_queued()]

@@ -186,3 +186,45 @@ def test_vpc_endpoints_let_lambdas_and_bastion_work_without_internet(
     gateway = next(e for e in existing_vpc_stack.resources("AWS::EC2::VPCEndpoint").values()
                    if service_suffix(e["Properties"]["ServiceName"]) == "s3")  # fmt: skip
     assert sorted(gateway["Properties"]["RouteTableIds"]) == sorted(EXISTING_VPC["private_route_table_ids"])
+
+
+def test_what_needs_a_person_pages_the_alerts_topic(default_stack: Synthesized) -> None:
+    from cdk.alerts import WATCHDOG_ALARMS
+    from raylauncher.watchdog import METRICS, METRICS_NAMESPACE
+
+    s = default_stack
+    topic = {"Ref": logical_id(s, s.stack.alerts.topic)}
+    alarms = {a["Properties"].get("MetricName"): a["Properties"] for a in s.resources("AWS::CloudWatch::Alarm").values()}
+    # Then each watchdog finding and the intake DLQ has an alarm that notifies the topic
+    for field in WATCHDOG_ALARMS:
+        alarm = alarms[METRICS[field]]
+        assert alarm["Namespace"] == METRICS_NAMESPACE and alarm["Threshold"] == 1
+        assert alarm["Dimensions"] == [{"Name": "service", "Value": "raylauncher-watchdog"}]
+        assert alarm["AlarmActions"] == [topic]
+    assert alarms["ApproximateNumberOfMessagesVisible"]["AlarmActions"] == [topic]
+    # And the watchdog publishes into that namespace under that service name
+    [watchdog] = [f for f in s.resources("AWS::Lambda::Function").values()
+                  if f["Properties"]["Handler"] == "lambdas.watchdog.handler.handler"]  # fmt: skip
+    env = watchdog["Properties"]["Environment"]["Variables"]
+    assert (env["POWERTOOLS_METRICS_NAMESPACE"], env["POWERTOOLS_SERVICE_NAME"]) == (METRICS_NAMESPACE, "raylauncher-watchdog")
+    assert "AlertsTopicArn" in s.template_json["Outputs"]
+
+
+def test_egress_is_the_context_switch_it_claims(
+    default_stack: Synthesized, existing_vpc_stack: Synthesized, tmp_path_factory
+) -> None:
+    from tests.infrastructure.conftest import OFFLINE_AMIS, synthesize
+
+    def count(s: Synthesized, kind: str) -> int:
+        return len(s.resources(kind))
+
+    # Created VPC, egress "nat": one NAT gateway (in the only public subnets), private subnets route to it
+    assert count(default_stack, "AWS::EC2::NatGateway") == 1 and count(default_stack, "AWS::EC2::InternetGateway") == 1
+    # Created VPC, egress "none": no way out at all; the images must bring Ray
+    isolated = synthesize(tmp_path_factory.mktemp("cdk-isolated"), {"egress": "none", **OFFLINE_AMIS})
+    assert count(isolated, "AWS::EC2::NatGateway") == 0 and count(isolated, "AWS::EC2::InternetGateway") == 0
+    assert all(r["Properties"]["MapPublicIpOnLaunch"] is False for r in isolated.resources("AWS::EC2::Subnet").values())
+    # Existing VPC, egress "nat": the stack creates no gateway (the VPC's own routes are used)
+    existing_nat = synthesize(tmp_path_factory.mktemp("cdk-existing-nat"), {"vpc": EXISTING_VPC, "egress": "nat"})
+    assert count(existing_nat, "AWS::EC2::NatGateway") == 0 and count(existing_nat, "AWS::EC2::VPC") == 0
+    assert count(existing_vpc_stack, "AWS::EC2::NatGateway") == 0

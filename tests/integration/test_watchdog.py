@@ -1,6 +1,8 @@
 """The watchdog sweep against moto server: lost launches fail with a reason, their slots come
 back and queued jobs launch; jobs that need a person are reported, not touched."""
 
+import importlib
+import json
 from datetime import timedelta
 
 import pytest
@@ -76,10 +78,12 @@ def test_silent_drivers_and_failed_teardowns_are_reported_not_touched(settings: 
     assert report.teardown_failed == [stuck.job_id]
     assert store.get(silent.job_id).status == JobStatus.PROVISIONING
     assert store.get(stuck.job_id).status == JobStatus.TEARDOWN_FAILED
+    # And a failed teardown stops paging after a day (the alarm clears; the job stays as it is)
+    next_day = utc_now() + timedelta(hours=25)
+    assert Watchdog(store, launcher, clock=lambda: next_day).sweep().teardown_failed == []
 
 
-def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, system, monkeypatch) -> None:
-    from lambdas.watchdog import handler as watchdog_handler
+def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, system, monkeypatch, capsys) -> None:
     from raylauncher.local.poller import LocalLambdaContext
 
     store, launcher = system
@@ -87,7 +91,11 @@ def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, syst
     queued = store.create(Job.new("sales-summary", "schedule"))
     for key, value in settings.to_env().items():
         monkeypatch.setenv(key, value)
-    watchdog_handler.watchdog.cache_clear()
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "raylauncher")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "raylauncher-watchdog")
+    import lambdas.watchdog.handler as watchdog_handler
+
+    watchdog_handler = importlib.reload(watchdog_handler)  # a cold start: Powertools reads the environment now
     # When EventBridge Scheduler invokes the watchdog Lambda
     try:
         report = watchdog_handler.handler({}, LocalLambdaContext(function_name="watchdog", aws_request_id="r-1"))
@@ -96,6 +104,11 @@ def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, syst
     # Then the queued job was launched and the report says so
     assert report["launched"] == [queued.job_id]
     assert store.get(queued.job_id).status == JobStatus.LAUNCHING
+    # And the counts went out as CloudWatch metrics (embedded metric format on stdout)
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    [metrics] = [m for m in emf if "QueuedJobsLaunched" in m]
+    assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "raylauncher"
+    assert (metrics["QueuedJobsLaunched"], metrics["TeardownFailedJobs"], metrics["service"]) == ([1.0], [0.0], "raylauncher-watchdog")
 
 
 def test_a_finished_job_still_holding_its_slot_gives_it_back_once(settings: Settings, system) -> None:

@@ -18,7 +18,7 @@ from constructs import Construct
 from cdk.nag import acknowledge
 from cdk.storage import JOB_PREFIX, Storage
 
-from raylauncher.clusters.ec2_config import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
+from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
 from raylauncher.config import PipelinesConfig
 
 #: Ray names the key pairs it creates `ray-autoscaler_<n>_<region>`.

@@ -28,6 +28,7 @@ from cdk.network import Network
 from cdk.schedules import Schedules
 from cdk.storage import JOB_PREFIX, Storage
 from raylauncher.bastion import SSM_DOCUMENT
+from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
 from raylauncher.config import (
     BASTION_APP_DIR,
     BASTION_EC2_DEPLOYMENT_FILE,
@@ -137,6 +138,15 @@ class RayLauncherStack(Stack):
                                          description="sweep: fail unclaimed launches, launch queued jobs, report")  # fmt: skip
         Schedules(self, "Schedules", pipelines=pipelines, schedule_function=schedule_fn,
                   watchdog_function=watchdog_fn, watchdog_rate_minutes=config.watchdog_rate_minutes)  # fmt: skip
+        # The reaper (raylauncher/reaper.py): find our clusters' nodes, terminate only those.
+        watchdog_fn.add_to_role_policy(iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]))
+        watchdog_fn.add_to_role_policy(iam.PolicyStatement(
+            actions=["ec2:TerminateInstances"],
+            resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"],
+            conditions={"StringLike": {f"aws:ResourceTag/{RAY_CLUSTER_TAG}": f"{CLUSTER_NAME_PREFIX}*"}},
+        ))  # fmt: skip
+        acknowledge(watchdog_fn, "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*]",
+                    "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
         self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog_service=service_name("watchdog"),
                              period_minutes=config.watchdog_rate_minutes)  # fmt: skip
 

@@ -7,7 +7,9 @@ Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locall
 2. gives back the slots of those and of finished jobs still holding one (a driver that died
    between its last transition and the release), then launches QUEUED jobs that now fit (a lost
    "slot freed" event would otherwise leave them queued forever);
-3. reports jobs that need a person: TEARDOWN_FAILED in the last day (the cluster may still be
+3. terminates the nodes of clusters past their `raylauncher:expires-at` (raylauncher/reaper.py),
+   when a reaper is given (on AWS);
+4. reports jobs that need a person: TEARDOWN_FAILED in the last day (the cluster may still be
    up) and running jobs whose driver stopped sending heartbeats. The Lambda publishes the counts
    as CloudWatch metrics; the stack's alarms page whoever subscribed to its alerts topic.
 Each step is a conditional transition: a sweep racing a driver or another sweep loses cleanly.
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from raylauncher.admission import Launcher
 from raylauncher.errors import IllegalTransition, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, utc_now
+from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.store import DynamoJobStore
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ METRICS = {
     "teardown_failed": "TeardownFailedJobs",
     "silent_drivers": "SilentDrivers",
     "launched": "QueuedJobsLaunched",
+    "reaped": "InstancesReaped",
+    "reaper_failed": "ReaperFailed",
 }
 
 
@@ -48,6 +53,8 @@ class SweepReport:
     launched: list[str] = field(default_factory=list)
     teardown_failed: list[str] = field(default_factory=list)
     silent_drivers: list[str] = field(default_factory=list)
+    reaped: list[str] = field(default_factory=list)  # "<cluster>/<instance id>"
+    reaper_failed: list[str] = field(default_factory=list)  # why, when it could not look or act
 
     def as_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -66,10 +73,12 @@ class Watchdog:
         launch_grace_s: float = 600,
         heartbeat_grace_s: float = 900,
         attention_window_s: float = 24 * 3600,
+        reaper: ClusterReaper | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._store = store
         self._launcher = launcher
+        self._reaper = reaper
         self._launch_grace = timedelta(seconds=launch_grace_s)
         self._heartbeat_grace = timedelta(seconds=heartbeat_grace_s)
         self._attention_window = timedelta(seconds=attention_window_s)
@@ -91,7 +100,13 @@ class Watchdog:
             elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)
         report.launched = [j.job_id for j in self._launcher.launch_queued()]
-        if report.teardown_failed or report.silent_drivers:
+        if self._reaper:
+            try:
+                report.reaped = [f"{r.cluster}/{r.instance_id}" for r in self._reaper.reap(now)]
+            except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
+                log.exception("reaper failed")
+                report.reaper_failed = [str(err)]
+        if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report
 

@@ -156,5 +156,9 @@ def build_schedule_runner(settings: Settings) -> ScheduleRunner:
 def build_watchdog(settings: Settings) -> Watchdog:
     from raylauncher.watchdog import Watchdog
 
+    from raylauncher.reaper import Ec2Reaper
+
     store = build_store(settings)
-    return Watchdog(store, build_launcher(settings, store))
+    # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).
+    reaper = Ec2Reaper(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else None
+    return Watchdog(store, build_launcher(settings, store), reaper=reaper)

@@ -19,14 +19,11 @@ from typing import Any
 from raylauncher.config import Ec2Deployment, Pipeline
 from raylauncher.errors import ConfigError
 from raylauncher.model import Job, iso, require_job_id
+from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG, TAG_PREFIX
 
 TEMPLATE = Path(__file__).with_name("templates") / "cluster.yaml"
 HEAD_TYPE = "ray.head.default"
 WORKER_TYPE = "ray.worker.default"
-CLUSTER_NAME_PREFIX = "rl-"
-#: The tag Ray's AWS provider puts on every node of a cluster (value: the cluster name).
-RAY_CLUSTER_TAG = "ray-cluster-name"
-TAG_PREFIX = "raylauncher:"
 ROOT_DEVICE = "/dev/sda1"  # the root device of Ubuntu AMIs
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
@@ -59,7 +56,7 @@ def _tags(job: Job, pipeline: Pipeline, expires_at: datetime) -> list[dict[str, 
         "job-id": job.job_id,
         "pipeline": pipeline.name,
         "trigger": job.trigger,
-        "expires-at": iso(expires_at),
+        EXPIRES_AT_TAG.removeprefix(TAG_PREFIX): iso(expires_at),
     }
     return [{"Key": TAG_PREFIX + key, "Value": value} for key, value in values.items()]
 

@@ -1,0 +1,96 @@
+"""The reaper: the last line of "no orphaned cluster". Every node of a job's cluster carries
+`raylauncher:expires-at` (provisioning deadline + run deadline + a margin: by then its driver
+has torn it down, or failed to). Instances of our clusters still alive past that time are
+orphans — a teardown that failed, a driver that died with the bastion — and are terminated.
+
+A port with an EC2 adapter; local mode has no EC2 (its clusters are processes, stopped by the
+local backend and checked by `raylauncher.local.leftovers`), so it runs without a reaper.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from raylauncher.aws import error_code
+from raylauncher.errors import RayLauncherError
+from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
+
+log = logging.getLogger(__name__)
+
+ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
+TERMINATE_BATCH = 500
+
+
+class ReaperError(RayLauncherError):
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Reaped:
+    cluster: str
+    instance_id: str
+    expired_at: str
+
+
+class ClusterReaper(ABC):
+    @abstractmethod
+    def reap(self, now: datetime) -> list[Reaped]:
+        """Terminate every node of our clusters whose expires-at tag is before `now`."""
+
+
+def _parse(value: str) -> datetime | None:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else None
+
+
+def expired(instances: Iterable[dict[str, Any]], now: datetime) -> list[Reaped]:
+    """The instances of our clusters (ray-cluster-name rl-*) whose expires-at has passed. An
+    instance without a readable expires-at is left alone (and logged): never guess."""
+    found = []
+    for instance in instances:
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        cluster = tags.get(RAY_CLUSTER_TAG, "")
+        if not cluster.startswith(CLUSTER_NAME_PREFIX):
+            continue
+        expires = _parse(tags.get(EXPIRES_AT_TAG, ""))
+        if expires is None:
+            log.warning("instance %s of %s has no readable %s tag: left alone", instance["InstanceId"], cluster,
+                        EXPIRES_AT_TAG)  # fmt: skip
+        elif expires < now:
+            found.append(Reaped(cluster, instance["InstanceId"], tags[EXPIRES_AT_TAG]))
+    return found
+
+
+class Ec2Reaper(ClusterReaper):
+    def __init__(self, ec2_client: Any) -> None:
+        self._ec2 = ec2_client
+
+    def reap(self, now: datetime) -> list[Reaped]:
+        try:
+            pages = self._ec2.get_paginator("describe_instances").paginate(Filters=[
+                {"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [f"{CLUSTER_NAME_PREFIX}*"]},
+                {"Name": "tag-key", "Values": [EXPIRES_AT_TAG]},
+                {"Name": "instance-state-name", "Values": ALIVE_STATES},
+            ])  # fmt: skip
+            instances = [i for page in pages for r in page["Reservations"] for i in r["Instances"]]
+            doomed = expired(instances, now)
+            ids = [r.instance_id for r in doomed]
+            for start in range(0, len(ids), TERMINATE_BATCH):
+                self._ec2.terminate_instances(InstanceIds=ids[start : start + TERMINATE_BATCH])
+        except (ClientError, BotoCoreError) as err:
+            raise ReaperError(f"reaping expired clusters failed ({error_code(err)})", error_code(err)) from err
+        for r in doomed:
+            log.warning("terminated %s of cluster %s: expired at %s", r.instance_id, r.cluster, r.expired_at)
+        return doomed

@@ -5,10 +5,12 @@ topic; subscribe to it (e-mail, chat, pager) after the deploy."""
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as actions
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
@@ -27,32 +29,52 @@ WATCHDOG_ALARMS = {
 
 class Alerts(Construct):
     def __init__(
-        self, scope: Construct, construct_id: str, *, dead_letters: sqs.IQueue, watchdog_service: str, period_minutes: int
-    ) -> None:
+        self, scope: Construct, construct_id: str, *, dead_letters: sqs.IQueue, watchdog: lambda_.IFunction,
+        watchdog_service: str, period_minutes: int,
+    ) -> None:  # fmt: skip
         super().__init__(scope, construct_id)
-        self.topic = sns.Topic(
-            self, "Topic", display_name="raylauncher alerts", enforce_ssl=True,
-            master_key=kms.Alias.from_alias_name(self, "SnsKey", "alias/aws/sns"),
-        )  # fmt: skip
+        # CloudWatch cannot publish to a topic encrypted with the AWS-managed aws/sns key (its
+        # policy cannot be extended): a key of our own lets the alarms encrypt what they send.
+        cloudwatch_principal = iam.ServicePrincipal("cloudwatch.amazonaws.com")
+        self.key = kms.Key(self, "TopicKey", enable_key_rotation=True, description="raylauncher alerts topic")
+        self.key.grant(cloudwatch_principal, "kms:Decrypt", "kms:GenerateDataKey*")
+        self.topic = sns.Topic(self, "Topic", display_name="raylauncher alerts", enforce_ssl=True, master_key=self.key)
+        self.topic.add_to_resource_policy(iam.PolicyStatement(
+            sid="CloudWatchAlarmsOfThisAccount", principals=[cloudwatch_principal], actions=["sns:Publish"],
+            resources=[self.topic.topic_arn],
+            conditions={"StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                        "ArnLike": {"aws:SourceArn": f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:*"}},
+        ))  # fmt: skip
         notify = actions.SnsAction(self.topic)
+        # The watchdog publishes every count on every sweep (zeros included); a period of two
+        # sweeps always holds one, and a missing point (a late sweep) keeps the alarm as it is.
+        period = Duration.minutes(2 * period_minutes)
         self.alarms: dict[str, cloudwatch.Alarm] = {}
         for field, why in WATCHDOG_ALARMS.items():
             metric = cloudwatch.Metric(
                 namespace=METRICS_NAMESPACE, metric_name=METRICS[field], dimensions_map={"service": watchdog_service},
-                statistic="Maximum", period=Duration.minutes(period_minutes),
+                statistic="Maximum", period=period,
             )  # fmt: skip
-            self.alarms[field] = metric.create_alarm(
-                self, METRICS[field], alarm_description=why, threshold=1, evaluation_periods=1,
-                comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-                treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-            )  # fmt: skip
-        self.alarms["dead_letters"] = dead_letters.metric_approximate_number_of_messages_visible(
-            period=Duration.minutes(5), statistic="Maximum"
-        ).create_alarm(
-            self, "IntakeDeadLetters", threshold=1, evaluation_periods=1,
-            alarm_description="S3 notifications the intake could not turn into jobs: inspect the DLQ, then redrive",
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            self.alarms[field] = self._alarm(METRICS[field], metric, why, cloudwatch.TreatMissingData.IGNORE)
+        # A sweep that fails publishes nothing: its own errors page instead.
+        self.alarms["watchdog_errors"] = self._alarm(
+            "WatchdogErrors", watchdog.metric_errors(period=period, statistic="Sum"),
+            "the watchdog sweep itself failed (nothing above is being checked): see its logs",
+            cloudwatch.TreatMissingData.NOT_BREACHING,
+        )  # fmt: skip
+        self.alarms["dead_letters"] = self._alarm(
+            "IntakeDeadLetters",
+            dead_letters.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),
+            "S3 notifications the intake could not turn into jobs: inspect the DLQ, then redrive",
+            cloudwatch.TreatMissingData.NOT_BREACHING,
         )  # fmt: skip
         for alarm in self.alarms.values():
             alarm.add_alarm_action(notify)
+
+    def _alarm(
+        self, name: str, metric: cloudwatch.IMetric, why: str, missing: cloudwatch.TreatMissingData
+    ) -> cloudwatch.Alarm:
+        return metric.create_alarm(
+            self, name, alarm_description=why, threshold=1, evaluation_periods=1, treat_missing_data=missing,
+            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+        )  # fmt: skip

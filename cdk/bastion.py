@@ -14,7 +14,8 @@ resolved at launch, not at deploy). To apply a new deploy, when no job runs:
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import jsii
 from aws_cdk import Acknowledgment, Aws, Stack, Token, Validations
@@ -57,33 +58,56 @@ class FixedLinuxImage:
         )
 
 
+def _heredoc(path: str, content: str) -> list[str]:
+    """`cat > path` of `content` (deployment values, never user input), quoted: no expansion.
+    Each file gets its own end marker, so a heredoc inside `content` cannot end this one."""
+    marker = "RAYLAUNCHER_" + re.sub(r"[^A-Z0-9]", "_", PurePosixPath(path).name.upper()) + "_EOF"
+    if marker in content.splitlines():
+        raise ValueError(f"{path}: its content contains the heredoc end marker {marker}")
+    return [f"cat > {path} <<'{marker}'", content.rstrip("\n"), marker]
+
+
 def _file(path: str, content: str, mode: str = "0644") -> list[str]:
-    """Shell lines writing `content` (deployment values, never user input) to `path`."""
-    return [f"mkdir -p $(dirname {path})", f"cat > {path} <<'RAYLAUNCHER_EOF'", content.rstrip("\n"),
-            "RAYLAUNCHER_EOF", f"chmod {mode} {path}"]  # fmt: skip
+    return [f"mkdir -p $(dirname {path})", *_heredoc(path, content), f"chmod {mode} {path}"]
+
+
+#: Seconds between attempts to read a parameter (the SSM endpoint may still be coming up at
+#: first boot); the tests set RAYLAUNCHER_RETRY_DELAY_S=0.
+FETCH_ATTEMPTS = 10
 
 
 def installer_script(*, preinstalled: bool, parameters: dict[str, str]) -> str:
-    """Fetch the deployment's parameters, then unpack the bundle into a fresh venv. With Ray
-    preinstalled on the image (no egress) the venv sees the image's packages and installs only
-    our own: no index, no dependencies, no build isolation (the image brings setuptools)."""
+    """Fetch the deployment's parameters (retried; each file replaced atomically, only once it
+    was read whole), then unpack the bundle into a fresh venv. Refuses while drivers run (their
+    `ray down` lives in that venv) unless given --force. With Ray preinstalled on the image (no
+    egress) the venv sees the image's packages and installs only our own: no index, no
+    dependencies, no build isolation (the image brings setuptools)."""
     pip = (f"{BASTION_VENV}/bin/pip install --no-index --no-deps --no-build-isolation {BASTION_APP_DIR}"
            if preinstalled else f"{BASTION_VENV}/bin/pip install --quiet '{BASTION_APP_DIR}[cluster]'")  # fmt: skip
     venv = f"{PYTHON} -m venv {'--system-site-packages ' if preinstalled else ''}{BASTION_VENV}"
-
-    def fetch(name: str) -> str:
-        return f"aws ssm get-parameter --name '{parameters[name]}' --query Parameter.Value --output text"
-
+    wrapper = BASTION_LAUNCHER + ".new"
     return "\n".join([
         "#!/bin/bash", "set -euo pipefail", "umask 022", f"export AWS_DEFAULT_REGION={Aws.REGION}",
-        f"mkdir -p $(dirname {BASTION_ENV_FILE}) $(dirname {BASTION_LAUNCHER}) {BASTION_STATE_DIR}",
-        f"(umask 077; {fetch('env')} > {BASTION_ENV_FILE})",
-        f"{fetch('ec2_deployment')} > {BASTION_EC2_DEPLOYMENT_FILE}",
-        f'aws s3 cp "$({fetch("bundle")})" {BUNDLE_ZIP}',
+        'if [ "${1:-}" != "--force" ] && systemctl list-units --type=service --state=active --no-legend '
+        "'raylauncher-driver-*' 2>/dev/null | grep -q .; then",
+        '  echo "raylauncher drivers are running (their ray down uses this venv): try again when no job runs, '
+        'or pass --force" >&2', "  exit 3", "fi",
+        "fetch() {  # fetch NAME: print the parameter's value, retrying while SSM is unreachable",
+        f"  local i; for i in $(seq {FETCH_ATTEMPTS}); do",
+        '    aws ssm get-parameter --name "$1" --query Parameter.Value --output text && return 0',
+        '    sleep "${RAYLAUNCHER_RETRY_DELAY_S:-15}"', "  done; return 1", "}",
+        "write_param() {  # write_param NAME FILE MODE: replace FILE only with a value read whole",
+        '  local tmp; tmp=$(mktemp "$2.XXXXXX")',
+        '  if fetch "$1" > "$tmp"; then chmod "$3" "$tmp"; mv -f "$tmp" "$2"; else rm -f "$tmp"; return 1; fi', "}",
+        f"mkdir -p $(dirname {BASTION_ENV_FILE}) $(dirname {BASTION_EC2_DEPLOYMENT_FILE}) "
+        f"$(dirname {BASTION_LAUNCHER}) {BASTION_STATE_DIR}",
+        f"write_param '{parameters['env']}' {BASTION_ENV_FILE} 0600",
+        f"write_param '{parameters['ec2_deployment']}' {BASTION_EC2_DEPLOYMENT_FILE} 0644",
+        f"bundle=$(fetch '{parameters['bundle']}')",
+        f'aws s3 cp "$bundle" {BUNDLE_ZIP}',
         f"rm -rf {BASTION_APP_DIR} {BASTION_VENV}", f"mkdir -p {BASTION_APP_DIR}",
         f"unzip -q -o {BUNDLE_ZIP} -d {BASTION_APP_DIR}", venv, pip,
-        f"cat > {BASTION_LAUNCHER} <<'RAYLAUNCHER_EOF'", launcher_wrapper().rstrip("\n"), "RAYLAUNCHER_EOF",
-        f"chmod 0755 {BASTION_LAUNCHER}",
+        *_heredoc(wrapper, launcher_wrapper()), f"chmod 0755 {wrapper}", f"mv -f {wrapper} {BASTION_LAUNCHER}",
     ]) + "\n"  # fmt: skip
 
 
@@ -117,7 +141,7 @@ class Bastion(Construct):
         # What this deployment says; changing it never touches the instance (see the docstring).
         values = {
             "bundle": bundle.s3_object_url,
-            "env": "\n".join(f"{k}={v}" for k, v in sorted(driver_env.items())) + "\n",
+            "env": "\n".join(f"{k}={v}" for k, v in sorted(driver_env.items())),  # the CLI adds the last newline
             "ec2_deployment": ec2_deployment_json,
         }
         self.parameters = {
@@ -152,6 +176,9 @@ class Bastion(Construct):
             block_devices=[ec2.BlockDevice(device_name=ROOT_DEVICE, volume=ec2.BlockDeviceVolume.ebs(
                 30, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3, delete_on_termination=True))],
         )  # fmt: skip
+        # First boot reads SSM parameters and S3: through the endpoints when there is no internet.
+        for endpoint in network.endpoints:
+            self.instance.node.add_dependency(endpoint)
         if not config.bastion_ami_id:
             # EC2 takes `resolve:ssm:<parameter>` as ImageId; cfn-lint's pattern only knows ami-ids.
             why = "ImageId is resolve:ssm:<public AL2023 parameter>, resolved by EC2 at launch (no replacement on new releases)"

@@ -66,6 +66,8 @@ class Network(Construct):
         self.cluster_sg.add_ingress_rule(self.bastion_sg, ec2.Port.tcp(SSH_PORT), "ray up/down over SSH")
         self.cluster_sg.add_ingress_rule(self.bastion_sg, ec2.Port.tcp(dashboard_port), "Ray dashboard / Jobs API")
 
+        #: What a first boot needs to reach AWS without internet (the bastion waits for them).
+        self.endpoints: list[Construct] = []
         if config.create_vpc_endpoints:
             self._add_endpoints()
 
@@ -91,7 +93,7 @@ class Network(Construct):
     def _add_endpoints(self) -> None:
         for name, service in (("S3", ec2.GatewayVpcEndpointAwsService.S3),
                               ("DynamoDb", ec2.GatewayVpcEndpointAwsService.DYNAMODB)):  # fmt: skip
-            self.vpc.add_gateway_endpoint(name, service=service, subnets=[self.private_subnets])
+            self.endpoints.append(self.vpc.add_gateway_endpoint(name, service=service, subnets=[self.private_subnets]))
         endpoint_sg = ec2.SecurityGroup(
             self, "EndpointSg", vpc=self.vpc, allow_all_outbound=False, description="Interface endpoints: HTTPS from the VPC"
         )
@@ -99,7 +101,8 @@ class Network(Construct):
         acknowledge(endpoint_sg, "EC23", "ingress is the VPC's own CIDR on 443 only; cdk-nag cannot resolve the CIDR "
                     "token of a created VPC (the infrastructure tests check that no rule is open to 0.0.0.0/0)")
         for name, service in INTERFACE_ENDPOINTS.items():
-            self.vpc.add_interface_endpoint(
+            endpoint = self.vpc.add_interface_endpoint(
                 name, service=service, subnets=self.private_subnets, security_groups=[endpoint_sg], open=False,
                 private_dns_enabled=True,
             )  # fmt: skip
+            self.endpoints.append(endpoint)

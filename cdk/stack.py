@@ -147,8 +147,8 @@ class RayLauncherStack(Stack):
         ))  # fmt: skip
         acknowledge(watchdog_fn, "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
-        self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog_service=service_name("watchdog"),
-                             period_minutes=config.watchdog_rate_minutes)  # fmt: skip
+        self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog=watchdog_fn,
+                             watchdog_service=service_name("watchdog"), period_minutes=config.watchdog_rate_minutes)  # fmt: skip
 
         send_command = iam.PolicyStatement(
             sid="RunTheDriverOnTheBastionOnly", actions=["ssm:SendCommand"],

@@ -20,6 +20,16 @@ class InvalidParams(RayLauncherError):
         self.reason = reason
 
 
+class NoInputObjects(InvalidParams):
+    """An API call or schedule names a prefix under which nothing matches the pipeline's trigger:
+    refused before anything is written, so no cluster is started for an empty manifest."""
+
+    def __init__(self, field: str, prefix: str, suffix: str) -> None:
+        matching = f" ending in {suffix!r}" if suffix else ""
+        super().__init__(field, f"no input objects{matching} under {prefix!r}: nothing to run")
+        self.prefix = prefix
+
+
 class UnknownPipeline(RayLauncherError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no pipeline named {name!r}")

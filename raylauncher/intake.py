@@ -16,7 +16,7 @@ from urllib.parse import unquote_plus
 
 from raylauncher.admission import Launcher
 from raylauncher.config import Pipeline, PipelinesConfig
-from raylauncher.errors import PoisonMessage, RayLauncherError
+from raylauncher.errors import NoInputObjects, PoisonMessage, RayLauncherError
 from raylauncher.claims import ObjectClaims
 from raylauncher.model import Job, S3ObjectRef, job_prefix, new_job_id, utc_now
 from raylauncher.objects import ObjectStore
@@ -170,14 +170,16 @@ class IntakeService:
         pipeline = self._pipelines.get(pipeline_name)
         params = pipeline.validate_params(raw_params)
         objects: list[S3ObjectRef] = []
-        for name, spec in pipeline.params.items():
-            if spec.type == "s3_prefix" and name in params:
-                listed = self._objects.list_objects(params[name], pipeline.max_objects_per_job)
-                objects += [
-                    S3ObjectRef(self._objects.bucket, o["key"], o["size"], o["etag"])
-                    for o in listed
-                    if pipeline.trigger.matches(o["key"])
-                ]
+        prefixes = [name for name, spec in pipeline.params.items() if spec.type == "s3_prefix" and name in params]
+        for name in prefixes:
+            listed = self._objects.list_objects(params[name], pipeline.max_objects_per_job)
+            objects += [
+                S3ObjectRef(self._objects.bucket, o["key"], o["size"], o["etag"])
+                for o in listed
+                if pipeline.trigger.matches(o["key"])
+            ]
+        if prefixes and not objects:  # a cluster for an empty manifest would only fail, at a price
+            raise NoInputObjects(prefixes[0], params[prefixes[0]], pipeline.trigger.suffix)
         return self.start_job(pipeline, objects, trigger, params)
 
     def start_job(

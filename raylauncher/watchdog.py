@@ -99,13 +99,13 @@ class Watchdog:
                     report.teardown_failed.append(job.job_id)
             elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)
-        report.launched = [j.job_id for j in self._launcher.launch_queued()]
-        if self._reaper:
+        if self._reaper:  # before launching: an error there must not keep orphans running
             try:
                 report.reaped = [f"{r.cluster}/{r.instance_id}" for r in self._reaper.reap(now)]
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
+        report.launched = [j.job_id for j in self._launcher.launch_queued()]
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report

@@ -1,7 +1,7 @@
 """Schedule Lambda: an EventBridge Scheduler invocation -> one job (once per scheduled time).
 
 The payload is the schedule's Input (raylauncher.schedules.schedule_input); one the stack never
-sends is logged and raised, and starts nothing.
+sends is logged and raised, and starts nothing. A firing with no input objects is skipped.
 """
 
 import os
@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from raylauncher.config import Settings
+from raylauncher.errors import NoInputObjects
 from raylauncher.schedules import InvalidScheduleEvent, ScheduleRunner, parse_schedule_event
 from raylauncher.wiring import build_schedule_runner
 
@@ -31,5 +32,9 @@ def handler(event: dict, context: LambdaContext) -> dict:
     except InvalidScheduleEvent:
         logger.exception("schedule payload rejected; no job started")
         raise
-    job = runner().fire(firing, context)
+    try:
+        job = runner().fire(firing, context)
+    except NoInputObjects as err:  # nothing arrived since: no cluster, and nothing to retry
+        logger.info("schedule skipped", extra={"reason": str(err)})
+        return {"skipped": str(err)}
     return {"job_id": job.job_id, "status": job.status.value, "trigger": job.trigger}

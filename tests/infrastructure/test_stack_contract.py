@@ -108,7 +108,7 @@ def bastion_user_data(s: Synthesized) -> str:
     return joined(instance["Properties"]["UserData"]["Fn::Base64"])
 
 
-def test_bastion_installer_reads_the_deployment_from_parameters_and_installs_the_bundle(default_stack: Synthesized) -> None:
+def test_bastion_driver_settings_are_the_settings_local_mode_reads(default_stack: Synthesized) -> None:
     s = default_stack
     # Given the driver settings the stack publishes for the bastion
     env = dict(line.split("=", 1) for line in bastion_parameter(s, "env").splitlines())
@@ -116,18 +116,9 @@ def test_bastion_installer_reads_the_deployment_from_parameters_and_installs_the
     settings = Settings.from_env(env)
     assert (settings.bastion, settings.cluster_backend, settings.detach) == ("local", "ec2", "systemd")
     assert settings.ec2_deployment_file == "/etc/raylauncher/ec2-deployment.json"
-    # And the installer fetches them, the EC2 deployment and the bundle, then installs the
-    # project with its cluster extra (the pinned Ray)
-    script = bastion_user_data(s)
-    for name in ("env", "ec2_deployment", "bundle"):
-        assert s.resolve(s.stack.bastion.parameters[name].parameter_name)["Ref"] in json.dumps(
-            s.resolve(s.stack.bastion.instance.node.default_child.user_data))
-    assert "> /etc/raylauncher/env" in script and "> /etc/raylauncher/ec2-deployment.json" in script
-    assert "/opt/raylauncher/venv/bin/pip install --quiet '/opt/raylauncher/app[cluster]'" in script
-    assert "dnf install -y -q python3.11 python3.11-pip rsync unzip" in script
+    # And the bundle parameter names the CDK asset (what the installer does with all three is
+    # run for real in test_bastion_install.py)
     assert bastion_parameter(s, "bundle").startswith("s3://")
-    # And the script is valid bash
-    assert subprocess.run(["bash", "-n"], input=script, text=True, check=False).returncode == 0
 
 
 def test_a_code_or_config_change_does_not_touch_the_bastion_instance(default_stack: Synthesized) -> None:

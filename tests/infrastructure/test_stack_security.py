@@ -202,6 +202,15 @@ def test_what_needs_a_person_pages_the_alerts_topic(default_stack: Synthesized) 
         assert alarm["Dimensions"] == [{"Name": "service", "Value": "raylauncher-watchdog"}]
         assert alarm["AlarmActions"] == [topic]
     assert alarms["ApproximateNumberOfMessagesVisible"]["AlarmActions"] == [topic]
+    assert alarms["Errors"]["AlarmActions"] == [topic]  # a sweep that fails publishes nothing: its errors page
+    # And CloudWatch may publish to the topic and use its key (the AWS-managed SNS key would refuse it)
+    [policy] = s.resources("AWS::SNS::TopicPolicy").values()
+    allowed = [st for st in policy["Properties"]["PolicyDocument"]["Statement"] if st["Effect"] == "Allow"]
+    assert [(st["Principal"], st["Action"]) for st in allowed] == [({"Service": "cloudwatch.amazonaws.com"}, "sns:Publish")]
+    [key] = s.resources("AWS::KMS::Key").values()
+    assert key["Properties"]["EnableKeyRotation"] is True
+    assert any(st.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}
+               for st in key["Properties"]["KeyPolicy"]["Statement"])  # fmt: skip
     # And the watchdog publishes into that namespace under that service name
     [watchdog] = [f for f in s.resources("AWS::Lambda::Function").values()
                   if f["Properties"]["Handler"] == "lambdas.watchdog.handler.handler"]  # fmt: skip

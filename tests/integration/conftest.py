@@ -14,6 +14,7 @@ import pytest
 
 from lambdas.api import handler as api_handler
 from lambdas.schedule import handler as schedule_handler
+from raylauncher import aws
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.http_api import to_rest_event
 from raylauncher.local.poller import LocalLambdaContext
@@ -79,6 +80,20 @@ def api(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiClie
     yield ApiClient(settings)
     api_handler.services.cache_clear()
     schedule_handler.runner.cache_clear()
+
+
+#: Inputs `seeded_api` puts in the bucket: API calls and schedules run over what is there, and
+#: a prefix with nothing under it is refused (422) before a cluster is started for nothing.
+SEEDED_INPUTS = ("incoming/sales/2026/seed.csv", "incoming/sales/2025/seed.csv")
+
+
+@pytest.fixture
+def seeded_api(api: ApiClient) -> ApiClient:
+    """`api`, with one input CSV under each prefix the tests submit over."""
+    s3 = aws.client("s3", api.settings)
+    for key in SEEDED_INPUTS:
+        s3.put_object(Bucket=api.settings.bucket, Key=key, Body=b"order_id\n1\n")
+    return api
 
 
 @pytest.fixture

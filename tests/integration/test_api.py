@@ -67,43 +67,59 @@ def test_post_jobs_starts_a_job_over_the_objects_under_the_prefix(api) -> None:
     assert sorted(o["key"] for o in manifest["objects"]) == ["incoming/sales/2026/a.csv", "incoming/sales/2026/b c.csv"]
 
 
-def test_the_same_idempotency_key_twice_makes_one_job(api) -> None:
+def test_a_prefix_with_no_input_is_refused_before_anything_starts(api) -> None:
+    # Given objects only elsewhere, and one under the prefix that the trigger's suffix excludes
+    s3 = aws.client("s3", api.settings)
+    for key in ("incoming/sales/2025/old.csv", "incoming/sales/2026/readme.txt"):
+        s3.put_object(Bucket=api.settings.bucket, Key=key, Body=b"x")
+    # When a job is submitted over incoming/sales/2026/
+    response = api.call("POST", "/jobs", VALID)
+    # Then it is refused naming the param: no job, no manifest, no driver, no cluster
+    assert response.status == 422
+    assert (response.error["code"], response.error["field"]) == ("INVALID_PARAMS", "params.input_prefix")
+    assert "no input objects ending in '.csv' under 'incoming/sales/2026/'" in response.error["message"]
+    assert api.store.list_jobs() == [] and launcher_calls(api.settings) == []
+    listed = s3.list_objects_v2(Bucket=api.settings.bucket, Prefix="jobs/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_the_same_idempotency_key_twice_makes_one_job(seeded_api) -> None:
     # Given a job submitted with an Idempotency-Key
-    first = api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "nightly-2026-01-01"})
+    first = seeded_api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "nightly-2026-01-01"})
     assert first.status == 202 and "Idempotent-Replayed" not in first.headers
     # When the same request is sent again (a client retry; header name in another case)
-    again = api.call("POST", "/jobs", VALID, headers={"idempotency-key": "nightly-2026-01-01"})
+    again = seeded_api.call("POST", "/jobs", VALID, headers={"idempotency-key": "nightly-2026-01-01"})
     # Then it answers 200 with the same job, marked as a replay, and no second job exists
     assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
     assert again.body["job_id"] == first.body["job_id"]
-    assert len(api.store.list_jobs()) == 1
-    assert len(launcher_calls(api.settings)) == 1
+    assert len(seeded_api.store.list_jobs()) == 1
+    assert len(launcher_calls(seeded_api.settings)) == 1
 
 
-def test_the_same_key_with_another_body_is_a_conflict(api) -> None:
+def test_the_same_key_with_another_body_is_a_conflict(seeded_api) -> None:
     # Given a key already used
-    first = api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "k-1"})
+    first = seeded_api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "k-1"})
     assert first.status == 202
     # When it comes back with a different body
     other = {"pipeline": PIPELINE, "params": {"input_prefix": "incoming/sales/2025/"}}
-    response = api.call("POST", "/jobs", other, headers={"Idempotency-Key": "k-1"})
+    response = seeded_api.call("POST", "/jobs", other, headers={"Idempotency-Key": "k-1"})
     # Then 409 names the header, and still only one job exists
     assert_error(response, 409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
-    assert len(api.store.list_jobs()) == 1
+    assert len(seeded_api.store.list_jobs()) == 1
 
 
-def test_a_refused_request_does_not_use_up_its_key(api) -> None:
+def test_a_refused_request_does_not_use_up_its_key(seeded_api) -> None:
     # Given a request refused for its params, with a key
-    refused = api.call("POST", "/jobs", {"pipeline": PIPELINE, "params": {"colour": "red"}}, headers={"Idempotency-Key": "k-2"})
+    refused = seeded_api.call("POST", "/jobs", {"pipeline": PIPELINE, "params": {"colour": "red"}}, headers={"Idempotency-Key": "k-2"})
     assert_error(refused, 422, "INVALID_PARAMS", "params.colour")
     # When the corrected request uses the same key, Then it starts a job
-    assert api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "k-2"}).status == 202
-    assert len(api.store.list_jobs()) == 1
+    assert seeded_api.call("POST", "/jobs", VALID, headers={"Idempotency-Key": "k-2"}).status == 202
+    assert len(seeded_api.store.list_jobs()) == 1
 
 
-def test_without_a_key_every_request_is_a_new_job(api) -> None:
-    ids = {api.call("POST", "/jobs", VALID).body["job_id"] for _ in range(2)}
-    assert len(ids) == 2 and len(api.store.list_jobs()) == 2
+def test_without_a_key_every_request_is_a_new_job(seeded_api) -> None:
+    ids = {seeded_api.call("POST", "/jobs", VALID).body["job_id"] for _ in range(2)}
+    assert len(ids) == 2 and len(seeded_api.store.list_jobs()) == 2
 
 
 @pytest.mark.parametrize(
@@ -187,15 +203,15 @@ def test_an_unknown_method_is_a_route_not_found(api) -> None:
 # ------------------------------------------------------------------ POST /jobs/{job_id}/cancel
 
 
-def test_cancel_of_a_launching_job_ends_it_cancelled(api) -> None:
+def test_cancel_of_a_launching_job_ends_it_cancelled(seeded_api) -> None:
     # Given a job just submitted through the API (LAUNCHING: no cluster yet)
-    job_id = api.call("POST", "/jobs", VALID).body["job_id"]
+    job_id = seeded_api.call("POST", "/jobs", VALID).body["job_id"]
     # When it is cancelled
-    response = api.call("POST", f"/jobs/{job_id}/cancel")
+    response = seeded_api.call("POST", f"/jobs/{job_id}/cancel")
     # Then it is CANCELLED at once (200: terminal)
     assert response.status == 200
     assert (response.body["status"], response.body["reason_code"]) == ("CANCELLED", "CANCEL_REQUESTED")
-    assert api.store.get(job_id).status == JobStatus.CANCELLED
+    assert seeded_api.store.get(job_id).status == JobStatus.CANCELLED
 
 
 def test_cancel_of_a_queued_job_ends_it_cancelled(api) -> None:
@@ -286,7 +302,7 @@ def test_a_backend_outage_is_503_with_a_retry_hint(api) -> None:
     assert int(response.headers["Retry-After"]) > 0
 
 
-def test_the_local_http_server_serves_the_same_handler(api) -> None:
+def test_the_local_http_server_serves_the_same_handler(seeded_api) -> None:
     # Given the local API server on 127.0.0.1
     with LocalApiServer(api_handler.handler) as server:
         assert server.base_url.startswith("http://127.0.0.1:")
@@ -309,5 +325,5 @@ def test_the_local_http_server_serves_the_same_handler(api) -> None:
             urllib.request.urlopen(f"{server.base_url}/jobs/No%20Such", timeout=30)
         assert err.value.code == 422
         assert json.loads(err.value.read())["error"]["field"] == "job_id"
-    assert [j.job_id for j in api.store.list_jobs()] == [created["job_id"]]
+    assert [j.job_id for j in seeded_api.store.list_jobs()] == [created["job_id"]]
 

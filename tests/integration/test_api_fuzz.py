@@ -120,7 +120,7 @@ def check_shape(status: int, body: Any) -> None:
         assert isinstance(body, dict), body
 
 
-def test_no_request_gets_a_5xx_and_every_error_has_the_shape(api) -> None:
+def test_no_request_gets_a_5xx_and_every_error_has_the_shape(seeded_api) -> None:
     sent: list[float] = []
     statuses: Counter[int] = Counter()
     codes: Counter[str] = Counter()
@@ -138,7 +138,7 @@ def test_no_request_gets_a_5xx_and_every_error_has_the_shape(api) -> None:
         method, path = request["route"]
         if EXISTING in path:
             path = path.replace(EXISTING, made[request["pick"] % len(made)] if made else JOB_ID)
-        event = api.event(method, path, None, headers=request["headers"], query=request["query"])
+        event = seeded_api.event(method, path, None, headers=request["headers"], query=request["query"])
         body = request["body"]
         if request["base64"] and body is not None:
             # sometimes valid base64 of the text, sometimes the raw text claimed to be base64
@@ -147,7 +147,7 @@ def test_no_request_gets_a_5xx_and_every_error_has_the_shape(api) -> None:
         else:
             event["body"] = body
         started = time.perf_counter()
-        response = api.send(event)
+        response = seeded_api.send(event)
         sent.append(time.perf_counter() - started)
         statuses[response.status] += 1
         if response.status >= 400 and isinstance(response.body, dict):
@@ -169,4 +169,4 @@ def test_no_request_gets_a_5xx_and_every_error_has_the_shape(api) -> None:
     assert len(sent) >= MIN_REQUESTS
     # the requests reached every kind of answer, not just the router's 404
     assert {200, 202, 400, 404, 422} <= set(statuses), statuses
-    assert len(api.store.list_jobs()) == len(made)  # a job for every 202 on POST /jobs, no other
+    assert len(seeded_api.store.list_jobs()) == len(made)  # a job for every 202 on POST /jobs, no other

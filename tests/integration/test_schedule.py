@@ -16,29 +16,29 @@ def invoke(event: object) -> dict:
     return schedule_handler.handler(event, LocalLambdaContext(function_name="raylauncher-schedule-local"))
 
 
-def test_a_firing_starts_one_job_with_the_schedules_params(api) -> None:
+def test_a_firing_starts_one_job_with_the_schedules_params(seeded_api) -> None:
     # Given the pipeline's nightly schedule (params declared in pipelines.yaml)
-    schedule = load_pipelines(api.settings.pipelines_file).get("sales-summary").schedules[0]
+    schedule = load_pipelines(seeded_api.settings.pipelines_file).get("sales-summary").schedules[0]
     # When EventBridge Scheduler invokes the handler with the schedule's Input
     result = invoke(FIRING)
     # Then one job runs with trigger "schedule" and exactly the schedule's params
-    (job,) = api.store.list_jobs()
+    (job,) = seeded_api.store.list_jobs()
     assert result == {"job_id": job.job_id, "status": "LAUNCHING", "trigger": "schedule"}
     assert (job.trigger, job.params) == ("schedule", schedule.params)
-    assert launcher_calls(api.settings) == [f"driver start {job.job_id}"]
+    assert launcher_calls(seeded_api.settings) == [f"driver start {job.job_id}"]
 
 
-def test_the_same_firing_twice_makes_one_job(api) -> None:
+def test_the_same_firing_twice_makes_one_job(seeded_api) -> None:
     # Given a firing handled once
     first = invoke(FIRING)
     # When the Scheduler delivers it again (at least once), with the time written differently
     again = invoke({**FIRING, "scheduled_time": "2026-01-02T03:00:00+01:00"})
     # Then the same job is returned and nothing new started
     assert again["job_id"] == first["job_id"]
-    assert len(api.store.list_jobs()) == 1 and len(launcher_calls(api.settings)) == 1
+    assert len(seeded_api.store.list_jobs()) == 1 and len(launcher_calls(seeded_api.settings)) == 1
     # but the next night's firing is a new job
     assert invoke({**FIRING, "scheduled_time": "2026-01-03T02:00:00Z"})["job_id"] != first["job_id"]
-    assert len(api.store.list_jobs()) == 2
+    assert len(seeded_api.store.list_jobs()) == 2
 
 
 @pytest.mark.parametrize(
@@ -74,3 +74,12 @@ def test_the_schedule_input_is_what_the_handler_accepts() -> None:
     # The stack puts this on each schedule; the Scheduler fills in the time.
     payload = schedule_input("sales-summary", "nightly")
     assert payload == {"pipeline": "sales-summary", "schedule": "nightly", "scheduled_time": "<aws.scheduler.scheduled-time>"}
+
+
+def test_a_firing_with_no_input_is_skipped_without_a_job_or_a_retry(api) -> None:
+    # Given nothing under the schedule's input prefix
+    # When the Scheduler fires
+    result = invoke(FIRING)
+    # Then the firing is skipped with the reason (returned, not raised: the Scheduler does not retry)
+    assert result == {"skipped": "params.input_prefix: no input objects ending in '.csv' under 'incoming/sales/': nothing to run"}
+    assert api.store.list_jobs() == [] and launcher_calls(api.settings) == []

@@ -108,6 +108,7 @@ def test_watchdog_lambda_sweeps_with_the_stack_settings(settings: Settings, syst
     emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     [metrics] = [m for m in emf if "QueuedJobsLaunched" in m]
     assert metrics["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "raylauncher"
+    assert metrics["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service"]]  # what the alarms select on
     assert (metrics["QueuedJobsLaunched"], metrics["TeardownFailedJobs"], metrics["service"]) == ([1.0], [0.0], "raylauncher-watchdog")
 
 

@@ -1,0 +1,139 @@
+"""The bastion's user data, run for real in a sandbox: the synthesized script with its paths
+moved under a temp dir and the outside world (dnf, aws, unzip, python, systemctl) stubbed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infrastructure.conftest import Synthesized
+
+ROOTS = ("/opt/raylauncher", "/etc/raylauncher", "/var/lib/raylauncher")
+STUBS = {
+    "dnf": 'echo "dnf $*" >> "$SANDBOX/calls"',
+    "systemctl": 'cat "$SANDBOX/active-units" 2>/dev/null || true',
+    "aws": """echo "aws $*" >> "$SANDBOX/calls"
+case "$1 $2" in
+  "ssm get-parameter") [ -f "$SANDBOX/ssm-down" ] && exit 255; cat "$SANDBOX/params/$4" ;;
+  "s3 cp") cp "$SANDBOX/bundle.zip" "$4" ;;
+  *) exit 2 ;;
+esac""",
+    "unzip": 'echo "unzip $*" >> "$SANDBOX/calls"; mkdir -p "${@: -1}"; touch "${@: -1}/pyproject.toml"',
+    "python3.11": """echo "python3.11 $*" >> "$SANDBOX/calls"
+venv="${@: -1}"; mkdir -p "$venv/bin"
+printf '#!/bin/bash\\necho "pip $*" >> "$SANDBOX/calls"\\n' > "$venv/bin/pip"; chmod +x "$venv/bin/pip"
+printf '#!/bin/bash\\necho raylauncher "$@"\\n' > "$venv/bin/raylauncher"; chmod +x "$venv/bin/raylauncher\"""",
+}
+
+
+def render(value: Any) -> str:
+    """A CloudFormation string with references rendered as their logical ids."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}.get(
+            value["Ref"], value["Ref"])  # fmt: skip
+    if "Fn::Join" in value:
+        sep, parts = value["Fn::Join"]
+        return sep.join(render(p) for p in parts)
+    if "Fn::Sub" in value:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: render({"Ref": m.group(1)}), value["Fn::Sub"])
+    if "Fn::GetAtt" in value:
+        return ".".join(value["Fn::GetAtt"])
+    raise AssertionError(f"unexpected intrinsic {value}")
+
+
+class Sandbox:
+    def __init__(self, s: Synthesized, root: Path) -> None:
+        self.root = root
+        resources = s.template_json["Resources"]
+        instance = resources[s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
+        script = render(instance["Properties"]["UserData"]["Fn::Base64"])
+        for prefix in ROOTS:
+            script = script.replace(prefix, str(root) + prefix)
+        self.user_data = root / "user-data.sh"
+        self.user_data.write_text(script)
+        (root / "bin").mkdir()
+        for name, body in STUBS.items():
+            stub = root / "bin" / name
+            stub.write_text(f"#!/bin/bash\n{body}\n")
+            stub.chmod(0o755)
+        (root / "params").mkdir()
+        self.values = {}
+        for name, param in s.stack.bastion.parameters.items():
+            props = resources[s.resolve(param.node.default_child.logical_id)]["Properties"]
+            self.values[name] = render(props["Value"])
+            (root / "params" / s.resolve(param.node.default_child.logical_id)).write_text(self.values[name] + "\n")
+        (root / "bundle.zip").write_bytes(b"PK")
+        self.env = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}", "SANDBOX": str(root),
+                    "RAYLAUNCHER_RETRY_DELAY_S": "0"}  # fmt: skip
+
+    def path(self, absolute: str) -> Path:
+        return self.root / absolute.lstrip("/")
+
+    def run(self, *args: str, script: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script or self.user_data), *args], env=self.env, capture_output=True,
+                              text=True, check=False, timeout=60)  # fmt: skip
+
+    def calls(self) -> list[str]:
+        return self.path("calls").read_text().splitlines() if self.path("calls").exists() else []
+
+
+@pytest.fixture
+def sandbox(default_stack: Synthesized, tmp_path: Path) -> Sandbox:
+    return Sandbox(default_stack, tmp_path)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_first_boot_installs_the_deployment(sandbox: Sandbox) -> None:
+    # When the instance boots with the synthesized user data
+    done = sandbox.run()
+    # Then it succeeded and wrote an executable installer and ran it
+    assert done.returncode == 0, done.stderr
+    installer = sandbox.path("/opt/raylauncher/install.sh")
+    assert mode(installer) == 0o755
+    # And the driver settings and the EC2 deployment are the stack's parameters, the env file private
+    env_file = sandbox.path("/etc/raylauncher/env")
+    assert env_file.read_text() == sandbox.values["env"].rstrip("\n") + "\n" and mode(env_file) == 0o600
+    deployment = json.loads(sandbox.path("/etc/raylauncher/ec2-deployment.json").read_text())
+    assert deployment == json.loads(sandbox.values["ec2_deployment"])
+    # And the bundle named by its parameter was installed with its cluster extra into a venv
+    calls = sandbox.calls()
+    assert f"aws s3 cp {sandbox.values['bundle']} {sandbox.path('/opt/raylauncher/bundle.zip')}" in calls
+    assert f"pip install --quiet {sandbox.path('/opt/raylauncher/app')}[cluster]" in calls
+    assert calls[0].startswith("dnf install")
+    # And the launcher the SSM command runs reads the env file, then runs the venv's raylauncher
+    launcher = sandbox.path("/opt/raylauncher/bin/raylauncher")
+    assert mode(launcher) == 0o755
+    ran = subprocess.run([str(launcher), "driver", "start", "x"], env=sandbox.env, capture_output=True, text=True, check=False)
+    assert ran.returncode == 0 and ran.stdout.strip() == "raylauncher driver start x", ran.stderr
+
+
+def test_rerun_refuses_while_drivers_run_and_keeps_files_whole_when_ssm_fails(sandbox: Sandbox) -> None:
+    assert sandbox.run().returncode == 0
+    installer = sandbox.path("/opt/raylauncher/install.sh")
+    env_before = sandbox.path("/etc/raylauncher/env").read_text()
+    # Given a driver running on the bastion
+    sandbox.path("active-units").write_text("raylauncher-driver-x.service loaded active running\n")
+    # When the installer is run again
+    refused = sandbox.run(script=installer)
+    # Then it refuses (its venv holds the running driver's `ray down`) and changes nothing
+    assert refused.returncode == 3 and "drivers are running" in refused.stderr
+    assert sandbox.path("/opt/raylauncher/venv/bin/pip").exists()
+    # When it is forced while SSM cannot be reached
+    sandbox.path("ssm-down").write_text("")
+    failed = sandbox.run("--force", script=installer)
+    # Then it fails after its retries and the settings files are still whole
+    assert failed.returncode != 0
+    assert sandbox.path("/etc/raylauncher/env").read_text() == env_before
+    assert not list(sandbox.path("/etc/raylauncher").glob("env.*"))  # no temp file left behind

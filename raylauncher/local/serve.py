@@ -34,7 +34,8 @@ def usage(base_url: str, env_file: Path, pipeline: str, schedule: str | None) ->
     lines = [
         f"raylauncher API on {base_url}  (OpenAPI: docs/openapi.json; Ctrl-C stops everything)",
         "",
-        "  # start a job (a second call with the same Idempotency-Key returns the same job)",
+        "  # start a job over what is under the input prefix (none there yet: 422, nothing starts;",
+        "  # a second call with the same Idempotency-Key returns the same job)",
         f"  curl -s -X POST {base_url}/jobs -H 'Content-Type: application/json' "
         f"-H 'Idempotency-Key: my-run-1' -d '{body}'",
         "  # list jobs, then follow one",

@@ -62,6 +62,14 @@ class Alerts(Construct):
             "the watchdog sweep itself failed (nothing above is being checked): see its logs",
             cloudwatch.TreatMissingData.NOT_BREACHING,
         )  # fmt: skip
+        # ... and a watchdog that is not invoked at all (schedule disabled, throttled) pages too.
+        silent = cloudwatch.Alarm(
+            self, "WatchdogNotRunning", metric=watchdog.metric_invocations(period=period, statistic="Sum"),
+            threshold=1, evaluation_periods=1, comparison_operator=cloudwatch.ComparisonOperator.LESS_THAN_THRESHOLD,
+            treat_missing_data=cloudwatch.TreatMissingData.BREACHING,
+            alarm_description="the watchdog did not run: lost launches, freed slots and expired clusters are unchecked",
+        )  # fmt: skip
+        self.alarms["watchdog_not_running"] = silent
         self.alarms["dead_letters"] = self._alarm(
             "IntakeDeadLetters",
             dead_letters.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),

@@ -74,6 +74,8 @@ def _file(path: str, content: str, mode: str = "0644") -> list[str]:
 #: Seconds between attempts to read a parameter (the SSM endpoint may still be coming up at
 #: first boot); the tests set RAYLAUNCHER_RETRY_DELAY_S=0.
 FETCH_ATTEMPTS = 10
+#: systemd unit states in which a driver may still run `ray` from the venv.
+DRIVER_STATES = "active,activating,deactivating,reloading"
 
 
 def installer_script(*, preinstalled: bool, parameters: dict[str, str]) -> str:
@@ -88,8 +90,10 @@ def installer_script(*, preinstalled: bool, parameters: dict[str, str]) -> str:
     wrapper = BASTION_LAUNCHER + ".new"
     return "\n".join([
         "#!/bin/bash", "set -euo pipefail", "umask 022", f"export AWS_DEFAULT_REGION={Aws.REGION}",
-        'if [ "${1:-}" != "--force" ] && systemctl list-units --type=service --state=active --no-legend '
-        "'raylauncher-driver-*' 2>/dev/null | grep -q .; then",
+        # A stopping driver (deactivating: SIGTERM, then its `ray down`) still needs the venv.
+        f"drivers=$(systemctl list-units --type=service --state={DRIVER_STATES} --no-legend "
+        "'raylauncher-driver-*' || true)",
+        'if [ -n "$drivers" ] && [ "${1:-}" != "--force" ]; then',
         '  echo "raylauncher drivers are running (their ray down uses this venv): try again when no job runs, '
         'or pass --force" >&2', "  exit 3", "fi",
         "fetch() {  # fetch NAME: print the parameter's value, retrying while SSM is unreachable",

@@ -165,21 +165,23 @@ class IntakeService:
 
     def submit(self, pipeline_name: str, raw_params: dict[str, Any], trigger: Literal["api", "schedule"]) -> Job:
         """Start a run of `pipeline_name` with `raw_params` (an API call or a schedule).
-        Objects under an `s3_prefix` param become the manifest. Raises UnknownPipeline or
-        InvalidParams (naming the field) before anything is written."""
+        Objects under the `s3_prefix` params that match the trigger (at most max_objects_per_job,
+        each once) become the manifest. Raises UnknownPipeline, InvalidParams, or NoInputObjects
+        (a pipeline that reads input, and nothing to read) — naming the field — before anything
+        is written."""
         pipeline = self._pipelines.get(pipeline_name)
         params = pipeline.validate_params(raw_params)
-        objects: list[S3ObjectRef] = []
-        prefixes = [name for name, spec in pipeline.params.items() if spec.type == "s3_prefix" and name in params]
-        for name in prefixes:
-            listed = self._objects.list_objects(params[name], pipeline.max_objects_per_job)
-            objects += [
-                S3ObjectRef(self._objects.bucket, o["key"], o["size"], o["etag"])
-                for o in listed
-                if pipeline.trigger.matches(o["key"])
-            ]
-        if prefixes and not objects:  # a cluster for an empty manifest would only fail, at a price
-            raise NoInputObjects(prefixes[0], params[prefixes[0]], pipeline.trigger.suffix)
+        declared = [name for name, spec in pipeline.params.items() if spec.type == "s3_prefix"]
+        found: dict[str, S3ObjectRef] = {}  # by key: overlapping prefixes list an object once
+        for name in (n for n in declared if n in params):
+            room = pipeline.max_objects_per_job - len(found)
+            for o in self._objects.list_objects(params[name], room, pipeline.trigger.suffix) if room > 0 else []:
+                if pipeline.trigger.matches(o["key"]):
+                    found.setdefault(o["key"], S3ObjectRef(self._objects.bucket, o["key"], o["size"], o["etag"]))
+        objects = list(found.values())
+        if declared and not objects:  # a cluster for an empty manifest would only fail, at a price
+            name = next((n for n in declared if n in params), declared[0])
+            raise NoInputObjects(name, params.get(name, "(not given)"), pipeline.trigger.suffix)
         return self.start_job(pipeline, objects, trigger, params)
 
     def start_job(

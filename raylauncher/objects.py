@@ -24,8 +24,9 @@ class ObjectStore(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
-    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` objects under `prefix`: dicts with key, size, etag."""
+    def list_objects(self, prefix: str, limit: int, suffix: str = "") -> list[dict[str, Any]]:
+        """Up to `limit` objects under `prefix` whose key ends with `suffix` (folder markers,
+        keys ending in '/', are never objects): dicts with key, size, etag."""
 
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, indent=1, ensure_ascii=False).encode(), "application/json")
@@ -54,11 +55,13 @@ class S3ObjectStore(ObjectStore):
         except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}", error_code(err)) from err
 
-    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
+    def list_objects(self, prefix: str, limit: int, suffix: str = "") -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         try:
             for page in self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/") or not obj["Key"].endswith(suffix):
+                        continue
                     found.append({"key": obj["Key"], "size": obj["Size"], "etag": obj.get("ETag", "").strip('"')})
                     if len(found) >= limit:
                         return found

@@ -18,7 +18,10 @@ from tests.infrastructure.conftest import Synthesized
 ROOTS = ("/opt/raylauncher", "/etc/raylauncher", "/var/lib/raylauncher")
 STUBS = {
     "dnf": 'echo "dnf $*" >> "$SANDBOX/calls"',
-    "systemctl": 'cat "$SANDBOX/active-units" 2>/dev/null || true',
+    # prints the fixture's units only when asked exactly as the installer must ask
+    "systemctl": """echo "systemctl $*" >> "$SANDBOX/calls"
+[ "$*" = "list-units --type=service --state=active,activating,deactivating,reloading --no-legend raylauncher-driver-*" ] \\
+  && cat "$SANDBOX/driver-units" 2>/dev/null; true""",
     "aws": """echo "aws $*" >> "$SANDBOX/calls"
 case "$1 $2" in
   "ssm get-parameter") [ -f "$SANDBOX/ssm-down" ] && exit 255; cat "$SANDBOX/params/$4" ;;
@@ -91,6 +94,18 @@ def sandbox(default_stack: Synthesized, tmp_path: Path) -> Sandbox:
     return Sandbox(default_stack, tmp_path)
 
 
+def test_without_egress_the_image_s_ray_is_used_and_nothing_is_downloaded(existing_vpc_stack: Synthesized, tmp_path: Path) -> None:
+    sandbox = Sandbox(existing_vpc_stack, tmp_path)
+    # When an egress-less bastion boots (its image brings Python, setuptools and the pinned Ray)
+    done = sandbox.run()
+    # Then only our package is installed, into a venv that sees the image's packages
+    assert done.returncode == 0, done.stderr
+    calls = sandbox.calls()
+    assert not [c for c in calls if c.startswith("dnf")]
+    assert f"python3.11 -m venv --system-site-packages {sandbox.path('/opt/raylauncher/venv')}" in calls
+    assert f"pip install --no-index --no-deps --no-build-isolation {sandbox.path('/opt/raylauncher/app')}" in calls
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
@@ -123,8 +138,8 @@ def test_rerun_refuses_while_drivers_run_and_keeps_files_whole_when_ssm_fails(sa
     assert sandbox.run().returncode == 0
     installer = sandbox.path("/opt/raylauncher/install.sh")
     env_before = sandbox.path("/etc/raylauncher/env").read_text()
-    # Given a driver running on the bastion
-    sandbox.path("active-units").write_text("raylauncher-driver-x.service loaded active running\n")
+    # Given a driver stopping on the bastion (SIGTERM received, its `ray down` still running)
+    sandbox.path("driver-units").write_text("raylauncher-driver-x.service loaded deactivating stop-sigterm\n")
     # When the installer is run again
     refused = sandbox.run(script=installer)
     # Then it refuses (its venv holds the running driver's `ray down`) and changes nothing

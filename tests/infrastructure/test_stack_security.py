@@ -203,6 +203,9 @@ def test_what_needs_a_person_pages_the_alerts_topic(default_stack: Synthesized) 
         assert alarm["AlarmActions"] == [topic]
     assert alarms["ApproximateNumberOfMessagesVisible"]["AlarmActions"] == [topic]
     assert alarms["Errors"]["AlarmActions"] == [topic]  # a sweep that fails publishes nothing: its errors page
+    not_running = alarms["Invocations"]  # and a watchdog that never runs pages as well
+    assert (not_running["ComparisonOperator"], not_running["TreatMissingData"]) == ("LessThanThreshold", "breaching")
+    assert not_running["AlarmActions"] == [topic]
     # And CloudWatch may publish to the topic and use its key (the AWS-managed SNS key would refuse it)
     [policy] = s.resources("AWS::SNS::TopicPolicy").values()
     allowed = [st for st in policy["Properties"]["PolicyDocument"]["Statement"] if st["Effect"] == "Allow"]

@@ -9,6 +9,7 @@ import pytest
 
 from lambdas.api import handler as api_handler
 from raylauncher import aws
+from raylauncher.config import load_pipelines
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.model import Job, JobStatus, ReasonCode
 from tests.conftest import launcher_calls
@@ -327,3 +328,23 @@ def test_the_local_http_server_serves_the_same_handler(seeded_api) -> None:
         assert json.loads(err.value.read())["error"]["field"] == "job_id"
     assert [j.job_id for j in seeded_api.store.list_jobs()] == [created["job_id"]]
 
+
+
+def test_only_matching_objects_count_and_a_refused_empty_prefix_keeps_its_key(api) -> None:
+    # Given more non-matching keys under the prefix than a job may hold, a folder marker, and no CSV
+    s3 = aws.client("s3", api.settings)
+    cap = load_pipelines(api.settings.pipelines_file).get(PIPELINE).max_objects_per_job
+    assert cap >= 2
+    for i in range(3):
+        s3.put_object(Bucket=api.settings.bucket, Key=f"incoming/sales/2026/_part{i}.txt", Body=b"x")
+    s3.put_object(Bucket=api.settings.bucket, Key="incoming/sales/2026/folder.csv/", Body=b"")
+    key = {"Idempotency-Key": "empty-then-filled"}
+    # When a job is submitted with a key
+    refused = api.call("POST", "/jobs", VALID, headers=key)
+    # Then it is refused (422), and the key is not used up by the refusal
+    assert (refused.status, refused.error["field"]) == (422, "params.input_prefix")
+    # When a CSV arrives after the non-matching keys and the same request is retried
+    s3.put_object(Bucket=api.settings.bucket, Key="incoming/sales/2026/z.csv", Body=b"order_id\n1\n")
+    accepted = api.call("POST", "/jobs", VALID, headers=key)
+    # Then the job runs over exactly that CSV
+    assert accepted.status == 202 and accepted.body["object_count"] == 1

@@ -77,8 +77,9 @@ class MemoryObjects(ObjectStore):
             raise StorageError(f"no {key}", "NoSuchKey")
         return self.blobs[key]
 
-    def list_objects(self, prefix: str, limit: int) -> list[dict[str, Any]]:
-        return [{"key": k, "size": len(v), "etag": None} for k, v in self.blobs.items() if k.startswith(prefix)][:limit]
+    def list_objects(self, prefix: str, limit: int, suffix: str = "") -> list[dict[str, Any]]:
+        keys = [k for k in self.blobs if k.startswith(prefix) and k.endswith(suffix) and not k.endswith("/")]
+        return [{"key": k, "size": len(self.blobs[k]), "etag": None} for k in keys][:limit]
 
 
 class RecordingBackend:

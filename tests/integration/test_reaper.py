@@ -32,7 +32,9 @@ def cluster() -> str:
 
 
 def test_only_nodes_of_our_expired_clusters_are_terminated(settings: Settings) -> None:
-    ec2 = aws.client("ec2", settings)
+    # A region of its own on the shared moto server: moto's SSM SendCommand adds every EC2
+    # instance of its region to a command's targets, which other tests check.
+    ec2 = aws.client("ec2", settings.model_copy(update={"region": "eu-west-2"}))
     now = utc_now()
     # Given an expired cluster (head + 2 workers), a cluster still within its deadline, a node
     # of ours without a readable expires-at, and someone else's expired instance

@@ -2,6 +2,7 @@
 HTTP API on 127.0.0.1, until Ctrl-C.
 
 Jobs started here really run: the local bastion starts drivers, which start local Ray clusters.
+The watchdog sweeps every minute, as its schedule does on AWS.
 On Ctrl-C every unfinished job is cancelled and awaited, so no cluster outlives the moto
 server its driver reports to.
 """
@@ -18,8 +19,10 @@ from raylauncher.errors import RayLauncherError
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
 from raylauncher.local.stack import FAKE_CREDENTIALS
+from raylauncher.wiring import build_watchdog
 
 SHUTDOWN_TIMEOUT_S = 180
+WATCHDOG_EVERY_S = 60
 
 
 def write_env_file(system: LocalSystem, path: Path) -> None:
@@ -88,9 +91,17 @@ def run_serve(port: int) -> int:
                 first = system.pipelines.pipelines[0]
                 print(usage(server.base_url, env_file, first.name, first.schedules[0].name if first.schedules else None))
                 sys.stdout.flush()
+                # The watchdog's schedule, locally: a sweep every WATCHDOG_EVERY_S.
+                watchdog, next_sweep = build_watchdog(system.settings), time.monotonic() + WATCHDOG_EVERY_S
                 try:
                     while True:
                         time.sleep(1)
+                        if time.monotonic() >= next_sweep:
+                            next_sweep = time.monotonic() + WATCHDOG_EVERY_S
+                            try:
+                                watchdog.sweep()
+                            except RayLauncherError as err:  # logged; the next sweep tries again
+                                print(f"watchdog sweep failed: {err}", file=sys.stderr)
                 except KeyboardInterrupt:
                     print("\nstopping the API…")
             try:

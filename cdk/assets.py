@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,8 +26,15 @@ def _write_pipelines(pipelines: PipelinesConfig, out: Path) -> None:
     (out / PIPELINES_JSON).write_text(pipelines_json(pipelines), encoding="utf-8")
 
 
+def _staging_dir(kind: str) -> Path:
+    """A fresh directory for one synth: CDK copies it into the cloud assembly; removed at exit."""
+    out = Path(tempfile.mkdtemp(prefix=f"raylauncher-{kind}-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    return out
+
+
 def stage_lambda_code(project_dir: Path, pipelines: PipelinesConfig) -> Path:
-    out = Path(tempfile.mkdtemp(prefix="raylauncher-lambda-"))
+    out = _staging_dir("lambda")
     shutil.copytree(project_dir / "raylauncher", out / "raylauncher", ignore=shutil.ignore_patterns(
         "__pycache__", "*.pyc", *LAMBDA_EXCLUDED))  # fmt: skip
     shutil.copytree(project_dir / "lambdas", out / "lambdas", ignore=_IGNORE)
@@ -35,7 +43,7 @@ def stage_lambda_code(project_dir: Path, pipelines: PipelinesConfig) -> Path:
 
 
 def stage_bastion_bundle(project_dir: Path, pipelines: PipelinesConfig) -> Path:
-    out = Path(tempfile.mkdtemp(prefix="raylauncher-bastion-"))
+    out = _staging_dir("bastion")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(project_dir / name, out / name)
     for name in ("raylauncher", "jobs"):

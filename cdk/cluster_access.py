@@ -29,16 +29,17 @@ DESCRIBE_ACTIONS = [
 ]  # fmt: skip
 
 
-_ARN = "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
+#: How cdk-nag prints `ec2_arn("")` in finding ids.
+NAG_EC2_ARN = "arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:"
 _NEW_RESOURCE = ("does not exist before RunInstances creates it; the statement's condition requires our "
                  f"{RAY_CLUSTER_TAG} tag (or acts only on instances carrying it)")  # fmt: skip
 LAUNCHER_WILDCARDS = {
     "IAM5[Resource::*]": "EC2 Describe* actions support no resource-level permissions (AWS service authorization reference)",
-    f"IAM5[Resource::{_ARN}instance/*]": "an instance " + _NEW_RESOURCE,
-    f"IAM5[Resource::{_ARN}volume/*]": "a root volume " + _NEW_RESOURCE,
-    f"IAM5[Resource::{_ARN}network-interface/*]": "the node's network interface is created by RunInstances in our subnets and security group",
-    f"IAM5[Resource::{_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
-    f"IAM5[Resource::{_ARN}spot-instances-request/*]": "a spot request is created by RunInstances itself (spot workers), in the same call as the tagged instance",
+    f"IAM5[Resource::{NAG_EC2_ARN}instance/*]": "an instance " + _NEW_RESOURCE,
+    f"IAM5[Resource::{NAG_EC2_ARN}volume/*]": "a root volume " + _NEW_RESOURCE,
+    f"IAM5[Resource::{NAG_EC2_ARN}network-interface/*]": "the node's network interface is created by RunInstances in our subnets and security group",
+    f"IAM5[Resource::{NAG_EC2_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
+    f"IAM5[Resource::{NAG_EC2_ARN}spot-instances-request/*]": "a spot request is created by RunInstances itself (spot workers), in the same call as the tagged instance",
 }  # fmt: skip
 
 

@@ -6,14 +6,13 @@ as a bad pipeline config does (`pipelines.0.trigger.prefix`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from raylauncher.config import PipelinesConfig, load_pipelines
+from raylauncher.config import PipelinesConfig, aws_ids, load_pipelines
 from raylauncher.errors import ConfigError
 
 LogRetention = Literal[
@@ -39,21 +38,8 @@ class ExistingVpc(_Strict):
     private_subnet_ids: tuple[str, ...] = Field(min_length=1)
     private_route_table_ids: tuple[str, ...] = Field(min_length=1, description="for the S3/DynamoDB gateway endpoints")
 
-    @field_validator("private_subnet_ids")
-    @classmethod
-    def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for v in value:
-            if not re.fullmatch(r"subnet-[0-9a-f]{8,17}", v):
-                raise ValueError(f"{v!r} is not a subnet id (subnet-0123456789abcdef0)")
-        return value
-
-    @field_validator("private_route_table_ids")
-    @classmethod
-    def _route_tables(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for v in value:
-            if not re.fullmatch(r"rtb-[0-9a-f]{8,17}", v):
-                raise ValueError(f"{v!r} is not a route table id (rtb-0123456789abcdef0)")
-        return value
+    _subnets = field_validator("private_subnet_ids")(aws_ids("subnet"))
+    _route_tables = field_validator("private_route_table_ids")(aws_ids("rtb"))
 
     @model_validator(mode="after")
     def _one_route_table_per_subnet(self) -> ExistingVpc:

@@ -19,7 +19,7 @@ from cdk.alerts import Alerts
 from cdk.api import HttpApi
 from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
 from cdk.bastion import Bastion, FixedLinuxImage
-from cdk.cluster_access import NodeRole, allow_launching, launcher_statements
+from cdk.cluster_access import NAG_EC2_ARN, NodeRole, allow_launching, ec2_arn, launcher_statements
 from cdk.config import DeploymentConfig
 from cdk.functions import LambdaFactory, service_name
 from cdk.intake import Intake
@@ -96,7 +96,7 @@ class RayLauncherStack(Stack):
         bastion = Bastion(
             self, "Bastion", network=network, config=config,
             bundle_dir=stage_bastion_bundle(project_dir, pipelines), driver_env=driver_settings.to_env(),
-            ec2_deployment_json=json.dumps(deployment.model_dump(mode="json"), indent=1),
+            ec2_deployment_json=deployment.model_dump_json(indent=1),
         )  # fmt: skip
         allow_launching(bastion.role, launching)
         for table in tables:
@@ -142,17 +142,17 @@ class RayLauncherStack(Stack):
         watchdog_fn.add_to_role_policy(iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]))
         watchdog_fn.add_to_role_policy(iam.PolicyStatement(
             actions=["ec2:TerminateInstances"],
-            resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/*"],
+            resources=[ec2_arn("instance/*")],
             conditions={"StringLike": {f"aws:ResourceTag/{RAY_CLUSTER_TAG}": f"{CLUSTER_NAME_PREFIX}*"}},
         ))  # fmt: skip
-        acknowledge(watchdog_fn, "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>:<AWS::AccountId>:instance/*]",
+        acknowledge(watchdog_fn, f"IAM5[Resource::{NAG_EC2_ARN}instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
         self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog=watchdog_fn,
                              watchdog_service=service_name("watchdog"), period_minutes=config.watchdog_rate_minutes)  # fmt: skip
 
         send_command = iam.PolicyStatement(
             sid="RunTheDriverOnTheBastionOnly", actions=["ssm:SendCommand"],
-            resources=[f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID}:instance/{bastion.instance.instance_id}",
+            resources=[ec2_arn(f"instance/{bastion.instance.instance_id}"),
                        f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}::document/{SSM_DOCUMENT}"],
         )  # fmt: skip
         trigger_prefixes = sorted({p.trigger.prefix for p in pipelines.pipelines})

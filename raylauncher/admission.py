@@ -116,10 +116,16 @@ class Launcher:
             return False
         return True
 
-    def launch_queued(self) -> list[Job]:
-        """Launch QUEUED jobs, oldest first, while slots allow."""
+    @property
+    def pipelines(self) -> PipelinesConfig:
+        return self._pipelines
+
+    def launch_queued(self, jobs: list[Job] | None = None) -> list[Job]:
+        """Launch QUEUED jobs, oldest first, while slots allow. `jobs`: a listing the caller
+        already made (each launch is conditional on the job's version: a stale one is skipped)."""
         launched = []
-        queued = sorted((j for j in self._store.list_jobs() if j.status == JobStatus.QUEUED),
+        listed = self._store.list_jobs() if jobs is None else jobs
+        queued = sorted((j for j in listed if j.status == JobStatus.QUEUED),
                         key=lambda j: (j.created_at, j.job_id))  # fmt: skip
         for job in queued:
             try:

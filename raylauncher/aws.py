@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import botocore.loaders
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -13,9 +15,17 @@ from raylauncher.config import Settings
 _RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
 
 
+#: botocore's service models, read from disk once per process and shared by every client
+#: (reading them is most of what making a client costs: a Lambda cold start makes several).
+_MODELS = botocore.loaders.create_loader()
+
+
 def client(service: str, settings: Settings) -> Any:
-    """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1."""
-    return boto3.session.Session().client(
+    """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1.
+    Each client has its own session: credentials are resolved when it is made, as before."""
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _MODELS)
+    return boto3.session.Session(botocore_session=core).client(
         service, region_name=settings.region, endpoint_url=settings.endpoint_url, config=_RETRIES
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -241,6 +241,18 @@ def load_pipelines(path: str | Path) -> PipelinesConfig:
     return parse_pipelines(data, str(path))
 
 
+def aws_ids(kind: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A field check: every value is an AWS resource id `<kind>-<8 or 17 hex digits>`."""
+
+    def check(value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            if not re.fullmatch(rf"{kind}-[0-9a-f]{{8,17}}", v):
+                raise ValueError(f"{v!r} is not a {kind} id like {kind}-0123456789abcdef0")
+        return value
+
+    return check
+
+
 class Ec2Deployment(_Strict):
     """Where EC2 clusters go: written by the stack onto the bastion, never hard-coded per region."""
 
@@ -252,19 +264,8 @@ class Ec2Deployment(_Strict):
     ssh_user: str = "ubuntu"
     ray_preinstalled: bool = False  # an AMI with the pinned Ray: skip the install on boot
 
-    @field_validator("subnet_ids")
-    @classmethod
-    def _subnets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not all(re.fullmatch(r"subnet-[0-9a-f]{8,17}", v) for v in value):
-            raise ValueError("every subnet id must look like subnet-0123456789abcdef0")
-        return value
-
-    @field_validator("security_group_ids")
-    @classmethod
-    def _groups(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not all(re.fullmatch(r"sg-[0-9a-f]{8,17}", v) for v in value):
-            raise ValueError("every security group id must look like sg-0123456789abcdef0")
-        return value
+    _subnets = field_validator("subnet_ids")(aws_ids("subnet"))
+    _groups = field_validator("security_group_ids")(aws_ids("sg"))
 
 
 def load_ec2_deployment(path: str | Path) -> Ec2Deployment:

@@ -97,6 +97,11 @@ def iso(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def parse_iso(value: str) -> datetime:
+    """The inverse of `iso` (also takes "+00:00"); ValueError if `value` is not ISO 8601."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
 def check_transition(current: JobStatus, target: JobStatus) -> None:
     """Raise IllegalTransition unless the table allows `current -> target`."""
     if target not in TRANSITIONS[current]:

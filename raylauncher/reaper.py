@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import RayLauncherError
+from raylauncher.model import parse_iso
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class ClusterReaper(ABC):
 
 def _parse(value: str) -> datetime | None:
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = parse_iso(value)
     except ValueError:
         return None
     return parsed if parsed.tzinfo else None

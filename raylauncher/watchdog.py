@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 
 from raylauncher.admission import Launcher
 from raylauncher.errors import IllegalTransition, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode, utc_now
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
 from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.store import DynamoJobStore
 
@@ -60,10 +60,6 @@ class SweepReport:
         return {k: list(v) for k, v in self.__dict__.items()}
 
 
-def _parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
 class Watchdog:
     def __init__(
         self,
@@ -87,17 +83,18 @@ class Watchdog:
     def sweep(self) -> SweepReport:
         now = self._clock()
         report = SweepReport()
-        for job in self._store.list_jobs():
-            if job.status == JobStatus.LAUNCHING and now - _parse(job.updated_at) > self._launch_grace:
+        jobs = self._store.list_jobs()
+        for job in jobs:
+            if job.status == JobStatus.LAUNCHING and now - parse_iso(job.updated_at) > self._launch_grace:
                 if self._fail_unclaimed(job):
                     report.failed_unclaimed.append(job.job_id)
                 continue
             if job.is_terminal and job.slot_held and self._launcher.release(job):
                 report.slots_released.append(job.job_id)
             if job.status == JobStatus.TEARDOWN_FAILED:
-                if now - _parse(job.updated_at) <= self._attention_window:
+                if now - parse_iso(job.updated_at) <= self._attention_window:
                     report.teardown_failed.append(job.job_id)
-            elif job.status in _DRIVEN and now - _parse(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
+            elif job.status in _DRIVEN and now - parse_iso(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)
         if self._reaper:  # before launching: an error there must not keep orphans running
             try:
@@ -105,7 +102,7 @@ class Watchdog:
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
-        report.launched = [j.job_id for j in self._launcher.launch_queued()]
+        report.launched = [j.job_id for j in self._launcher.launch_queued(jobs)]
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report

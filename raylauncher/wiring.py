@@ -57,22 +57,20 @@ def build_claims(settings: Settings, store: DynamoJobStore) -> DynamoObjectClaim
 
 
 def build_launcher(settings: Settings, store: DynamoJobStore, bastion: Bastion | None = None) -> Launcher:
-    """Admission control + the bastion. The driver passes the bastion's own local start."""
+    """Admission control + the bastion (and the pipelines, read once: the other services built
+    with this launcher take them from it). The driver passes the bastion's own local start."""
     return Launcher(
         store, bastion or build_bastion(settings), load_pipelines(settings.pipelines_file),
         aws.client("dynamodb", settings), settings.idempotency_table, settings.max_clusters_total,
     )  # fmt: skip
 
 
-def build_intake_service(settings: Settings, store: DynamoJobStore | None = None) -> IntakeService:
+def build_intake_service(
+    settings: Settings, store: DynamoJobStore | None = None, launcher: Launcher | None = None
+) -> IntakeService:
     store = store or build_store(settings)
-    return IntakeService(
-        load_pipelines(settings.pipelines_file),
-        store,
-        build_objects(settings),
-        build_launcher(settings, store),
-        claims=build_claims(settings, store),
-    )
+    launcher = launcher or build_launcher(settings, store)
+    return IntakeService(launcher.pipelines, store, build_objects(settings), launcher, claims=build_claims(settings, store))
 
 
 def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the bastion
@@ -113,7 +111,7 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         on_finished=launcher.finished,
         objects=build_objects(settings),
         backend=backend,
-        pipelines=load_pipelines(settings.pipelines_file),
+        pipelines=launcher.pipelines,
         jobs_client=JobSubmissionClient,
         project_dir=Path(settings.project_dir),
         provisioning_timeout_s=settings.provisioning_timeout_s,
@@ -140,23 +138,25 @@ def build_api_services(settings: Settings) -> ApiServices:
     from raylauncher.api import ApiServices, Submissions
 
     store = build_store(settings)
-    submissions = Submissions(build_intake_service(settings, store), store, build_idempotency_layer(settings))
     launcher = build_launcher(settings, store)
-    return ApiServices(load_pipelines(settings.pipelines_file), store, settings.bucket, submissions, launcher.finished)
+    intake = build_intake_service(settings, store, launcher)
+    submissions = Submissions(intake, store, build_idempotency_layer(settings))
+    return ApiServices(launcher.pipelines, store, settings.bucket, submissions, launcher.finished)
 
 
 def build_schedule_runner(settings: Settings) -> ScheduleRunner:
     from raylauncher.schedules import ScheduleRunner
 
+    store = build_store(settings)
+    launcher = build_launcher(settings, store)
     return ScheduleRunner(
-        build_intake_service(settings), load_pipelines(settings.pipelines_file), build_idempotency_layer(settings)
+        build_intake_service(settings, store, launcher), launcher.pipelines, build_idempotency_layer(settings)
     )
 
 
 def build_watchdog(settings: Settings) -> Watchdog:
-    from raylauncher.watchdog import Watchdog
-
     from raylauncher.reaper import Ec2Reaper
+    from raylauncher.watchdog import Watchdog
 
     store = build_store(settings)
     # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).

@@ -36,6 +36,7 @@ from raylauncher.errors import (
     TeardownFailed,
 )
 from raylauncher.model import Job, utc_now
+from raylauncher.reaper import ALIVE_STATES
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,6 @@ class Ec2RayBackend(ClusterBackend):
 class Ec2ClusterInstances:
     """Verifies teardown independently of `ray down`'s exit code: instances by the launcher's tag."""
 
-    ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
-
     def __init__(self, ec2_client: object) -> None:
         self._ec2 = ec2_client
 
@@ -159,7 +158,7 @@ class Ec2ClusterInstances:
         pages = self._ec2.get_paginator("describe_instances").paginate(  # type: ignore[attr-defined]
             Filters=[
                 {"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [name]},
-                {"Name": "instance-state-name", "Values": self.ALIVE_STATES},
+                {"Name": "instance-state-name", "Values": ALIVE_STATES},
             ]
         )
         return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ class Synthesized:
     def template(self) -> Template:
         return Template.from_json(self.template_json)
 
+    def logical_id(self, construct: Any) -> str:
+        return self.stack.resolve(construct.node.default_child.logical_id)
+
+    def resource(self, construct: Any) -> dict[str, Any]:
+        """The template's resource of an L2 construct (its default child)."""
+        return self.template_json["Resources"][self.logical_id(construct)]
+
     def resources(self, type_: str) -> dict[str, dict[str, Any]]:
         return {k: v for k, v in self.template_json["Resources"].items() if v["Type"] == type_}
 
@@ -49,6 +57,24 @@ class Synthesized:
 
     def validation_report(self) -> dict[str, Any]:
         return json.loads((self.outdir / "validation-report.json").read_text())
+
+
+def render(value: Any) -> str:
+    """A CloudFormation string (plain, Ref, Fn::Join, Fn::Sub, Fn::GetAtt) with every reference
+    shown as the logical id it names (pseudo parameters as plausible values)."""
+    if isinstance(value, str):
+        return value
+    if "Ref" in value:
+        return {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}.get(
+            value["Ref"], value["Ref"])  # fmt: skip
+    if "Fn::Join" in value:
+        sep, parts = value["Fn::Join"]
+        return sep.join(render(p) for p in parts)
+    if "Fn::Sub" in value:
+        return re.sub(r"\$\{([^}]+)\}", lambda m: render({"Ref": m.group(1)}), value["Fn::Sub"])
+    if "Fn::GetAtt" in value:
+        return ".".join(value["Fn::GetAtt"])
+    raise AssertionError(f"unexpected intrinsic {value}")
 
 
 def synthesize(tmp: Path, raylauncher_context: dict[str, Any] | None = None) -> Synthesized:

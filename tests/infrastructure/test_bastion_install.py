@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.infrastructure.conftest import Synthesized
+from tests.infrastructure.conftest import Synthesized, render
 
 ROOTS = ("/opt/raylauncher", "/etc/raylauncher", "/var/lib/raylauncher")
 STUBS = {
@@ -36,28 +34,10 @@ printf '#!/bin/bash\\necho raylauncher "$@"\\n' > "$venv/bin/raylauncher"; chmod
 }
 
 
-def render(value: Any) -> str:
-    """A CloudFormation string with references rendered as their logical ids."""
-    if isinstance(value, str):
-        return value
-    if "Ref" in value:
-        return {"AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012", "AWS::Partition": "aws"}.get(
-            value["Ref"], value["Ref"])  # fmt: skip
-    if "Fn::Join" in value:
-        sep, parts = value["Fn::Join"]
-        return sep.join(render(p) for p in parts)
-    if "Fn::Sub" in value:
-        return re.sub(r"\$\{([^}]+)\}", lambda m: render({"Ref": m.group(1)}), value["Fn::Sub"])
-    if "Fn::GetAtt" in value:
-        return ".".join(value["Fn::GetAtt"])
-    raise AssertionError(f"unexpected intrinsic {value}")
-
-
 class Sandbox:
     def __init__(self, s: Synthesized, root: Path) -> None:
         self.root = root
-        resources = s.template_json["Resources"]
-        instance = resources[s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
+        instance = s.resource(s.stack.bastion.instance)
         script = render(instance["Properties"]["UserData"]["Fn::Base64"])
         for prefix in ROOTS:
             script = script.replace(prefix, str(root) + prefix)
@@ -71,9 +51,8 @@ class Sandbox:
         (root / "params").mkdir()
         self.values = {}
         for name, param in s.stack.bastion.parameters.items():
-            props = resources[s.resolve(param.node.default_child.logical_id)]["Properties"]
-            self.values[name] = render(props["Value"])
-            (root / "params" / s.resolve(param.node.default_child.logical_id)).write_text(self.values[name] + "\n")
+            self.values[name] = render(s.resource(param)["Properties"]["Value"])
+            (root / "params" / s.logical_id(param)).write_text(self.values[name] + "\n")
         (root / "bundle.zip").write_bytes(b"PK")
         self.env = {**os.environ, "PATH": f"{root / 'bin'}:{os.environ['PATH']}", "SANDBOX": str(root),
                     "RAYLAUNCHER_RETRY_DELAY_S": "0"}  # fmt: skip

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +20,7 @@ from raylauncher.config import Settings, load_pipelines, pipelines_json
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.schedules import schedule_input
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
-from tests.infrastructure.conftest import OFFLINE_AMIS, PROJECT_DIR, Synthesized, synthesize
+from tests.infrastructure.conftest import OFFLINE_AMIS, PROJECT_DIR, Synthesized, render, synthesize
 
 PIPELINES = load_pipelines(PROJECT_DIR / "pipelines.yaml")
 
@@ -33,7 +31,7 @@ def test_tables_are_built_from_the_schema_objects_local_mode_creates(default_sta
     assert cdk.storage.JOB_TABLE is JOB_TABLE is local_stack.JOB_TABLE
     assert cdk.storage.IDEMPOTENCY_TABLE is IDEMPOTENCY_TABLE is local_stack.IDEMPOTENCY_TABLE
     for table, schema in ((s.stack.storage.job_table, JOB_TABLE), (s.stack.storage.idempotency_table, IDEMPOTENCY_TABLE)):
-        props = s.template_json["Resources"][s.resolve(table.node.default_child.logical_id)]["Properties"]
+        props = s.resource(table)["Properties"]
         local = schema.create_table_kwargs("any")
         # Then the deployed table has the local table's key, attributes and billing mode
         assert props["KeySchema"] == local["KeySchema"]
@@ -50,14 +48,14 @@ def test_bucket_notifications_are_the_object_local_mode_puts_on_its_bucket(defau
     assert cdk.intake.queue_notification_configuration is queue_notification_configuration
     assert local_stack.queue_notification_configuration is queue_notification_configuration
     queue_arn = s.resolve(s.stack.intake.queue.queue_arn)
-    bucket = s.template_json["Resources"][s.resolve(s.stack.storage.bucket.node.default_child.logical_id)]
+    bucket = s.resource(s.stack.storage.bucket)
     # Then the deployed configuration is the local one (queue ARN resolved), in CloudFormation's names
     expected = cloudformation_notification(queue_notification_configuration(PIPELINES, queue_arn))
     assert bucket["Properties"]["NotificationConfiguration"] == expected
     rules = expected["QueueConfigurations"][0]["Filter"]["S3Key"]["Rules"]
     assert rules == [{"Name": "prefix", "Value": "incoming/sales/"}, {"Name": "suffix", "Value": ".csv"}]
     # And the bucket waits for the queue policy that lets S3 send (else the PUT is refused)
-    policy_id = s.resolve(s.stack.intake.queue.node.find_child("Policy").node.default_child.logical_id)
+    policy_id = s.logical_id(s.stack.intake.queue.node.find_child("Policy"))
     assert policy_id in bucket["DependsOn"]
 
 
@@ -68,7 +66,7 @@ def test_intake_reads_the_queue_with_the_pipeline_batching_and_partial_failures(
     assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert props["MaximumBatchingWindowInSeconds"] == max(p.batching_window_s for p in PIPELINES.pipelines)
     assert props["BatchSize"] == max(p.max_objects_per_job for p in PIPELINES.pipelines)
-    queue = s.template_json["Resources"][s.resolve(s.stack.intake.queue.node.default_child.logical_id)]["Properties"]
+    queue = s.resource(s.stack.intake.queue)["Properties"]
     assert queue["RedrivePolicy"]["maxReceiveCount"] == 3
     assert queue["SqsManagedSseEnabled"] is True
 
@@ -89,23 +87,12 @@ def test_lambda_settings_are_the_settings_local_mode_reads(default_stack: Synthe
         assert not [k for k in env if k.startswith("AWS_")]  # the runtime's own
 
 
-def joined(value: Any) -> str:
-    """A CloudFormation string (plain or Fn::Join) with every reference shown as <ref>."""
-    if isinstance(value, str):
-        return value
-    if "Fn::Sub" in value:
-        return re.sub(r"\$\{[^}]+\}", "<ref>", value["Fn::Sub"])
-    return "".join(p if isinstance(p, str) else "<ref>" for p in value["Fn::Join"][1])
-
-
 def bastion_parameter(s: Synthesized, name: str) -> str:
-    param = s.stack.bastion.parameters[name]
-    return joined(s.template_json["Resources"][s.resolve(param.node.default_child.logical_id)]["Properties"]["Value"])
+    return render(s.resource(s.stack.bastion.parameters[name])["Properties"]["Value"])
 
 
 def bastion_user_data(s: Synthesized) -> str:
-    instance = s.template_json["Resources"][s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
-    return joined(instance["Properties"]["UserData"]["Fn::Base64"])
+    return render(s.resource(s.stack.bastion.instance)["Properties"]["UserData"]["Fn::Base64"])
 
 
 def test_bastion_driver_settings_are_the_settings_local_mode_reads(default_stack: Synthesized) -> None:
@@ -123,7 +110,7 @@ def test_bastion_driver_settings_are_the_settings_local_mode_reads(default_stack
 
 def test_a_code_or_config_change_does_not_touch_the_bastion_instance(default_stack: Synthesized) -> None:
     s = default_stack
-    instance = s.template_json["Resources"][s.resolve(s.stack.bastion.instance.node.default_child.logical_id)]
+    instance = s.resource(s.stack.bastion.instance)
     user_data = json.dumps(instance["Properties"]["UserData"])
     # Then the user data names no asset hash, no node image and no table: those live in parameters
     asset_hashes = [a["source"]["path"].removeprefix("asset.") for a in json.loads(
@@ -140,7 +127,7 @@ def test_existing_vpc_without_egress_creates_no_network_and_uses_the_given_image
         assert s.resources(kind) == {}, kind
     [instance] = s.resources("AWS::EC2::Instance").values()
     assert instance["Properties"]["ImageId"] == OFFLINE_AMIS["bastion_ami_id"]
-    deployment = json.loads(re.sub(r'"<ref>[^"]*"', '"x"', bastion_parameter(s, "ec2_deployment")))
+    deployment = json.loads(bastion_parameter(s, "ec2_deployment"))
     assert deployment["ami_id"] == OFFLINE_AMIS["node_ami_id"] and deployment["ray_preinstalled"] is True
     assert deployment["subnet_ids"] == ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
     script = bastion_user_data(s)

@@ -14,10 +14,6 @@ from tests.infrastructure.conftest import EXISTING_VPC, Synthesized
 OPEN = {"0.0.0.0/0", "::/0"}
 
 
-def logical_id(s: Synthesized, construct: Any) -> str:
-    return s.resolve(construct.node.default_child.logical_id)
-
-
 def ingress_rules(s: Synthesized) -> list[dict[str, Any]]:
     rules = [r["Properties"] for r in s.resources("AWS::EC2::SecurityGroupIngress").values()]
     for group in s.resources("AWS::EC2::SecurityGroup").values():
@@ -47,8 +43,8 @@ def test_no_security_group_admits_the_internet(default_stack: Synthesized, exist
 
 def test_cluster_and_bastion_security_groups_are_the_walkthroughs(default_stack: Synthesized) -> None:
     s = default_stack
-    cluster = {"Fn::GetAtt": [logical_id(s, s.stack.network.cluster_sg), "GroupId"]}
-    bastion = {"Fn::GetAtt": [logical_id(s, s.stack.network.bastion_sg), "GroupId"]}
+    cluster = {"Fn::GetAtt": [s.logical_id(s.stack.network.cluster_sg), "GroupId"]}
+    bastion = {"Fn::GetAtt": [s.logical_id(s.stack.network.bastion_sg), "GroupId"]}
     to_cluster = [r for r in ingress_rules(s) if r.get("GroupId") == cluster]
     # Then the cluster group admits exactly: all TCP from itself, 22 and 8265 from the bastion
     got = sorted((r["SourceSecurityGroupId"] == cluster, r["IpProtocol"], r["FromPort"], r["ToPort"]) for r in to_cluster)
@@ -82,7 +78,7 @@ def test_every_lambda_runs_python_312_in_the_private_subnets_with_the_powertools
 
 def test_send_command_only_on_the_bastion_and_the_run_shell_script_document(default_stack: Synthesized) -> None:
     s = default_stack
-    bastion = {"Ref": logical_id(s, s.stack.bastion.instance)}
+    bastion = {"Ref": s.logical_id(s.stack.bastion.instance)}
     sends = [st for st in statements(s) if "ssm:SendCommand" in as_list(st["Action"])]
     assert len(sends) == 4  # one per Lambda role
     for st in sends:
@@ -95,7 +91,7 @@ def test_send_command_only_on_the_bastion_and_the_run_shell_script_document(defa
 
 def test_pass_role_only_for_the_node_role_and_only_to_ec2(default_stack: Synthesized) -> None:
     s = default_stack
-    node_role = {"Fn::GetAtt": [logical_id(s, s.stack.nodes.role), "Arn"]}
+    node_role = {"Fn::GetAtt": [s.logical_id(s.stack.nodes.role), "Arn"]}
     passes = [st for st in statements(s) if any(a.startswith("iam:PassRole") or a == "iam:*" for a in as_list(st["Action"]))]
     assert len(passes) == 2  # the bastion (ray up: the head) and the nodes (the autoscaler: workers)
     for st in passes:
@@ -117,7 +113,7 @@ def test_terminate_and_run_instances_are_scoped_by_the_cluster_tag(default_stack
 
 def test_data_bucket_is_private_encrypted_versioned_and_tls_only(default_stack: Synthesized) -> None:
     s = default_stack
-    bucket_id = logical_id(s, s.stack.storage.bucket)
+    bucket_id = s.logical_id(s.stack.storage.bucket)
     props = s.template_json["Resources"][bucket_id]["Properties"]
     assert props["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
@@ -136,7 +132,7 @@ def test_data_bucket_is_private_encrypted_versioned_and_tls_only(default_stack: 
 
 def test_bastion_is_private_ssm_managed_imdsv2_and_encrypted(default_stack: Synthesized) -> None:
     s = default_stack
-    instance = s.template_json["Resources"][logical_id(s, s.stack.bastion.instance)]["Properties"]
+    instance = s.resource(s.stack.bastion.instance)["Properties"]
     assert "KeyName" not in instance
     [nic] = instance["NetworkInterfaces"]
     assert nic["SubnetId"] in s.resolve(s.stack.network.private_subnet_ids) and nic["AssociatePublicIpAddress"] is False
@@ -146,7 +142,7 @@ def test_bastion_is_private_ssm_managed_imdsv2_and_encrypted(default_stack: Synt
     templates = [t for t in s.resources("AWS::EC2::LaunchTemplate").values()
                  if t["Properties"]["LaunchTemplateName"] == template_id]  # fmt: skip
     assert templates[0]["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
-    role = s.template_json["Resources"][logical_id(s, s.stack.bastion.role)]["Properties"]
+    role = s.resource(s.stack.bastion.role)["Properties"]
     assert {"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::aws:policy/AmazonSSMManagedInstanceCore"]]} in role[
         "ManagedPolicyArns"]
 
@@ -193,7 +189,7 @@ def test_what_needs_a_person_pages_the_alerts_topic(default_stack: Synthesized) 
     from raylauncher.watchdog import METRICS, METRICS_NAMESPACE
 
     s = default_stack
-    topic = {"Ref": logical_id(s, s.stack.alerts.topic)}
+    topic = {"Ref": s.logical_id(s.stack.alerts.topic)}
     alarms = {a["Properties"].get("MetricName"): a["Properties"] for a in s.resources("AWS::CloudWatch::Alarm").values()}
     # Then each watchdog finding and the intake DLQ has an alarm that notifies the topic
     for field in WATCHDOG_ALARMS:

@@ -263,6 +263,10 @@ class Ec2Deployment(_Strict):
     ami_id: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$")
     ssh_user: str = "ubuntu"
     ray_preinstalled: bool = False  # an AMI with the pinned Ray: skip the install on boot
+    #: Deep-merged into every rendered cluster.yaml before Ray's validation (which still runs,
+    #: with the product's own rules): e.g. an existing key pair. The EC2 stand-in's deltas
+    #: live here (raylauncher/local/ec2_standin/deltas.py); a stack writes none.
+    cluster_config_overrides: dict[str, Any] = Field(default_factory=dict)
 
     _subnets = field_validator("subnet_ids")(aws_ids("subnet"))
     _groups = field_validator("security_group_ids")(aws_ids("sg"))

@@ -159,7 +159,18 @@ def render_cluster_config(
     config["setup_commands"], config["head_setup_commands"] = _setup_commands(
         ray_version, boto3_version, preinstalled=deployment.ray_preinstalled
     )
-    return config
+    return merge_overrides(config, deployment.cluster_config_overrides)
+
+
+def merge_overrides(config: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`config` with `overrides` deep-merged in (mappings merge, anything else replaces)."""
+    merged = copy.deepcopy(config)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_overrides(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def write_cluster_config(config: dict[str, Any], path: Path) -> Path:

@@ -1,0 +1,44 @@
+"""Everything that differs between the stand-in and a real deployment, in one place.
+
+The EC2 backend, the rendered cluster.yaml and the driver are the production ones. Only:
+
+1. `config_overrides`: deep-merged into every rendered cluster.yaml (through
+   `Ec2Deployment.cluster_config_overrides`): the stand-in's key pair and its private key
+   file. A real deployment lets Ray create its key pair; the stand-in imports one into moto
+   so that its sshd can know the public key before Ray connects.
+2. `instance_environment`: what a node's environment holds. On EC2 the head's autoscaler and
+   the job get credentials from the instance profile and reach AWS's endpoints; here the
+   node's login profile points them at moto through the forwarder on the bridge, with moto's
+   fake keys. Ray auth is disabled explicitly (never left to a token file in a home directory).
+3. The seeded ids (VPC, subnets, security group, AMI, instance profile) are moto's, written
+   into the same `ec2-deployment.json` a stack writes onto the bastion (see seed.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raylauncher.clusters.ec2_config import HEAD_TYPE, WORKER_TYPE
+from raylauncher.local.stack import FAKE_CREDENTIALS
+
+#: The SSH user of the stand-in's nodes: root in the node's own namespaces, with its own home.
+SSH_USER = "root"
+
+
+def config_overrides(key_name: str, private_key_path: str) -> dict[str, Any]:
+    node = {"node_config": {"KeyName": key_name}}
+    return {
+        "auth": {"ssh_private_key": private_key_path},
+        "available_node_types": {HEAD_TYPE: node, WORKER_TYPE: {"node_config": {"KeyName": key_name}}},
+    }
+
+
+def instance_environment(endpoint_url: str, region: str) -> dict[str, str]:
+    return {
+        **FAKE_CREDENTIALS,
+        "AWS_ENDPOINT_URL": endpoint_url,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }

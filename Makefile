@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean check-no-ray bench synth
+.PHONY: demo demo-ec2 standin-deps test install clean check-no-ray bench synth
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/raylauncher demo
 	@$(MAKE) --no-print-directory check-no-ray
+
+# The EC2 path for real: `ray up`/`ray down` against moto's EC2, network namespaces as instances
+# (Linux, root). Installs sshd/ssh/rsync with apt-get where missing, or says what to install.
+demo-ec2: $(STAMP) standin-deps
+	$(BIN)/raylauncher demo --backend ec2
+	@$(MAKE) --no-print-directory check-no-ray
+
+standin-deps:
+	@missing=""; for t in /usr/sbin/sshd:openssh-server ssh:openssh-client rsync:rsync ip:iproute2 unshare:util-linux; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || missing="$$missing $${t##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing$$missing (for the EC2 stand-in)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
+	      || { echo "apt-get install$$missing failed"; exit 1; }; \
+	  else echo "the EC2 stand-in needs:$$missing (install them, as root)"; exit 1; fi; fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

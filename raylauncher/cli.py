@@ -96,7 +96,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylauncher.local.demo import run_demo
 
-    return run_demo(rows_per_file=args.rows, files=args.files)
+    return run_demo(rows_per_file=args.rows, files=args.files, backend=args.backend)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -174,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="local end-to-end demo on moto server and a local Ray")
     demo.add_argument("--rows", type=int, default=40_000, help="rows per generated CSV file")
     demo.add_argument("--files", type=int, default=3, help="number of CSV files")
+    demo.add_argument("--backend", choices=["local", "ec2"], default="local",
+                      help="local: a local Ray cluster per job; ec2: real `ray up`/`ray down` on the EC2 "
+                           "stand-in (moto EC2, network namespaces as instances; Linux and root)")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
     return parser
 

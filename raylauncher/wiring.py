@@ -101,7 +101,7 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
             dashboard_port=settings.dashboard_port,
             teardown_timeout_s=settings.teardown_timeout_s,
             down_attempts=settings.down_attempts,
-            instances_left=Ec2ClusterInstances(aws.client("ec2", settings)),
+            instances=Ec2ClusterInstances(aws.client("ec2", settings)),
         )
     store = build_store(settings)
     # On the bastion, "run the driver" for the next queued job is a local detached start.

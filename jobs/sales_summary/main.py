@@ -97,6 +97,20 @@ def write_json(fs: pafs.FileSystem, uri: str, document: dict[str, Any]) -> None:
         stream.write(json.dumps(document, indent=2).encode("utf-8"))
 
 
+def nodes_used() -> list[str] | None:
+    """The addresses of the nodes this job ran on: its driver's and its tasks' (Ray's state API).
+    None when the state API cannot tell (it is informational, never a reason to fail)."""
+    try:
+        from ray.util.state import list_tasks
+
+        job_id = ray.get_runtime_context().get_job_id()
+        tasks = list_tasks(filters=[("job_id", "=", job_id)], limit=10_000, raise_on_missing_output=False)
+        node_ids = {t.node_id for t in tasks if t.node_id} | {ray.get_runtime_context().get_node_id()}
+        return sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] in node_ids)
+    except Exception:  # noqa: BLE001 - a summary without it is still a summary
+        return None
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the job on the connected Ray cluster and return the summary it wrote."""
     fs = s3_filesystem()
@@ -131,6 +145,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "rows_out": len(aggregates),
         "seconds": round(seconds, 3),
         "output": aggregates_uri,
+        "nodes_used": nodes_used(),
     }
     write_json(fs, f"{output}summary.json", summary)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.error
 import urllib.request
@@ -54,6 +55,30 @@ def jobs_api_answers(dashboard_url: str) -> bool:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
+
+
+def alive_nodes(dashboard_url: str) -> int | None:
+    """How many nodes the cluster's state API reports ALIVE (None: no answer)."""
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/api/v0/nodes?limit=1000", timeout=10) as resp:  # noqa: S310
+            nodes = json.load(resp)["data"]["result"]["result"]
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return None
+    return sum(1 for node in nodes if isinstance(node, dict) and node.get("state") == "ALIVE")
+
+
+def wait_for_nodes(dashboard_url: str, wanted: int, deadline: float, cancelled: Cancelled) -> int:
+    """Wait until `wanted` nodes are ALIVE (the head plus the profile's min_workers, launched by
+    the head's autoscaler). Raises ProvisioningTimedOut / ProvisioningCancelled."""
+    while True:
+        alive = alive_nodes(dashboard_url) or 0
+        if alive >= wanted:
+            return alive
+        if cancelled():
+            raise ProvisioningCancelled("cancel requested while the workers were joining")
+        if time.monotonic() > deadline:
+            raise ProvisioningTimedOut(f"{alive} of {wanted} nodes (head + min_workers) had joined at the deadline")
+        time.sleep(1)
 
 
 def wait_for_jobs_api(

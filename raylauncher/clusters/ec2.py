@@ -3,8 +3,10 @@
 up:   render cluster.yaml for this job → validate it with Ray's schema → `ray up -y
       --no-config-cache` under the provisioning deadline → `ray get-head-ip` → wait for the
       Jobs API at http://<head>:8265.
-down: `ray down -y` retried under the teardown deadline, then (when an instance checker is
-      given) verify by tag that no instance of the cluster is left — `ray down` can exit 0
+down: (when the EC2 API is given) terminate every instance tagged with the cluster's name at
+      once — `ray down` spends most of its time in the head's `ray stop` grace period while
+      the instances keep billing —, then `ray down -y` retried under the teardown deadline,
+      then verify by tag that no instance of the cluster is left: `ray down` can exit 0
       without having stopped everything. If `up` failed or timed out, `down` still runs.
 """
 
@@ -13,11 +15,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Protocol
 
-from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
+from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api, wait_for_nodes
 from raylauncher.clusters.ec2_config import (
     RAY_CLUSTER_TAG,
     cluster_name,
@@ -36,12 +39,20 @@ from raylauncher.errors import (
     TeardownFailed,
 )
 from raylauncher.model import Job, utc_now
-from raylauncher.reaper import ALIVE_STATES
+from raylauncher.reaper import ALIVE_STATES, TERMINATE_BATCH
 
 log = logging.getLogger(__name__)
 
-#: cluster name -> ids of its instances that are not terminated (see Ec2ClusterInstances)
-InstanceChecker = Callable[[str], list[str]]
+
+
+class ClusterInstances(Protocol):
+    """The EC2 API, by the cluster's tag (Ec2ClusterInstances)."""
+
+    def __call__(self, name: str) -> list[str]:
+        """Ids of the cluster's instances that are not terminated."""
+
+    def terminate(self, name: str) -> list[str]:
+        """Terminate every instance of the cluster that is not terminated; returns their ids."""
 
 
 class Ec2RayBackend(ClusterBackend):
@@ -58,7 +69,7 @@ class Ec2RayBackend(ClusterBackend):
         teardown_timeout_s: float = 900,
         down_attempts: int = 5,
         down_retry_delay_s: float = 15,
-        instances_left: InstanceChecker | None = None,
+        instances: ClusterInstances | None = None,
     ) -> None:
         self._deployment = deployment
         self._config_dir = config_dir
@@ -70,7 +81,7 @@ class Ec2RayBackend(ClusterBackend):
         self._teardown_timeout_s = teardown_timeout_s
         self._down_attempts = down_attempts
         self._down_retry_delay_s = down_retry_delay_s
-        self._instances_left = instances_left
+        self._instances = instances
 
     def config_path(self, job_id: str) -> Path:
         return self._config_dir / f"{job_id}.yaml"
@@ -103,12 +114,14 @@ class Ec2RayBackend(ClusterBackend):
         ip = self._head_ip(path, deadline, job.job_id)
         dashboard_url = f"http://{ip}:{self._dashboard_port}"
         wait_for_jobs_api(dashboard_url, deadline, cancelled, lambda: None)
-        log.info("job %s: cluster %s is up, head %s", job.job_id, config["cluster_name"], ip)
+        nodes = wait_for_nodes(dashboard_url, 1 + pipeline.cluster.min_workers, deadline, cancelled)
+        log.info("job %s: cluster %s is up, head %s, %d node(s)", job.job_id, config["cluster_name"], ip, nodes)
         return ClusterHandle(
             name=str(config["cluster_name"]),
             dashboard_url=dashboard_url,
             python=self._head_python,
-            details={"backend": "ec2", "cluster_name": config["cluster_name"], "config_path": str(path), "head_ip": ip},
+            details={"backend": "ec2", "cluster_name": config["cluster_name"], "config_path": str(path), "head_ip": ip,
+                     "nodes": nodes},
         )
 
     def _head_ip(self, path: Path, deadline: float, job_id: str) -> str:
@@ -132,13 +145,19 @@ class Ec2RayBackend(ClusterBackend):
         name = cluster_name(job.job_id)
         deadline = time.monotonic() + self._teardown_timeout_s
         attempts, last_problem = 0, ""
+        if self._instances is not None:
+            try:
+                ended = self._instances.terminate(name)
+                log.info("job %s: terminated %d instance(s) of %s by tag", job.job_id, len(ended), name)
+            except Exception as err:  # noqa: BLE001 - `ray down` and the check below still run
+                log.warning("job %s: terminating %s by tag failed (%s); `ray down` follows", job.job_id, name, err)
         while attempts < self._down_attempts and time.monotonic() < deadline:
             attempts += 1
             result = run_cli([self._ray_bin, "down", "-y", str(path)], deadline - time.monotonic(), self._env, job.job_id)
             if not result.ok:
                 last_problem = f"`ray down` {result.describe()}"
             else:
-                left = self._instances_left(name) if self._instances_left else []
+                left = self._instances(name) if self._instances else []
                 if not left:
                     log.info("job %s: cluster %s is down (attempt %d)", job.job_id, name, attempts)
                     return attempts
@@ -162,3 +181,9 @@ class Ec2ClusterInstances:
             ]
         )
         return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def terminate(self, name: str) -> list[str]:
+        ids = self(name)
+        for start in range(0, len(ids), TERMINATE_BATCH):
+            self._ec2.terminate_instances(InstanceIds=ids[start : start + TERMINATE_BATCH])  # type: ignore[attr-defined]
+        return ids

@@ -1,7 +1,10 @@
 """`make demo`: drop CSV files into the local bucket and watch the job run end to end.
 
 Exits 0 only if every job SUCCEEDED and its Parquet aggregates equal an independent pandas
-computation over exactly the objects in its manifest.
+computation over exactly the objects in its manifest. With `--backend ec2` the job runs on
+the EC2 stand-in (real `ray up` / `ray down` against moto's EC2, namespaces as instances):
+then it must also have used the head and both workers, every instance must end terminated
+and nothing of the stand-in may be left.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ import io
 import json
 import sys
 import time
+from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
-from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.runtime import PROJECT_DIR, Backend, LocalSystem, local_system, wait_for_jobs
 from raylauncher.local.sample_data import compare_aggregates, expected_aggregates, generate_sales_csv
 from raylauncher.model import Job, JobStatus
 
@@ -74,18 +78,62 @@ def covered_keys(jobs: list[Job], system: LocalSystem) -> set[str]:
     return keys
 
 
-def run_demo(rows_per_file: int, files: int) -> int:
+def check_standin_cluster(system: LocalSystem, job: Job) -> list[str]:
+    """EC2 stand-in runs: the job used head + workers, and every instance of its cluster ended."""
+    from raylauncher.local.ec2_standin.deltas import STANDIN_PROFILE
+
+    problems = []
+    wanted = 1 + STANDIN_PROFILE["min_workers"]
+    used = (job.summary or {}).get("nodes_used") or []
+    if len(used) < wanted:
+        problems.append(f"the job ran on {len(used)} node(s) {used}, not on all {wanted}")
+    name = (job.cluster or {}).get("cluster_name")
+    for instance in system.standin.instances():
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        if tags.get("ray-cluster-name") == name and instance["State"]["Name"] != "terminated":
+            problems.append(f"instance {instance['InstanceId']} of {name} is {instance['State']['Name']}")
+    return problems
+
+
+def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     started = time.monotonic()
-    with local_system(state_dir, start_poller=False) as system:
-        print(f"moto server (S3, SQS, DynamoDB, SSM) at {system.settings.endpoint_url}")
+    live = sys.stdout.isatty()
+    if backend == "ec2":
+        from raylauncher.local.ec2_standin import unavailable
+
+        reason = unavailable()
+        if reason:
+            print(f"cannot run the EC2 demo here: {reason}", file=sys.stderr)
+            return 2
+    with local_system(state_dir, start_poller=False, backend=backend) as system:
+        print(f"moto server (S3, SQS, DynamoDB, SSM{', EC2' if system.standin else ''}) at {system.settings.endpoint_url}")
+        if system.standin:
+            bridge = system.standin.bridge
+            print(f"EC2 stand-in: instances are network namespaces on bridge {bridge.name} ({bridge.subnet})")
+
+            def instance_changed(event: Any) -> None:
+                kind = event.tags.get("ray-node-kind", "?")
+                sys.stdout.write(f"\r\033[K[{time.monotonic() - started:6.1f}s] instance {event.instance_id} "
+                                 f"({kind}, {event.address}): {event.state}\n" if live else
+                                 f"[{time.monotonic() - started:6.1f}s] instance {event.instance_id} ({kind}, "
+                                 f"{event.address}): {event.state}\n")  # fmt: skip
+                sys.stdout.flush()
+
+            system.standin.materializer.subscribe(instance_changed)
         keys = upload_sample_files(system, files, rows_per_file)
         print(f"uploaded {len(keys)} CSV file(s) to s3://{system.settings.bucket}/ : {', '.join(keys)}")
         system.poller.start()  # after the uploads, so this burst lands in one batch, one job
 
+        shown: list[str] = []
+
         def progress(jobs: list[Job]) -> None:
             line = "  ".join(f"{j.job_id}: {j.status}" + (f" (ray {j.ray_status})" if j.ray_status else "") for j in jobs)
-            sys.stdout.write(f"\r[{time.monotonic() - started:6.1f}s] {line or 'waiting for the intake…'}\033[K")
+            if live:
+                sys.stdout.write(f"\r[{time.monotonic() - started:6.1f}s] {line or 'waiting for the intake…'}\033[K")
+            elif line and shown[-1:] != [line]:  # not a terminal: one line per change
+                shown.append(line)
+                sys.stdout.write(f"[{time.monotonic() - started:6.1f}s] {line}\n")
             sys.stdout.flush()
 
         def finished(jobs: list[Job]) -> bool:
@@ -111,6 +159,24 @@ def run_demo(rows_per_file: int, files: int) -> int:
                 print("output does NOT match pandas:\n  " + "\n  ".join(problems), file=sys.stderr)
             else:
                 print("output verified: aggregates equal an independent pandas computation over the same input")
+            if system.standin:
+                cluster_problems = check_standin_cluster(system, job)
+                if cluster_problems:
+                    ok = False
+                    print("EC2 stand-in check FAILED:\n  " + "\n  ".join(cluster_problems), file=sys.stderr)
+                else:
+                    print(f"ran on {len((job.summary or {}).get('nodes_used') or [])} nodes "
+                          f"{(job.summary or {}).get('nodes_used')}; every instance of {job.cluster['cluster_name']} "  # type: ignore[index]
+                          "is terminated")  # fmt: skip
+    if backend == "ec2":
+        from raylauncher.local.ec2_standin.cleanup import leftovers
+
+        left = leftovers()
+        if left:
+            ok = False
+            print("the EC2 stand-in left:\n  " + "\n  ".join(left), file=sys.stderr)
+        else:
+            print("nothing of the EC2 stand-in is left (namespaces, bridge, veths, node processes, sshd)")
     print(f"\ndemo {'PASSED' if ok else 'FAILED'} in {time.monotonic() - started:.1f}s (state in {state_dir})")
     return 0 if ok else 1
 

@@ -1,7 +1,9 @@
 """Local mode: the deployed system on one machine, with the same handler, driver and job.
 
 Only thin adapters differ: moto server instead of AWS, a poller instead of the event source
-mapping, a subprocess instead of SSM, `ray start` instead of `ray up`.
+mapping, a subprocess instead of SSM, and either `ray start` instead of `ray up` (backend
+"local") or the real `ray up` / `ray down` against moto's EC2 with network namespaces as
+instances (backend "ec2": the EC2 stand-in, raylauncher/local/ec2_standin/).
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from raylauncher import aws
-from raylauncher.config import PipelinesConfig, Settings, load_pipelines
+from raylauncher.config import PipelinesConfig, Settings, load_pipelines, pipelines_json
 from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import FAKE_CREDENTIALS, LocalResources, MotoServer, bootstrap
 from raylauncher.model import Job
@@ -39,9 +41,15 @@ class LocalSystem:
     s3: Any
     sqs: Any
     poller: SqsPoller
+    standin: Any = None  # the Ec2StandIn when the backend is "ec2"
 
 
-def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, project_dir: Path) -> Settings:
+Backend = Literal["local", "ec2"]
+#: `ray up` of a head on the stand-in takes 40-70 s on 2 cores (shared NOTES); leave room.
+STANDIN_PROVISIONING_TIMEOUT_S = 600
+
+
+def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, project_dir: Path, **changes: Any) -> Settings:
     return Settings(
         table="raylauncher-jobs",
         bucket="raylauncher-data",
@@ -56,7 +64,7 @@ def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, pro
         detach="process",
         poll_interval_s=0.5,
         provisioning_timeout_s=120,
-    )
+    ).model_copy(update=changes)
 
 
 @contextmanager
@@ -65,21 +73,27 @@ def local_system(
     pipelines_file: Path = PROJECT_DIR / "pipelines.yaml",
     project_dir: Path = PROJECT_DIR,
     start_poller: bool = True,
+    backend: Backend = "local",
+    region: str = "us-east-1",
 ) -> Iterator[LocalSystem]:
-    """moto server + resources + the intake poller; environment restored on exit."""
+    """moto server + resources + the intake poller (+ the EC2 stand-in for backend "ec2");
+    environment restored and everything stopped on exit."""
     if str(PROJECT_DIR) not in sys.path:  # lambdas/ is deployed as code, not installed as a package
         sys.path.insert(0, str(PROJECT_DIR))
     from lambdas.intake import handler as intake  # the deployed handler, unchanged
 
     saved = dict(os.environ)
-    with MotoServer() as moto:
-        settings = local_settings(moto.endpoint_url, state_dir, pipelines_file, project_dir)
+    with MotoServer() as moto, ExitStack() as stack:
+        settings = local_settings(moto.endpoint_url, state_dir, pipelines_file, project_dir, region=region)
+        standin = None
+        if backend == "ec2":
+            standin, settings = _start_standin(stack, settings, project_dir)
         os.environ.update(FAKE_CREDENTIALS)
         os.environ.update(settings.to_env())
         os.environ.update({"POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_SERVICE_NAME": "raylauncher-intake"})
         intake.service.cache_clear()  # settings changed: build the service anew
         try:
-            pipelines = load_pipelines(pipelines_file)
+            pipelines = load_pipelines(settings.pipelines_file)
             resources = bootstrap(settings, pipelines)
             sqs = aws.client("sqs", settings)
             poller = SqsPoller(
@@ -88,7 +102,7 @@ def local_system(
             )  # fmt: skip
             system = LocalSystem(
                 settings, pipelines, resources, build_store(settings), build_objects(settings),
-                aws.client("s3", settings), sqs, poller,
+                aws.client("s3", settings), sqs, poller, standin,
             )  # fmt: skip
             if start_poller:
                 poller.start()
@@ -100,6 +114,24 @@ def local_system(
             intake.service.cache_clear()
             os.environ.clear()
             os.environ.update(saved)
+
+
+def _start_standin(stack: ExitStack, settings: Settings, project_dir: Path) -> tuple[Any, Settings]:
+    """The EC2 stand-in on this moto server, and the settings that point the driver at it:
+    the EC2 backend with the stand-in's deployment file, the pipelines sized for one machine."""
+    from raylauncher.local.ec2_standin import Ec2StandIn
+    from raylauncher.local.ec2_standin.deltas import sized_for_one_machine
+
+    assert settings.endpoint_url
+    standin = stack.enter_context(Ec2StandIn(settings.endpoint_url, settings.region, project_dir))
+    sized = Path(settings.state_dir) / "pipelines-ec2-standin.json"
+    sized.parent.mkdir(parents=True, exist_ok=True)
+    sized.write_text(pipelines_json(sized_for_one_machine(load_pipelines(settings.pipelines_file))), encoding="utf-8")
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"  # the bastion's boto3 never asks an instance metadata service
+    return standin, settings.model_copy(update={
+        "cluster_backend": "ec2", "ec2_deployment_file": str(standin.deployment_file), "pipelines_file": str(sized),
+        "provisioning_timeout_s": STANDIN_PROVISIONING_TIMEOUT_S,
+    })  # fmt: skip
 
 
 def wait_for_jobs(

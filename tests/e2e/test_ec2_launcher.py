@@ -142,7 +142,7 @@ def launch_factory(
             dashboard_port=int(ray_head.dashboard_url.rsplit(":", 1)[1]),
             head_python=sys.executable,
             teardown_timeout_s=30, down_attempts=3, down_retry_delay_s=0.2,
-            instances_left=Ec2ClusterInstances(aws.client("ec2", settings)) if check_instances else None,
+            instances=Ec2ClusterInstances(aws.client("ec2", settings)) if check_instances else None,
         )  # fmt: skip
         driver = Driver(
             store=store, objects=S3ObjectStore(s3, settings.bucket), backend=backend, pipelines=pipelines,

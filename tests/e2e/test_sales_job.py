@@ -151,7 +151,7 @@ def test_job_aggregates_manifest_objects_to_parquet_and_summary(
     )
     assert stored == summary
     assert rows_in == 6_500 and rows_rejected > 0
-    assert {key: value for key, value in summary.items() if key != "seconds"} == {
+    assert {key: value for key, value in summary.items() if key not in ("seconds", "nodes_used")} == {
         "job_id": "job-e2e-1",
         "rows_in": rows_in,
         "rows_rejected": rows_rejected,
@@ -160,6 +160,7 @@ def test_job_aggregates_manifest_objects_to_parquet_and_summary(
         "output": f"{output_uri}aggregates/",
     }
     assert summary["seconds"] > 0
+    assert summary["nodes_used"] and len(summary["nodes_used"]) == 1, summary  # one local node
 
 
 @pytest.mark.usefixtures("sales_ray")

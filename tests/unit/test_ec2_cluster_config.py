@@ -241,18 +241,19 @@ def test_no_ray_default_is_left_to_merge_in(sample: Pipeline, deployment: Ec2Dep
 
 
 def test_start_commands_are_the_launchers_usual_ones(sample: Pipeline, deployment: Ec2Deployment) -> None:
-    # Given a rendered config, Then nodes start Ray the usual way (these run on the nodes, not here)
+    # Given a rendered config, Then nodes start Ray the usual way (these run on the nodes, not here),
+    # with Ray's auth mode set explicitly on every node
     config = render(sample, deployment)
     template = yaml.safe_load((Path(ec2_config.__file__).parent / "templates" / "cluster.yaml").read_text())
     # the node-local reset the launcher always runs first on a fresh node (on the node, never here)
     for field in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert config[field] == template[field] and config[field][0].split()[-1] == "stop"
     assert config["head_start_ray_commands"][1] == (
-        "ulimit -n 65536; ray start --head --port=6379 --object-manager-port=8076 "
+        "ulimit -n 65536; RAY_AUTH_MODE=disabled ray start --head --port=6379 --object-manager-port=8076 "
         "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0 --disable-usage-stats"
     )
     assert config["worker_start_ray_commands"][1] == (
-        "ulimit -n 65536; ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats"
+        "ulimit -n 65536; RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats"
     )
 
 
@@ -476,3 +477,23 @@ def test_every_resource_run_instances_creates_carries_the_cluster_tag_the_iam_po
         assert sorted(s["ResourceType"] for s in specs) == ["instance", "volume"]
         for spec in specs:
             assert {"Key": RAY_CLUSTER_TAG, "Value": cluster_name(job.job_id)} in spec["Tags"], spec["ResourceType"]
+
+
+def test_deployment_overrides_are_merged_in_and_still_validated(sample: Pipeline, deployment: Ec2Deployment) -> None:
+    # Given a deployment that names an existing key pair and key file (what the EC2 stand-in does)
+    with_key = deployment.model_copy(update={"cluster_config_overrides": {
+        "auth": {"ssh_private_key": "/keys/k.pem"},
+        "available_node_types": {"ray.head.default": {"node_config": {"KeyName": "k"}}},
+    }})  # fmt: skip
+    # When the config is rendered
+    config = render(sample, with_key)
+    # Then the overrides are merged into the rendered config, and the rest is untouched
+    assert config["auth"] == {"ssh_user": deployment.ssh_user, "ssh_private_key": "/keys/k.pem"}
+    head = config["available_node_types"]["ray.head.default"]["node_config"]
+    assert head["KeyName"] == "k" and head["SubnetIds"] == list(deployment.subnet_ids)
+    assert "KeyName" not in config["available_node_types"]["ray.worker.default"]["node_config"]
+    ec2_config.validate_with_ray(config)
+    # And an override that breaks a product rule is still refused by the validation
+    stopping = deployment.model_copy(update={"cluster_config_overrides": {"provider": {"cache_stopped_nodes": True}}})
+    with pytest.raises(ConfigError, match="provider.cache_stopped_nodes"):
+        ec2_config.validate_with_ray(render(sample, stopping))

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from raylauncher.clusters.ec2_config import HEAD_TYPE, WORKER_TYPE
+from raylauncher.config import PipelinesConfig
 from raylauncher.local.stack import FAKE_CREDENTIALS
 
 #: The SSH user of the stand-in's nodes: root in the node's own namespaces, with its own home.
@@ -42,3 +43,15 @@ def instance_environment(endpoint_url: str, region: str) -> dict[str, str]:
         "AWS_EC2_METADATA_DISABLED": "true",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
+
+
+#: The cluster shape on one 2-core machine: a head and two workers (launched by the head's
+#: autoscaler), one logical CPU each, so the sample job's tasks spread over all three nodes.
+STANDIN_PROFILE = {"min_workers": 2, "max_workers": 2, "head_cpus": 1, "worker_cpus": 1}
+
+
+def sized_for_one_machine(pipelines: PipelinesConfig) -> PipelinesConfig:
+    """The same pipelines with STANDIN_PROFILE's counts (instance types and the rest kept)."""
+    return PipelinesConfig(pipelines=tuple(
+        p.model_copy(update={"cluster": p.cluster.model_copy(update=STANDIN_PROFILE)}) for p in pipelines.pipelines
+    ))  # fmt: skip

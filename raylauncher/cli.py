@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # one line per client otherwise
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -100,6 +100,7 @@ class Ec2RayBackend(ClusterBackend):
         self._config_dir.mkdir(parents=True, exist_ok=True)
         path = write_cluster_config(config, self.config_path(job.job_id))
 
+        up_started = time.monotonic()
         result = run_cli(
             [self._ray_bin, "up", "-y", "--no-config-cache", str(path)],
             deadline - time.monotonic(), self._env, job.job_id, should_stop=cancelled,
@@ -111,6 +112,7 @@ class Ec2RayBackend(ClusterBackend):
         if not result.ok:
             raise ProvisioningFailed(f"`ray up` {result.describe()}")
 
+        ray_up_s = time.monotonic() - up_started
         ip = self._head_ip(path, deadline, job.job_id)
         dashboard_url = f"http://{ip}:{self._dashboard_port}"
         wait_for_jobs_api(dashboard_url, deadline, cancelled, lambda: None)
@@ -121,7 +123,8 @@ class Ec2RayBackend(ClusterBackend):
             dashboard_url=dashboard_url,
             python=self._head_python,
             details={"backend": "ec2", "cluster_name": config["cluster_name"], "config_path": str(path), "head_ip": ip,
-                     "nodes": nodes},
+                     "nodes": nodes, "ray_up_s": round(ray_up_s, 1),
+                     "nodes_joined_s": round(time.monotonic() - up_started, 1)},
         )
 
     def _head_ip(self, path: Path, deadline: float, job_id: str) -> str:

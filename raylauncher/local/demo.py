@@ -113,7 +113,7 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
             print(f"EC2 stand-in: instances are network namespaces on bridge {bridge.name} ({bridge.subnet})")
 
             def instance_changed(event: Any) -> None:
-                kind = event.tags.get("ray-node-kind", "?")
+                kind = event.tags.get("ray-node-type", "?")
                 sys.stdout.write(f"\r\033[K[{time.monotonic() - started:6.1f}s] instance {event.instance_id} "
                                  f"({kind}, {event.address}): {event.state}\n" if live else
                                  f"[{time.monotonic() - started:6.1f}s] instance {event.instance_id} ({kind}, "

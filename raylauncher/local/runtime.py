@@ -42,6 +42,7 @@ class LocalSystem:
     sqs: Any
     poller: SqsPoller
     standin: Any = None  # the Ec2StandIn when the backend is "ec2"
+    moto: MotoServer | None = None
 
 
 Backend = Literal["local", "ec2"]
@@ -102,7 +103,7 @@ def local_system(
             )  # fmt: skip
             system = LocalSystem(
                 settings, pipelines, resources, build_store(settings), build_objects(settings),
-                aws.client("s3", settings), sqs, poller, standin,
+                aws.client("s3", settings), sqs, poller, standin, moto,
             )  # fmt: skip
             if start_poller:
                 poller.start()

@@ -7,10 +7,14 @@ S3 -> SQS notifications (queue_notification_configuration) — the very objects 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
+import re
 import threading
+import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +54,30 @@ class _AtomicDynamoDB:
             return self._app(environ, start_response)
         with self._lock:
             return list(self._app(environ, start_response))
+
+
+_CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/")
+
+
+class _CallLog:
+    """WSGI wrapper that counts EC2 API calls by (caller address, access key id, action): what
+    the launcher really asked of EC2, for the IAM contract test and the stand-in's bench.
+    EC2 speaks the query protocol, so the action is a form field of the (buffered) body."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self.ec2_calls: Counter[tuple[str, str, str]] = Counter()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if match and match.group(2) == "ec2":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            query = urllib.parse.parse_qs(body.decode(errors="replace")) | urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
+            action = (query.get("Action") or ["?"])[0]
+            self.ec2_calls[(environ.get("REMOTE_ADDR", ""), match.group(1), action)] += 1
+        return self._app(environ, start_response)
 
 
 def _deepcopy_all_but_tables(x: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -102,8 +130,10 @@ def _roll_back_transactions_by_item() -> None:
 
 
 class _LoopbackMotoServer(ThreadedMotoServer):
-    def _server_entry(self) -> None:  # moto 5.2's own, with the DynamoDB wrapper around the app
-        app = _AtomicDynamoDB(DomainDispatcherApplication(create_backend_app))
+    call_log: _CallLog
+
+    def _server_entry(self) -> None:  # moto 5.2's own, with the DynamoDB and call-log wrappers
+        app = self.call_log = _CallLog(_AtomicDynamoDB(DomainDispatcherApplication(create_backend_app)))
         self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
         self._server_ready_event.set()
         self._server.serve_forever()
@@ -128,6 +158,11 @@ class MotoServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+    @property
+    def ec2_calls(self) -> Counter[tuple[str, str, str]]:
+        """EC2 actions served so far, by (caller address, access key id, action)."""
+        return self._server.call_log.ec2_calls
 
     def __enter__(self) -> MotoServer:
         return self.start()

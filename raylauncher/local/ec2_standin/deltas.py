@@ -45,13 +45,21 @@ def instance_environment(endpoint_url: str, region: str) -> dict[str, str]:
     }
 
 
-#: The cluster shape on one 2-core machine: a head and two workers (launched by the head's
-#: autoscaler), one logical CPU each, so the sample job's tasks spread over all three nodes.
+#: The cluster shape on one 2-core machine: at most a head and two workers (launched by the
+#: head's autoscaler), one logical CPU each, so the sample job's tasks spread over all nodes.
 STANDIN_PROFILE = {"min_workers": 2, "max_workers": 2, "head_cpus": 1, "worker_cpus": 1}
 
 
 def sized_for_one_machine(pipelines: PipelinesConfig) -> PipelinesConfig:
-    """The same pipelines with STANDIN_PROFILE's counts (instance types and the rest kept)."""
-    return PipelinesConfig(pipelines=tuple(
-        p.model_copy(update={"cluster": p.cluster.model_copy(update=STANDIN_PROFILE)}) for p in pipelines.pipelines
-    ))  # fmt: skip
+    """The same pipelines with worker counts capped at STANDIN_PROFILE's and its CPUs
+    (instance types and everything else kept)."""
+    sized = []
+    for p in pipelines.pipelines:
+        cap = {
+            "min_workers": min(p.cluster.min_workers, STANDIN_PROFILE["min_workers"]),
+            "max_workers": min(p.cluster.max_workers, STANDIN_PROFILE["max_workers"]),
+            "head_cpus": STANDIN_PROFILE["head_cpus"],
+            "worker_cpus": STANDIN_PROFILE["worker_cpus"],
+        }
+        sized.append(p.model_copy(update={"cluster": p.cluster.model_copy(update=cap)}))
+    return PipelinesConfig(pipelines=tuple(sized))

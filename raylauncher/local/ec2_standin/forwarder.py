@@ -1,7 +1,8 @@
 """A TCP forwarder on the bridge's address: nodes reach moto (bound to 127.0.0.1 only) through it.
 
 It listens on one address of our own bridge (never 0.0.0.0) and connects only to the one
-loopback target it was given.
+loopback target it was given, from NODES_SOURCE: moto sees the nodes' calls (the head's
+autoscaler) apart from the bastion's, which come from 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ import socketserver
 import threading
 
 
+#: The loopback address the forwarder connects from.
+NODES_SOURCE = "127.0.0.2"
+
+
 class _Pipe(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
         try:
-            upstream = socket.create_connection(self.server.target, timeout=10)
+            upstream = socket.create_connection(self.server.target, timeout=10, source_address=(NODES_SOURCE, 0))
         except OSError:
             return
         upstream.settimeout(None)

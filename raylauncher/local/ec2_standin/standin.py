@@ -38,6 +38,8 @@ from raylauncher.local.stack import FAKE_CREDENTIALS
 
 log = logging.getLogger(__name__)
 
+#: The access key id of the stand-in's own calls to moto.
+OBSERVER_KEY_ID = "standin-observer"
 #: Where stand-ins keep their files: not under /tmp, which every node replaces with its own.
 STATE_ROOT = Path("/var/lib/raylauncher-standin")
 REQUIRED_TOOLS = {"ip": "iproute2", "unshare": "util-linux", "ssh": "openssh-client", "ssh-keygen": "openssh-client",
@@ -92,10 +94,11 @@ class Ec2StandIn:
     # -- clients on moto --------------------------------------------------------------------------
 
     def client(self, service: str) -> Any:
+        """A client of the stand-in's own (seeding, watching instances): its own access key id,
+        so moto's call log tells its calls from the launcher's."""
         return boto3.client(
             service, region_name=self.region, endpoint_url=self.moto_endpoint_url,
-            aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            aws_access_key_id=OBSERVER_KEY_ID, aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
         )  # fmt: skip
 
     @property

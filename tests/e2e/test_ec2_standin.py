@@ -1,0 +1,385 @@
+"""The EC2 path for real: Ray's own `ray up` / `ray down` of the rendered cluster.yaml against
+moto's EC2, each instance a network namespace with sshd (the EC2 stand-in), driven by the
+same intake, driver and EC2 backend as on AWS. One stand-in for the module; every test works
+on clusters of its own and checks that they end with every instance terminated and no node
+(namespace, process) left.
+
+Skipped, with the reason, only where the stand-in cannot run (not Linux, not root, no sshd).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from raylauncher.clusters.ec2_config import cluster_name
+from raylauncher.clusters.processes import leftover_processes
+from raylauncher.config import Settings
+from raylauncher.control import request_cancel
+from raylauncher.local.demo import upload_sample_files, verify_job_output
+from raylauncher.local.ec2_standin import unavailable
+from raylauncher.local.ec2_standin.cleanup import leftovers
+from raylauncher.local.ec2_standin.forwarder import NODES_SOURCE
+from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, our_namespaces
+from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
+from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso
+from raylauncher.reaper import Ec2Reaper
+from raylauncher.tags import EXPIRES_AT_TAG, RAY_CLUSTER_TAG
+from raylauncher.wiring import build_driver
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+REGION = "eu-west-3"  # a region of its own on the process's moto (SendCommand, reaper tests)
+JOB_TIMEOUT_S = 400
+
+if reason := unavailable():
+    pytest.skip(f"EC2 stand-in cannot run here: {reason}", allow_module_level=True)
+
+PROBE = """import time
+print("probe: started", flush=True)
+time.sleep(600)
+"""
+
+
+def _project(root: Path) -> tuple[Path, Path]:
+    """The real sales job plus a probe job that sleeps (for deadlines and cancels)."""
+    project = root / "project"
+    shutil.copytree(PROJECT_DIR / "jobs" / "sales_summary", project / "jobs" / "sales_summary",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (project / "jobs" / "probe").mkdir(parents=True)
+    (project / "jobs" / "probe" / "main.py").write_text(PROBE)
+    pipelines = project / "pipelines.yaml"
+    pipelines.write_text((PROJECT_DIR / "pipelines.yaml").read_text() + """
+  - name: probe
+    trigger: {prefix: incoming/probe/}
+    entrypoint: {script: jobs/probe/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    run_timeout_s: 600
+    output_prefix: outputs/probe/
+  - name: probe-short
+    trigger: {prefix: incoming/probe-short/}
+    entrypoint: {script: jobs/probe/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    run_timeout_s: 15
+    output_prefix: outputs/probe-short/
+""")
+    return project, pipelines
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
+    root = tmp_path_factory.mktemp("standin")
+    project, pipelines = _project(root)
+    with local_system(root / "state", pipelines, project, backend="ec2", region=REGION) as system:
+        yield system
+    assert leftovers() == [], "the stand-in left something behind"
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def instances_of(system: LocalSystem, job: Job) -> list[dict[str, Any]]:
+    name = cluster_name(job.job_id)
+    return [i for i in system.standin.instances()
+            if {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(RAY_CLUSTER_TAG) == name]  # fmt: skip
+
+
+def assert_cluster_gone(system: LocalSystem, job: Job, launched: bool = True) -> None:
+    """Every instance of the job's cluster is terminated and its node (namespace, processes) gone."""
+    instances = instances_of(system, job)
+    if launched:
+        assert instances, f"no instance of {job.job_id} was ever launched"
+    assert [i["State"]["Name"] for i in instances] == ["terminated"] * len(instances)
+    deadline = time.monotonic() + 10  # the materializer reacts within a poll or two
+    ids = {i["InstanceId"] for i in instances}
+    while time.monotonic() < deadline and (ids & set(system.standin.materializer.nodes)):
+        time.sleep(0.2)
+    assert not ids & set(system.standin.materializer.nodes)
+    assert not [ns for ns in our_namespaces() if any(ns.endswith(i) for i in ids)]
+
+
+def new_job(system: LocalSystem, pipeline: str) -> Job:
+    job = system.store.create(Job.new(pipeline, "api"))
+    return system.store.transition(job, JobStatus.LAUNCHING)
+
+
+def driver_settings(system: LocalSystem, **changes: Any) -> Settings:
+    return system.settings.model_copy(update=changes)
+
+
+def run_driver_in_thread(settings: Settings, job: Job) -> tuple[threading.Thread, dict[str, Job]]:
+    result: dict[str, Job] = {}
+    driver = build_driver(settings)
+    thread = threading.Thread(target=lambda: result.setdefault("job", driver.run(job.job_id)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = JOB_TIMEOUT_S, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.3)
+
+
+def finished(thread: threading.Thread, result: dict[str, Job]) -> Job:
+    thread.join(JOB_TIMEOUT_S)
+    assert not thread.is_alive(), "the driver did not finish"
+    return result["job"]
+
+
+class ConnectionSampler:
+    """Samples the sockets of this process and its children (moto, forwarder, drivers, `ray up`)
+    in the machine's own network namespace while a test runs."""
+
+    def __init__(self) -> None:
+        self.listening: set[str] = set()
+        self.remote: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            ours = {me.pid, *(c.pid for c in me.children(recursive=True))}
+            for conn in psutil.net_connections("inet"):
+                if conn.pid not in ours:
+                    continue
+                if conn.status == psutil.CONN_LISTEN:
+                    self.listening.add(conn.laddr.ip)
+                elif conn.raddr:
+                    self.remote.add(conn.raddr.ip)
+            self._stop.wait(0.5)
+
+    def __enter__(self) -> ConnectionSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# -- the e2e ------------------------------------------------------------------------------------------
+
+
+def test_a_file_in_s3_runs_on_a_real_ray_up_of_head_and_two_workers_and_everything_is_terminated(
+    system: LocalSystem,
+) -> None:
+    # Given the stand-in (moto EC2, namespaces as instances) behind the EC2 backend
+    bridge = system.standin.bridge
+    with ConnectionSampler() as sockets:
+        # When sales CSVs land under the pipeline's prefix
+        keys = upload_sample_files(system, files=4, rows_per_file=5_000)
+        jobs = wait_for_jobs(system.store, lambda js: any(j.pipeline == "sales-summary" and j.is_terminal for j in js),
+                             JOB_TIMEOUT_S)  # fmt: skip
+    job = next(j for j in jobs if j.pipeline == "sales-summary")
+
+    # Then the job SUCCEEDED through every phase, on a head plus 2 workers the head's autoscaler launched
+    assert job.status == JobStatus.SUCCEEDED, (job.reason_code, job.reason_message)
+    assert list(job.phase_times) == ["QUEUED", "LAUNCHING", "PROVISIONING", "SUBMITTED", "RUNNING", "TEARING_DOWN",
+                                     "SUCCEEDED"]  # fmt: skip
+    assert job.cluster and job.cluster["backend"] == "ec2" and job.cluster["nodes"] == 3
+    instances = instances_of(system, job)
+    kinds = sorted({t["Key"]: t["Value"] for t in i["Tags"]}["ray-node-type"] for i in instances)
+    assert kinds == ["head", "worker", "worker"]
+    assert all(ipaddress.ip_address(i["PrivateIpAddress"]) in bridge.subnet for i in instances)
+    # And the Ray Data job ran across all 3 nodes and its output equals pandas over the same input
+    assert sorted(job.summary["nodes_used"]) == sorted(i["PrivateIpAddress"] for i in instances)  # type: ignore[index]
+    assert verify_job_output(system, job) == []
+    assert {o["key"] for o in system.objects.get_json(job.manifest_key or "")["objects"]} == set(keys)
+    # And Ray's logs were kept in S3
+    assert "SUCCEEDED" in system.objects.get_bytes(job.logs_key or "").decode() or job.logs_key
+    # And every instance is terminated, no node is left
+    assert_cluster_gone(system, job)
+    # And nothing of ours listened beyond loopback and the bridge, or talked to anything else
+    allowed = {ipaddress.ip_network("127.0.0.0/8"), bridge.subnet}
+    assert sockets.listening and all(any(ipaddress.ip_address(a) in n for n in allowed) for a in sockets.listening), \
+        sockets.listening
+    assert all(any(ipaddress.ip_address(a) in n for n in allowed) for a in sockets.remote), sockets.remote
+
+
+def test_every_ec2_call_the_launcher_made_is_granted_by_the_stack(system: LocalSystem, tmp_path: Path) -> None:
+    # Given what the bastion (`ray up`/`ray down`, the teardown check) and the head's autoscaler
+    # (through the forwarder) asked of moto's EC2 in this module so far
+    if not any(j.pipeline == "sales-summary" and j.status == JobStatus.SUCCEEDED for j in system.store.list_jobs()):
+        pytest.skip("needs the e2e test's cluster (run the module)")
+    calls = system.moto.ec2_calls  # type: ignore[union-attr]
+    bastion = {action for (source, key, action) in calls if source == "127.0.0.1" and key != OBSERVER_KEY_ID}
+    head = {action for (source, key, action) in calls if source == NODES_SOURCE}
+    assert {"RunInstances", "DescribeInstances", "TerminateInstances"} <= bastion
+    assert "RunInstances" in head, "the head's autoscaler launched no worker"
+    # When the CDK app is synthesized
+    from tests.infrastructure.conftest import synthesize
+
+    stack = synthesize(tmp_path / "cdk")
+    # Then every one of those actions is allowed to the role that made it
+    for role, actions in ((stack.stack.bastion.role, bastion), (stack.stack.nodes.role, head)):
+        granted = allowed_actions(stack, role)
+        missing = sorted(a for a in actions if not any(fnmatch(f"ec2:{a}".lower(), g.lower()) for g in granted))
+        assert not missing, f"{role.node.path} lacks {missing} (granted: {sorted(granted)})"
+
+
+def allowed_actions(stack: Any, role: Any) -> set[str]:
+    role_ref = {"Ref": stack.stack.resolve(role.node.default_child.logical_id)}
+    granted: set[str] = set()
+    for policy in stack.resources("AWS::IAM::Policy").values():
+        if role_ref in policy["Properties"].get("Roles", []):
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if statement["Effect"] == "Allow":
+                    actions = statement["Action"]
+                    granted |= {actions} if isinstance(actions, str) else set(actions)
+    return granted
+
+
+def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: LocalSystem) -> None:
+    bridge = system.standin.bridge
+    # Given the stand-in's bridge: an address of its subnet routes via it
+    system.standin.check_route(str(bridge.subnet.network_address + 9))
+    # Then an address outside the subnet, or the subnet of a bridge that does not exist, is refused
+    with pytest.raises(NetworkError, match="outside"):
+        system.standin.check_route("10.0.0.1")
+    from raylauncher.local.ec2_standin.network import Bridge
+
+    ghost = Bridge("fffff", ipaddress.ip_network("10.254.250.0/24"))
+    with pytest.raises(NetworkError, match="not the stand-in's bridge"):
+        ghost.require_route("10.254.250.4")
+    # And moto's default VPC (172.31.0.0/16, which would route out of the machine) is gone
+    vpcs = system.standin.client("ec2").describe_vpcs()["Vpcs"]
+    assert [v["CidrBlock"] for v in vpcs] == [str(bridge.subnet)]
+
+
+# -- the fault scenarios ------------------------------------------------------------------------------
+
+
+def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(system: LocalSystem,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given heads that boot without sshd, and Ray's launcher waiting 20 s for SSH (900 by default)
+    system.standin.refuse_ssh(lambda tags: tags.get("ray-node-type") == "head")
+    monkeypatch.setenv("AUTOSCALER_NODE_START_WAIT_S", "20")
+    try:
+        job = new_job(system, "probe")
+        # When the driver runs it
+        thread, result = run_driver_in_thread(driver_settings(system), job)
+        job = finished(thread, result)
+    finally:
+        system.standin.refuse_ssh(lambda tags: False)
+    # Then the job FAILED in provisioning with what `ray up` said, and the head is terminated
+    assert (job.status, job.reason_code) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED)
+    assert "ray up" in (job.reason_message or "")
+    assert_cluster_gone(system, job)
+
+
+def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(system: LocalSystem) -> None:
+    # Given a provisioning deadline shorter than `ray up`
+    job = new_job(system, "probe")
+    thread, result = run_driver_in_thread(driver_settings(system, provisioning_timeout_s=8), job)
+    # When the deadline passes while `ray up` runs
+    job = finished(thread, result)
+    # Then the job TIMED_OUT in provisioning, `ray up` was stopped and every instance terminated
+    assert (job.status, job.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT)
+    assert not [p for p in leftover_processes() if job.job_id in str(p.environ())]
+    assert_cluster_gone(system, job)
+
+
+def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem) -> None:
+    # Given a pipeline whose run deadline (15 s) is shorter than its job
+    job = new_job(system, "probe-short")
+    thread, result = run_driver_in_thread(driver_settings(system), job)
+    job = finished(thread, result)
+    # Then it TIMED_OUT for the run deadline, and the cluster is gone
+    assert (job.status, job.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.RUN_TIMEOUT), job.reason_message
+    assert "probe: started" in system.objects.get_bytes(job.logs_key or "").decode()
+    assert_cluster_gone(system, job)
+
+
+@pytest.mark.parametrize("when", ["during ray up", "while running"])
+def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str) -> None:
+    # Given a job whose driver is bringing its cluster up
+    job = new_job(system, "probe")
+    thread, result = run_driver_in_thread(driver_settings(system), job)
+    if when == "during ray up":
+        wait_until(lambda: bool(instances_of(system, job)), 120, "the head's RunInstances")
+    else:
+        wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, JOB_TIMEOUT_S, "RUNNING")
+    # When the user cancels it
+    request_cancel(system.store, job.job_id)
+    job = finished(thread, result)
+    # Then it ends CANCELLED and every instance is terminated
+    assert (job.status, job.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
+    assert_cluster_gone(system, job)
+
+
+def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(system: LocalSystem) -> None:
+    # Given a running job
+    job = new_job(system, "probe")
+    thread, result = run_driver_in_thread(driver_settings(system), job)
+    wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, JOB_TIMEOUT_S, "RUNNING")
+    # When the head's sshd dies (`ray down` cannot run `ray stop` there) and the job is cancelled
+    head = next(i for i in instances_of(system, job) if any(t["Value"] == "head" for t in i["Tags"]))
+    node = system.standin.materializer.nodes[head["InstanceId"]]
+    os.kill(int((node.directory / "sshd.pid").read_text()), signal.SIGKILL)
+    request_cancel(system.store, job.job_id)
+    job = finished(thread, result)
+    # Then the instances are still terminated, through the EC2 API by tag, and verified
+    assert job.status == JobStatus.CANCELLED, (job.reason_code, job.reason_message)
+    assert_cluster_gone(system, job)
+
+
+@pytest.mark.parametrize("when", ["during ray up", "while running"])
+def test_driver_killed_leaves_nodes_that_the_reaper_terminates(system: LocalSystem, when: str) -> None:
+    # Given a driver process (as the bastion runs it) bringing up a job's cluster
+    job = new_job(system, "probe")
+    driver = subprocess.Popen([sys.executable, "-m", "raylauncher", "driver", "run", job.job_id],
+                              env={**os.environ, **system.settings.to_env()}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        if when == "during ray up":
+            wait_until(lambda: bool(instances_of(system, job)), 120, "the head's RunInstances")
+        else:
+            wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, JOB_TIMEOUT_S, "RUNNING")
+        # When the driver is SIGKILLed (no teardown can run)
+        driver.kill()
+        driver.wait(10)
+        killed_at = time.time()
+        instances = instances_of(system, job)
+        assert instances and all(i["State"]["Name"] == "running" for i in instances)
+        # Then the nodes carry the expiry tag, and the watchdog's reaper terminates them once it passed
+        tags = {t["Key"]: t["Value"] for t in instances[0]["Tags"]}
+        expires_at = parse_iso(tags[EXPIRES_AT_TAG])
+        reaped = Ec2Reaper(system.standin.client("ec2")).reap(now=expires_at + timedelta(seconds=1))
+        assert {r.instance_id for r in reaped} >= {i["InstanceId"] for i in instances}
+        assert_cluster_gone(system, job)
+        # How long they would have stayed up (the lease of issue #10 is to shorten this)
+        print(f"\n[{when}] a SIGKILLed driver's nodes stay up until expires-at: "
+              f"{expires_at.timestamp() - killed_at:.0f} s after the kill")
+    finally:
+        driver.kill()
+        # a `ray up` the dead driver had started runs on in its own session: stop it
+        for proc in leftover_processes():
+            if job.job_id in str(proc.environ()):
+                proc.kill()
+
+
+def test_nothing_of_a_node_outlives_its_instance(system: LocalSystem) -> None:
+    # Given every scenario of this module has run (the killed drivers' jobs stay unfinished:
+    # their clusters were reaped, their records are the watchdog's, see issue #10)
+    # Then no instance is left running and no node is left
+    running = [i["InstanceId"] for i in system.standin.instances() if i["State"]["Name"] in ("pending", "running")]
+    assert not running
+    wait_until(lambda: not system.standin.materializer.nodes, 10, "the materializer")
+    assert all(not namespace_pids(ns) for ns in our_namespaces(system.standin.id))

@@ -34,7 +34,10 @@ standin-deps:
 	      || { echo "apt-get install$$missing failed"; exit 1; }; \
 	  else echo "the EC2 stand-in needs:$$missing (install them, as root)"; exit 1; fi; fi
 
+# The EC2 stand-in's tests need sshd/ssh/rsync (installed here where possible); where they
+# cannot run they are skipped with the reason printed.
 test: $(STAMP)
+	@$(MAKE) --no-print-directory standin-deps || echo "EC2 stand-in tests will be skipped (see above)"
 	$(BIN)/python -m pytest
 	@$(MAKE) --no-print-directory check-no-ray
 
@@ -52,6 +55,7 @@ synth: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py
+	@$(MAKE) --no-print-directory standin-deps && $(BIN)/python bench/ec2_standin.py || echo "EC2 stand-in bench skipped"
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache cdk.out

@@ -332,7 +332,10 @@ def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(sy
     # When the head's sshd dies (`ray down` cannot run `ray stop` there) and the job is cancelled
     head = next(i for i in instances_of(system, job) if any(t["Value"] == "head" for t in i["Tags"]))
     node = system.standin.materializer.nodes[head["InstanceId"]]
-    os.kill(int((node.directory / "sshd.pid").read_text()), signal.SIGKILL)
+    sshd = [p for p in namespace_pids(node.netns) if "sshd" in " ".join(psutil.Process(p).cmdline())]
+    assert sshd
+    for pid in sshd:  # the listener and the launcher's open sessions (pids as this machine sees them)
+        os.kill(pid, signal.SIGKILL)
     request_cancel(system.store, job.job_id)
     job = finished(thread, result)
     # Then the instances are still terminated, through the EC2 API by tag, and verified

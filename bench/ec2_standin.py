@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from raylauncher.local.demo import upload_sample_files  # noqa: E402
+from raylauncher.local.sample_data import generate_sales_csv  # noqa: E402
 from raylauncher.local.ec2_standin import unavailable  # noqa: E402
 from raylauncher.local.runtime import local_system, wait_for_jobs  # noqa: E402
 from raylauncher.model import Job, parse_iso  # noqa: E402
@@ -43,9 +43,12 @@ def _t(job: Job, phase: str) -> float:
     return parse_iso(job.phase_times[phase]).timestamp()
 
 
-def one_run(system, rows: int, files: int) -> dict[str, float | str]:  # noqa: ANN001
+def one_run(system, run: int, rows: int, files: int) -> dict[str, float | str]:  # noqa: ANN001
     before = {j.job_id for j in system.store.list_jobs()}
-    upload_sample_files(system, files, rows)
+    prefix = system.pipelines.pipelines[0].trigger.prefix
+    for i in range(files):  # new keys each run: a re-upload of the same content is the same input
+        body = generate_sales_csv(rows, seed=run * 100 + i)
+        system.s3.put_object(Bucket=system.settings.bucket, Key=f"{prefix}run-{run}/part-{i}.csv", Body=body)
     jobs = wait_for_jobs(system.store, lambda js: any(j.job_id not in before and j.is_terminal for j in js), 900)
     job = next(j for j in jobs if j.job_id not in before)
     if job.status != "SUCCEEDED":
@@ -79,7 +82,7 @@ def main() -> int:
     runs = []
     with local_system(REPO_ROOT / ".local" / "bench-ec2", start_poller=True, backend="ec2") as system:
         for i in range(args.runs):
-            run = one_run(system, args.rows, args.files)
+            run = one_run(system, i, args.rows, args.files)
             runs.append(run)
             print(f"run {i + 1}: " + "  ".join(f"{k}={run[k]}" for k in ("instances", *FIGURES)), flush=True)
     summary = {f: {"min": min(r[f] for r in runs), "median": statistics.median(r[f] for r in runs),  # type: ignore[type-var]

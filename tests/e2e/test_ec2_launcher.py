@@ -119,14 +119,15 @@ def launch_factory(
 
     def make(
         script: dict[str, Any], entrypoint: str = QUICK, run_timeout_s: int = 600,
-        provisioning_timeout_s: float = 60, check_instances: bool = False,
+        provisioning_timeout_s: float = 60, check_instances: bool = False, instances_class: type = Ec2ClusterInstances,
     ) -> Launch:  # fmt: skip
         (tmp_path / "jobs" / "probe").mkdir(parents=True, exist_ok=True)
         (tmp_path / "jobs" / "probe" / "main.py").write_text(entrypoint)
         pipelines: PipelinesConfig = parse_pipelines(
             {"pipelines": [{"name": "probe", "trigger": {"prefix": "incoming/probe/"},
                             "entrypoint": {"script": "jobs/probe/main.py"}, "run_timeout_s": run_timeout_s,
-                            "output_prefix": "outputs/probe/"}]}
+                            # the stand-in head is one node: no workers to wait for
+                            "cluster": {"min_workers": 0, "max_workers": 0}, "output_prefix": "outputs/probe/"}]}
         )  # fmt: skip
         script_file, ray_log = tmp_path / "ray-script.json", tmp_path / "ray-calls.jsonl"
         script_file.write_text(json.dumps(script))
@@ -142,7 +143,7 @@ def launch_factory(
             dashboard_port=int(ray_head.dashboard_url.rsplit(":", 1)[1]),
             head_python=sys.executable,
             teardown_timeout_s=30, down_attempts=3, down_retry_delay_s=0.2,
-            instances=Ec2ClusterInstances(aws.client("ec2", settings)) if check_instances else None,
+            instances=instances_class(aws.client("ec2", settings)) if check_instances else None,
         )  # fmt: skip
         driver = Driver(
             store=store, objects=S3ObjectStore(s3, settings.bucket), backend=backend, pipelines=pipelines,
@@ -235,9 +236,17 @@ def test_down_never_succeeds_is_teardown_failed(launch_factory: Callable[..., La
     assert "ended SUCCEEDED" in (done.reason_message or "")  # the job's own outcome is not lost
 
 
+class TerminateRefused(Ec2ClusterInstances):
+    """TerminateInstances by tag refused (as IAM or an API error would): `ray down` must do it."""
+
+    def terminate(self, name: str) -> list[str]:
+        raise RuntimeError("UnauthorizedOperation")
+
+
 def test_down_exit_0_with_instances_left_is_not_trusted(launch_factory: Callable[..., Launch], settings: Settings) -> None:
-    # Given an instance tagged as this job's cluster that `ray down` (exit 0) did not remove
-    launch = launch_factory({}, check_instances=True)
+    # Given an instance tagged as this job's cluster that neither the EC2 API terminate (refused)
+    # nor `ray down` (exit 0) removed
+    launch = launch_factory({}, check_instances=True, instances_class=TerminateRefused)
     job = launch.new_job()
     ec2 = aws.client("ec2", settings)
     ec2.run_instances(
@@ -251,6 +260,25 @@ def test_down_exit_0_with_instances_left_is_not_trusted(launch_factory: Callable
     assert done.status == JobStatus.TEARDOWN_FAILED
     assert "instances are still up" in (done.reason_message or "")
     assert launch.commands().count("down") == 3
+
+
+def test_teardown_terminates_by_tag_before_ray_down(launch_factory: Callable[..., Launch], settings: Settings) -> None:
+    # Given an instance tagged as this job's cluster that `ray down` (exit 0) would not remove
+    launch = launch_factory({}, check_instances=True)
+    job = launch.new_job()
+    ec2 = aws.client("ec2", settings)
+    instance = ec2.run_instances(
+        ImageId="ami-12c6146b", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "ray-cluster-name", "Value": cluster_name(job.job_id)}]}],
+    )["Instances"][0]["InstanceId"]  # fmt: skip
+    # When the job runs
+    done = launch.driver.run(job.job_id)
+    # Then the EC2 API terminated it by tag, `ray down` still ran once, and the check found nothing
+    assert done.status == JobStatus.SUCCEEDED, done.reason_message
+    state = ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "terminated"
+    assert launch.commands().count("down") == 1
 
 
 def test_cancel_while_provisioning(launch_factory: Callable[..., Launch]) -> None:

@@ -44,10 +44,11 @@ def sales_s3_endpoint() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def sales_ray() -> Iterator[None]:
-    """Start a local two-CPU Ray without token auth; shut it down afterwards."""
+    """Start a local two-CPU Ray without token auth; shut it down afterwards. With its dashboard,
+    as on every cluster the product launches: Ray's state API (the summary's nodes_used) needs it."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
         yield
         ray.shutdown()
 

@@ -19,6 +19,9 @@ from raylauncher.errors import IllegalTransition, InvalidJobId
 
 # A job id is the only value that ever reaches the bastion's shell, so its alphabet is tiny.
 JOB_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{2,62}[a-z0-9]$")
+#: One attempt of a job: the job id (attempt 1) or `<job id>-a<n>` (the Ray submission id and
+#: the name its cluster is found by).
+RUN_ID_PATTERN = re.compile(r"^[a-z][a-z0-9-]{2,62}[a-z0-9](-a[1-9][0-9]{0,2})?$")
 
 
 class JobStatus(StrEnum):
@@ -71,6 +74,7 @@ class ReasonCode(StrEnum):
     DRIVER_TERMINATED = "DRIVER_TERMINATED"  # the driver got SIGTERM/SIGINT
     DRIVER_ERROR = "DRIVER_ERROR"  # an unexpected error in the driver
     TEARDOWN_FAILED = "TEARDOWN_FAILED"  # the cluster could not be verified gone
+    DRIVER_LOST = "DRIVER_LOST"  # the driver stopped heartbeating; the watchdog tore the cluster down
 
 
 def is_valid_job_id(value: str) -> bool:
@@ -87,6 +91,20 @@ def require_job_id(value: str) -> str:
 def new_job_id(pipeline: str, now: datetime) -> str:
     """`<pipeline>-<utc yyyymmdd-hhmmss>-<8 hex>`: sortable by time, unique, shell-safe."""
     return require_job_id(f"{pipeline}-{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}")
+
+
+def run_id(job_id: str, attempt: int) -> str:
+    return job_id if attempt <= 1 else f"{job_id}-a{attempt}"
+
+
+def attempt_cluster_seconds(phase_times: dict[str, str], now: datetime | None = None) -> float:
+    """PROVISIONING → the attempt's end (a terminal status, or QUEUED again for a retry) or `now`."""
+    started = phase_times.get(JobStatus.PROVISIONING.value)
+    if not started:
+        return 0.0
+    ends = [parse_iso(phase_times[s.value]) for s in TERMINAL if s.value in phase_times]
+    end = min(ends) if ends else (now or utc_now())
+    return max(0.0, (end - parse_iso(started)).total_seconds())
 
 
 def utc_now() -> datetime:
@@ -134,10 +152,25 @@ class Job(BaseModel):
     slot_held: bool = False  # holds one of the cluster slots (admission control)
     teardown_attempts: int = 0
     summary: dict[str, Any] | None = None  # the Ray job's own summary, when it wrote one
+    attempt: int = 1  # the current (or last) attempt; retries start a new one on a new cluster
+    attempts: list[dict[str, Any]] = Field(default_factory=list)  # finished earlier attempts
+    retry_at: str | None = None  # a QUEUED retry is not launched before this time
+    owner: str | None = None  # who drives the job now: a driver's token, or "watchdog"
 
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
+
+    @property
+    def run_id(self) -> str:
+        """This attempt's Ray submission id and cluster key: `<job>` then `<job>-a2`, `<job>-a3`…"""
+        return run_id(self.job_id, self.attempt)
+
+    def cluster_seconds(self, now: datetime | None = None) -> float:
+        """Seconds clusters of this job were (or are) up, over every attempt: from entering
+        PROVISIONING to the end of the attempt (now, while it runs)."""
+        done = sum(float(a.get("cluster_seconds") or 0) for a in self.attempts)
+        return done + attempt_cluster_seconds(self.phase_times, now)
 
     @classmethod
     def new(cls, pipeline: str, trigger: str, now: datetime | None = None) -> Job:

@@ -77,6 +77,30 @@ class ReasonCode(StrEnum):
     DRIVER_LOST = "DRIVER_LOST"  # the driver stopped heartbeating; the watchdog tore the cluster down
 
 
+class FailureClass(StrEnum):
+    INFRASTRUCTURE = "infrastructure"  # retried on a new cluster while the pipeline's max_attempts allow
+    APPLICATION = "application"  # the job's own doing: retried only if the pipeline opts in
+    FINAL = "final"  # never retried: somebody asked for it, or the cluster may still be up
+
+
+#: THE retry classification, one line per reason.
+FAILURE_CLASS: dict[ReasonCode, FailureClass] = {
+    ReasonCode.LAUNCH_FAILED: FailureClass.INFRASTRUCTURE,
+    ReasonCode.DRIVER_NOT_STARTED: FailureClass.INFRASTRUCTURE,
+    ReasonCode.PROVISIONING_FAILED: FailureClass.INFRASTRUCTURE,
+    ReasonCode.PROVISIONING_TIMEOUT: FailureClass.INFRASTRUCTURE,
+    ReasonCode.SUBMIT_FAILED: FailureClass.INFRASTRUCTURE,
+    ReasonCode.DRIVER_LOST: FailureClass.INFRASTRUCTURE,
+    ReasonCode.DRIVER_TERMINATED: FailureClass.INFRASTRUCTURE,  # e.g. the bastion rebooting
+    ReasonCode.RAY_JOB_FAILED: FailureClass.APPLICATION,
+    ReasonCode.RUN_TIMEOUT: FailureClass.APPLICATION,
+    ReasonCode.RAY_JOB_STOPPED: FailureClass.FINAL,  # somebody stopped it through Ray
+    ReasonCode.CANCEL_REQUESTED: FailureClass.FINAL,
+    ReasonCode.DRIVER_ERROR: FailureClass.FINAL,  # a bug of ours: retrying would repeat it
+    ReasonCode.TEARDOWN_FAILED: FailureClass.FINAL,  # the old cluster may still be up
+}
+
+
 def is_valid_job_id(value: str) -> bool:
     return bool(JOB_ID_PATTERN.fullmatch(value))
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from raylauncher.bastion import Bastion
 from raylauncher.config import PipelinesConfig
 from raylauncher.errors import BastionUnavailable, RayLauncherError, TransactionRefused, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
+from raylauncher.retries import next_attempt
 from raylauncher.store import DynamoJobStore
 
 log = logging.getLogger(__name__)
@@ -85,15 +87,30 @@ class Launcher:
             self._bastion.run_driver(job.job_id)
         except BastionUnavailable as err:
             log.error("job %s: bastion unavailable: %s", job.job_id, err)
+            message = f"could not start the driver on the bastion: {err}"
+            retry = next_attempt(job, JobStatus.FAILED, ReasonCode.LAUNCH_FAILED, message,
+                                 self._pipelines.get(job.pipeline).retry, utc_now())  # fmt: skip
             try:
+                if retry is not None:  # launched again after its backoff (watchdog or a freed slot)
+                    return self.requeue(job, retry)
                 job = self._store.transition(job, JobStatus.FAILED, reason_code=ReasonCode.LAUNCH_FAILED,
-                                             reason_message=f"could not start the driver on the bastion: {err}")  # fmt: skip
+                                             reason_message=message)  # fmt: skip
             except TransitionConflict:  # a driver started after all, or a cancel came first
                 return self._store.get(job.job_id)
             self.release(job)
             return job
         self._on_launched(job)
         return job
+
+    def requeue(self, job: Job, fields: dict[str, Any]) -> Job:
+        """Back to QUEUED for the next attempt (fields from retries.next_attempt), giving back
+        the job's slot in the same transaction. Raises TransitionConflict if the job moved on."""
+        fields = {**fields, "slot_held": False}
+        if not job.slot_held:
+            return self._store.transition(job, JobStatus.QUEUED, **fields)
+        params = self._store.transition_params(job, JobStatus.QUEUED, **fields)
+        slots = [self._slot(pipeline_slots_id(job.pipeline), -1, None), self._slot(TOTAL_SLOTS_ID, -1, None)]
+        return self._store.transact(job, params, slots)
 
     def release(self, job: Job) -> bool:
         """Give back the slot of a terminal job (once: guarded by its slot_held flag)."""
@@ -125,7 +142,8 @@ class Launcher:
         already made (each launch is conditional on the job's version: a stale one is skipped)."""
         launched = []
         listed = self._store.list_jobs() if jobs is None else jobs
-        queued = sorted((j for j in listed if j.status == JobStatus.QUEUED),
+        now = utc_now()
+        queued = sorted((j for j in listed if j.status == JobStatus.QUEUED and not _backing_off(j, now)),
                         key=lambda j: (j.created_at, j.job_id))  # fmt: skip
         for job in queued:
             try:
@@ -137,6 +155,12 @@ class Launcher:
         return launched
 
     def finished(self, job: Job) -> list[Job]:
-        """A job ended: give back its slot and launch whatever now fits."""
+        """A job ended (or was queued again for a retry): give back its slot and launch
+        whatever now fits."""
         self.release(job)
         return self.launch_queued()
+
+
+def _backing_off(job: Job, now: datetime) -> bool:
+    """A retry waiting for its backoff (retry_at) is not launched yet."""
+    return bool(job.retry_at) and parse_iso(job.retry_at) > now  # type: ignore[arg-type]

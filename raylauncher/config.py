@@ -108,6 +108,16 @@ class Schedule(_Strict):
     timezone: str = "UTC"
 
 
+class RetryPolicy(_Strict):
+    """Which failed attempts start another one, on a new cluster (see model.FAILURE_CLASS)."""
+
+    max_attempts: int = Field(default=2, ge=1, le=10, description="1: never retry")
+    backoff_s: float = Field(default=30, ge=0, le=3600, description="wait before the 2nd attempt")
+    backoff_multiplier: float = Field(default=2, ge=1, le=10)
+    max_backoff_s: float = Field(default=900, ge=0, le=24 * 3600)
+    retry_application_failures: bool = Field(default=False, description="also RAY_JOB_FAILED / RUN_TIMEOUT")
+
+
 class Pipeline(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     trigger: S3Trigger
@@ -121,6 +131,7 @@ class Pipeline(_Strict):
     #: Burst coalescing: objects arriving within the window become one job of at most this many.
     max_objects_per_job: int = Field(default=1000, ge=1, le=100_000)
     batching_window_s: int = Field(default=30, ge=0, le=300)
+    retry: RetryPolicy = RetryPolicy()
 
     _output = field_validator("output_prefix")(_check_prefix)
 
@@ -322,9 +333,13 @@ class Settings(_Strict):
     down_attempts: int = Field(default=5, ge=1)
     ec2_deployment_file: str | None = None  # JSON (Ec2Deployment) written by the stack
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    heartbeat_interval_s: float = Field(default=10, gt=0)  # the driver renews its lease this often
+    driver_lease_s: float = Field(default=60, gt=0)  # no heartbeat for this long: the driver is lost
 
     @model_validator(mode="after")
     def _bastion_needs_instance(self) -> Settings:
+        if self.driver_lease_s < 3 * self.heartbeat_interval_s:
+            raise ValueError("driver_lease_s must be at least 3 heartbeat intervals (heartbeat_interval_s)")
         if self.bastion == "ssm" and not self.bastion_instance_id:
             raise ValueError("bastion_instance_id is required when bastion is 'ssm'")
         if self.endpoint_url and not re.match(r"^https?://(127\.0\.0\.1|localhost|\[::1\])(:\d+)?/?$", self.endpoint_url):

@@ -43,11 +43,12 @@ S = JobStatus
 #: (PROVISIONING and later) the only way out is through TEARING_DOWN.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.QUEUED: frozenset({S.LAUNCHING, S.CANCELLED, S.FAILED}),
-    S.LAUNCHING: frozenset({S.PROVISIONING, S.CANCELLED, S.FAILED}),
+    S.LAUNCHING: frozenset({S.PROVISIONING, S.CANCELLED, S.FAILED, S.QUEUED}),  # QUEUED: a retry
     S.PROVISIONING: frozenset({S.SUBMITTED, S.TEARING_DOWN}),
     S.SUBMITTED: frozenset({S.RUNNING, S.TEARING_DOWN}),
     S.RUNNING: frozenset({S.TEARING_DOWN}),
-    S.TEARING_DOWN: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.TEARDOWN_FAILED}),
+    # QUEUED: the cluster is verified gone and the failure is retried (a new attempt, new cluster)
+    S.TEARING_DOWN: frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED, S.TIMED_OUT, S.TEARDOWN_FAILED, S.QUEUED}),
     S.SUCCEEDED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -56,7 +57,7 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 }
 TERMINAL: frozenset[JobStatus] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
 #: What TEARING_DOWN may end in (the driver decides the outcome before it tears down).
-OUTCOMES: frozenset[JobStatus] = TRANSITIONS[S.TEARING_DOWN] - {S.TEARDOWN_FAILED}
+OUTCOMES: frozenset[JobStatus] = TRANSITIONS[S.TEARING_DOWN] - {S.TEARDOWN_FAILED, S.QUEUED}
 
 
 class ReasonCode(StrEnum):
@@ -124,8 +125,9 @@ def run_id(job_id: str, attempt: int) -> str:
 def attempt_cluster_seconds(phase_times: dict[str, str], now: datetime | None = None) -> float:
     """PROVISIONING → the attempt's end (a terminal status, or QUEUED again for a retry) or `now`."""
     started = phase_times.get(JobStatus.PROVISIONING.value)
-    if not started:
-        return 0.0
+    queued = phase_times.get(JobStatus.QUEUED.value)
+    if not started or (queued and parse_iso(queued) > parse_iso(started)):
+        return 0.0  # this attempt has no cluster yet (PROVISIONING is an earlier attempt's)
     ends = [parse_iso(phase_times[s.value]) for s in TERMINAL if s.value in phase_times]
     end = min(ends) if ends else (now or utc_now())
     return max(0.0, (end - parse_iso(started)).total_seconds())

@@ -22,11 +22,10 @@ from raylauncher.aws import error_code
 from raylauncher.errors import RayLauncherError
 from raylauncher.model import parse_iso
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
+from raylauncher.teardown import ALIVE_STATES, TERMINATE_BATCH
 
 log = logging.getLogger(__name__)
 
-ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
-TERMINATE_BATCH = 500
 
 
 class ReaperError(RayLauncherError):

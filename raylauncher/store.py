@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransactionRefused, TransitionConflict
-from raylauncher.model import Job, JobStatus, check_transition, iso, utc_now
+from raylauncher.model import TERMINAL, Job, JobStatus, check_transition, iso, utc_now
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,17 @@ class JobStore(ABC):
     def mark(self, job: Job, **fields: Any) -> Job:
         """Set fields without changing status or version, iff the job is still at `job.status`
         (TransitionConflict otherwise)."""
+
+    @abstractmethod
+    def renew_lease(self, job_id: str, owner: str) -> None:
+        """Heartbeat of the job's owner: iff `owner` still owns the job and it is not terminal.
+        Raises TransitionConflict when it does not (the watchdog took the job over)."""
+
+    @abstractmethod
+    def take_over(self, job: Job, owner: str, **fields: Any) -> Job:
+        """Make `owner` the job's owner iff it is still at `job.status`/`job.version` (the version
+        is bumped, so the previous owner's next conditional write fails). TransitionConflict
+        otherwise."""
 
     def heartbeat(self, job: Job, **fields: Any) -> Job:
         """Record liveness (and e.g. Ray's status) without changing status."""
@@ -175,6 +186,35 @@ class DynamoJobStore(JobStore):
         names = {"#status": "status"}
         values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(iso(utc_now()))}
         return self._update(job, self._update_params(job, fields, names, values, ["updated_at = :now"], "#status = :from"))
+
+    def renew_lease(self, job_id: str, owner: str) -> None:
+        terminal = [s.value for s in JobStatus if s in TERMINAL]
+        names = {"#owner": "owner", "#status": "status"}
+        values = {":owner": _to_dynamo(owner), ":now": _to_dynamo(iso(utc_now()))}
+        values.update({f":t{i}": _to_dynamo(v) for i, v in enumerate(terminal)})
+        condition = "#owner = :owner AND NOT #status IN (" + ", ".join(f":t{i}" for i in range(len(terminal))) + ")"
+        try:
+            self._ddb.update_item(
+                TableName=self._table, Key={"job_id": {"S": job_id}}, UpdateExpression="SET heartbeat_at = :now",
+                ConditionExpression=condition, ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            )  # fmt: skip
+        except (ClientError, BotoCoreError) as err:
+            if error_code(err) == "ConditionalCheckFailedException":
+                raise TransitionConflict(job_id, "owned by " + owner, None) from None
+            raise StorageError(f"cannot renew the lease of job {job_id}", error_code(err)) from err
+
+    def take_over(self, job: Job, owner: str, **fields: Any) -> Job:
+        names = {"#status": "status", "#version": "version"}
+        values = {
+            ":from": _to_dynamo(job.status.value),
+            ":expected_version": _to_dynamo(job.version),
+            ":next_version": _to_dynamo(job.version + 1),
+            ":now": _to_dynamo(iso(utc_now())),
+        }
+        sets = ["#version = :next_version", "updated_at = :now", "heartbeat_at = :now"]
+        fields = {**fields, "owner": owner}
+        condition = "#status = :from AND #version = :expected_version"
+        return self._update(job, self._update_params(job, fields, names, values, sets, condition))
 
     def _update_params(
         self,

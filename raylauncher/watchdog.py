@@ -2,8 +2,14 @@
 
 Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locally) it
 1. fails LAUNCHING jobs that no driver claimed within the launch grace period (the bastion was
-   down, or the SSM command was lost): reason DRIVER_NOT_STARTED; no cluster was started for
-   them, since only a driver starts clusters, and a driver that shows up late gets a conflict;
+   down, or the SSM command was lost): reason DRIVER_NOT_STARTED (retried per the pipeline's
+   policy); no cluster was started for them, since only a driver starts clusters, and a driver
+   that shows up late gets a conflict;
+1b. takes over jobs whose driver's lease lapsed (no heartbeat for `lease_s`, PROVISIONING and
+   later): the job moves to TEARING_DOWN with owner "watchdog" (a driver that comes back finds
+   it is not its own and leaves it alone), the cluster is torn down from the record (EC2 API by
+   tag, or the local processes by marker), and the job ends FAILED/DRIVER_LOST — or is queued
+   for another attempt — all in this sweep;
 2. gives back the slots of those and of finished jobs still holding one (a driver that died
    between its last transition and the release), then launches QUEUED jobs that now fit (a lost
    "slot freed" event would otherwise leave them queued forever);
@@ -23,10 +29,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from raylauncher.admission import Launcher
-from raylauncher.errors import IllegalTransition, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
+from raylauncher.errors import IllegalTransition, RayLauncherError, TeardownFailed, TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.reaper import ClusterReaper, ReaperError
+from raylauncher.retries import next_attempt
 from raylauncher.store import DynamoJobStore
+from raylauncher.teardown import ClusterTeardown
+
+#: The owner of a job the watchdog took over.
+WATCHDOG_OWNER = "watchdog"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +54,8 @@ METRICS = {
     "launched": "QueuedJobsLaunched",
     "reaped": "InstancesReaped",
     "reaper_failed": "ReaperFailed",
+    "drivers_lost": "DriversLost",
+    "retried": "JobsRetried",
 }
 
 
@@ -55,6 +68,8 @@ class SweepReport:
     silent_drivers: list[str] = field(default_factory=list)
     reaped: list[str] = field(default_factory=list)  # "<cluster>/<instance id>"
     reaper_failed: list[str] = field(default_factory=list)  # why, when it could not look or act
+    drivers_lost: list[str] = field(default_factory=list)  # taken over, cluster torn down
+    retried: list[str] = field(default_factory=list)  # queued again for another attempt
 
     def as_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -71,6 +86,8 @@ class Watchdog:
         attention_window_s: float = 24 * 3600,
         reaper: ClusterReaper | None = None,
         clock: Callable[[], datetime] = utc_now,
+        teardown: ClusterTeardown | None = None,
+        lease_s: float = 60,
     ) -> None:
         self._store = store
         self._launcher = launcher
@@ -79,6 +96,8 @@ class Watchdog:
         self._heartbeat_grace = timedelta(seconds=heartbeat_grace_s)
         self._attention_window = timedelta(seconds=attention_window_s)
         self._clock = clock
+        self._teardown = teardown  # None: lost drivers are only reported (silent_drivers)
+        self._lease = timedelta(seconds=lease_s)
 
     def sweep(self) -> SweepReport:
         now = self._clock()
@@ -86,8 +105,11 @@ class Watchdog:
         jobs = self._store.list_jobs()
         for job in jobs:
             if job.status == JobStatus.LAUNCHING and now - parse_iso(job.updated_at) > self._launch_grace:
-                if self._fail_unclaimed(job):
+                if self._fail_unclaimed(job, report):
                     report.failed_unclaimed.append(job.job_id)
+                continue
+            if self._teardown and job.status in _DRIVEN and now - self._last_beat(job) > self._lease:
+                self.take_over(job, report)
                 continue
             if job.is_terminal and job.slot_held and self._launcher.release(job):
                 report.slots_released.append(job.job_id)
@@ -102,19 +124,83 @@ class Watchdog:
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
-        report.launched = [j.job_id for j in self._launcher.launch_queued(jobs)]
+        changed = report.failed_unclaimed or report.drivers_lost
+        report.launched = [j.job_id for j in self._launcher.launch_queued(None if changed else jobs)]
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report
 
-    def _fail_unclaimed(self, job: Job) -> bool:
+    @staticmethod
+    def _last_beat(job: Job) -> datetime:
+        return parse_iso(job.heartbeat_at or job.updated_at)
+
+    def _fail_unclaimed(self, job: Job, report: SweepReport) -> bool:
+        message = (f"no driver claimed the job within {int(self._launch_grace.total_seconds())} s of "
+                   "its launch (bastion down or its SSM command lost); no cluster was started")  # fmt: skip
         try:
+            retry = self._next_attempt(job, JobStatus.FAILED, ReasonCode.DRIVER_NOT_STARTED, message)
+            if retry is not None:
+                self._launcher.requeue(job, retry)
+                report.retried.append(job.job_id)
+                return True
             failed = self._store.transition(
-                job, JobStatus.FAILED, reason_code=ReasonCode.DRIVER_NOT_STARTED,
-                reason_message=(f"no driver claimed the job within {int(self._launch_grace.total_seconds())} s of "
-                                "its launch (bastion down or its SSM command lost); no cluster was started"),
-            )  # fmt: skip
+                job, JobStatus.FAILED, reason_code=ReasonCode.DRIVER_NOT_STARTED, reason_message=message
+            )
         except (TransitionConflict, IllegalTransition):
             return False  # the driver claimed it meanwhile
         self._launcher.release(failed)
         return True
+
+    def take_over(self, job: Job, report: SweepReport | None = None) -> Job | None:
+        """Take the job over from its lost driver, tear its cluster down, end it (or queue its next
+        attempt) and give back its slot. None if the job moved on meanwhile (its driver is alive)."""
+        report = report if report is not None else SweepReport()
+        now = self._clock()
+        last = job.heartbeat_at or job.updated_at
+        message = (f"driver lost: no heartbeat since {last} ({(now - parse_iso(last)).total_seconds():.0f} s; "
+                   f"lease {self._lease.total_seconds():.0f} s) while {job.status.value}; cluster torn down by the watchdog")  # fmt: skip
+        try:
+            if job.status == JobStatus.TEARING_DOWN:  # its outcome was decided: keep it
+                job = self._store.take_over(job, WATCHDOG_OWNER)
+            else:
+                job = self._store.transition(
+                    job, JobStatus.TEARING_DOWN, owner=WATCHDOG_OWNER, heartbeat_at=iso(now),
+                    pending_outcome=JobStatus.FAILED, reason_code=ReasonCode.DRIVER_LOST, reason_message=message,
+                )  # fmt: skip
+        except (TransitionConflict, IllegalTransition):
+            return None  # a driver wrote meanwhile: it is alive
+        log.warning("job %s: %s", job.job_id, message)
+        report.drivers_lost.append(job.job_id)
+        assert self._teardown is not None
+        try:
+            self._teardown.teardown(job)
+        except (TeardownFailed, RayLauncherError) as err:
+            log.error("job %s: teardown after a lost driver failed: %s", job.job_id, err)
+            return self._end(job, JobStatus.TEARDOWN_FAILED, ReasonCode.TEARDOWN_FAILED,
+                             f"teardown failed ({err}); {job.reason_message or message}")  # fmt: skip
+        final = job.pending_outcome or JobStatus.FAILED
+        reason = job.reason_code or ReasonCode.DRIVER_LOST
+        retry = self._next_attempt(job, final, reason, job.reason_message or message)
+        if retry is not None:
+            try:
+                queued = self._launcher.requeue(job, retry)
+            except (TransitionConflict, IllegalTransition):
+                return None
+            report.retried.append(job.job_id)
+            return queued
+        return self._end(job, final, reason, job.reason_message or message)
+
+    def _end(self, job: Job, status: JobStatus, reason: ReasonCode | None, message: str) -> Job | None:
+        try:
+            ended = self._store.transition(job, status, reason_code=reason, reason_message=message)
+        except (TransitionConflict, IllegalTransition):
+            return None
+        self._launcher.release(ended)
+        return ended
+
+    def _next_attempt(self, job: Job, status: JobStatus, reason: ReasonCode, message: str) -> dict | None:  # type: ignore[type-arg]
+        try:
+            policy = self._launcher.pipelines.get(job.pipeline).retry
+        except RayLauncherError:  # a pipeline removed from the config: not retried
+            return None
+        return next_attempt(job, status, reason, message, policy, self._clock())

@@ -89,7 +89,8 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
                 job_env[key] = os.environ[key]
         backend: ClusterBackend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env)
     else:
-        from raylauncher.clusters.ec2 import Ec2ClusterInstances, Ec2RayBackend
+        from raylauncher.clusters.ec2 import Ec2RayBackend
+        from raylauncher.teardown import Ec2ClusterInstances
 
         if not settings.ec2_deployment_file:
             raise ConfigError("RAYLAUNCHER_EC2_DEPLOYMENT_FILE is required when the cluster backend is 'ec2'")
@@ -116,6 +117,8 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         project_dir=Path(settings.project_dir),
         provisioning_timeout_s=settings.provisioning_timeout_s,
         poll_interval_s=settings.poll_interval_s,
+        heartbeat_interval_s=settings.heartbeat_interval_s,
+        requeue=launcher.requeue,
     )
 
 
@@ -156,9 +159,14 @@ def build_schedule_runner(settings: Settings) -> ScheduleRunner:
 
 def build_watchdog(settings: Settings) -> Watchdog:
     from raylauncher.reaper import Ec2Reaper
+    from raylauncher.teardown import ClusterTeardown, Ec2TagTeardown, LocalProcessTeardown
     from raylauncher.watchdog import Watchdog
 
     store = build_store(settings)
     # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).
     reaper = Ec2Reaper(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else None
-    return Watchdog(store, build_launcher(settings, store), reaper=reaper)
+    teardown: ClusterTeardown = (
+        Ec2TagTeardown(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else LocalProcessTeardown()
+    )
+    return Watchdog(store, build_launcher(settings, store), reaper=reaper, teardown=teardown,
+                    lease_s=settings.driver_lease_s)  # fmt: skip

@@ -39,7 +39,7 @@ from raylauncher.errors import (
     TeardownFailed,
 )
 from raylauncher.model import Job, utc_now
-from raylauncher.reaper import ALIVE_STATES, TERMINATE_BATCH
+from raylauncher.teardown import Ec2ClusterInstances
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,8 @@ class Ec2RayBackend(ClusterBackend):
         self._down_retry_delay_s = down_retry_delay_s
         self._instances = instances
 
-    def config_path(self, job_id: str) -> Path:
-        return self._config_dir / f"{job_id}.yaml"
+    def config_path(self, run_id: str) -> Path:
+        return self._config_dir / f"{run_id}.yaml"
 
     def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
         deadline = time.monotonic() + timeout_s
@@ -98,12 +98,12 @@ class Ec2RayBackend(ClusterBackend):
         except ConfigError as err:
             raise ProvisioningFailed(f"the rendered cluster config is invalid: {err}") from None
         self._config_dir.mkdir(parents=True, exist_ok=True)
-        path = write_cluster_config(config, self.config_path(job.job_id))
+        path = write_cluster_config(config, self.config_path(job.run_id))
 
         up_started = time.monotonic()
         result = run_cli(
             [self._ray_bin, "up", "-y", "--no-config-cache", str(path)],
-            deadline - time.monotonic(), self._env, job.job_id, should_stop=cancelled,
+            deadline - time.monotonic(), self._env, job.run_id, should_stop=cancelled,
         )  # fmt: skip
         if result.interrupted:
             raise ProvisioningCancelled("cancel requested while `ray up` ran; it was stopped")
@@ -113,7 +113,7 @@ class Ec2RayBackend(ClusterBackend):
             raise ProvisioningFailed(f"`ray up` {result.describe()}")
 
         ray_up_s = time.monotonic() - up_started
-        ip = self._head_ip(path, deadline, job.job_id)
+        ip = self._head_ip(path, deadline, job.run_id)
         dashboard_url = f"http://{ip}:{self._dashboard_port}"
         wait_for_jobs_api(dashboard_url, deadline, cancelled, lambda: None)
         nodes = wait_for_nodes(dashboard_url, 1 + pipeline.cluster.min_workers, deadline, cancelled)
@@ -142,10 +142,10 @@ class Ec2RayBackend(ClusterBackend):
             raise ProvisioningFailed(f"`ray get-head-ip` gave no head address: {result.describe()}") from None
 
     def down(self, job: Job) -> int:
-        path = self.config_path(job.job_id)
+        path = self.config_path(job.run_id)
         if not path.exists():
             return 0  # `ray up` never ran for this job: nothing can exist
-        name = cluster_name(job.job_id)
+        name = cluster_name(job.run_id)
         deadline = time.monotonic() + self._teardown_timeout_s
         attempts, last_problem = 0, ""
         if self._instances is not None:
@@ -156,7 +156,7 @@ class Ec2RayBackend(ClusterBackend):
                 log.warning("job %s: terminating %s by tag failed (%s); `ray down` follows", job.job_id, name, err)
         while attempts < self._down_attempts and time.monotonic() < deadline:
             attempts += 1
-            result = run_cli([self._ray_bin, "down", "-y", str(path)], deadline - time.monotonic(), self._env, job.job_id)
+            result = run_cli([self._ray_bin, "down", "-y", str(path)], deadline - time.monotonic(), self._env, job.run_id)
             if not result.ok:
                 last_problem = f"`ray down` {result.describe()}"
             else:
@@ -168,25 +168,3 @@ class Ec2RayBackend(ClusterBackend):
             log.warning("job %s: teardown attempt %d failed: %s", job.job_id, attempts, last_problem)
             time.sleep(max(0.0, min(self._down_retry_delay_s, deadline - time.monotonic())))
         raise TeardownFailed(f"cluster {name} not verified down after {attempts} attempt(s): {last_problem}", attempts)
-
-
-class Ec2ClusterInstances:
-    """Verifies teardown independently of `ray down`'s exit code: instances by the launcher's tag."""
-
-    def __init__(self, ec2_client: object) -> None:
-        self._ec2 = ec2_client
-
-    def __call__(self, name: str) -> list[str]:
-        pages = self._ec2.get_paginator("describe_instances").paginate(  # type: ignore[attr-defined]
-            Filters=[
-                {"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [name]},
-                {"Name": "instance-state-name", "Values": ALIVE_STATES},
-            ]
-        )
-        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
-
-    def terminate(self, name: str) -> list[str]:
-        ids = self(name)
-        for start in range(0, len(ids), TERMINATE_BATCH):
-            self._ec2.terminate_instances(InstanceIds=ids[start : start + TERMINATE_BATCH])  # type: ignore[attr-defined]
-        return ids

@@ -18,7 +18,8 @@ from typing import Any
 
 from raylauncher.config import Ec2Deployment, Pipeline
 from raylauncher.errors import ConfigError
-from raylauncher.model import Job, iso, require_job_id
+from raylauncher.errors import InvalidJobId
+from raylauncher.model import RUN_ID_PATTERN, Job, iso
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG, TAG_PREFIX
 
 TEMPLATE = Path(__file__).with_name("templates") / "cluster.yaml"
@@ -30,9 +31,12 @@ _VERSION = re.compile(r"\d+\.\d+\.\d+")
 _SSH_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
-def cluster_name(job_id: str) -> str:
-    """The Ray cluster name of a job: one cluster per job, found again by this name."""
-    return CLUSTER_NAME_PREFIX + require_job_id(job_id)
+def cluster_name(run_id: str) -> str:
+    """The Ray cluster name of a job attempt (`Job.run_id`): one cluster per attempt, found
+    again by this name."""
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise InvalidJobId(run_id)
+    return CLUSTER_NAME_PREFIX + run_id
 
 
 def pinned_ray_version() -> str:
@@ -138,7 +142,7 @@ def render_cluster_config(
     tags = _tags(job, pipeline, expires_at)
 
     config: dict[str, Any] = yaml.safe_load(TEMPLATE.read_text(encoding="utf-8"))
-    config["cluster_name"] = cluster_name(job.job_id)
+    config["cluster_name"] = cluster_name(job.run_id)
     config["max_workers"] = profile.max_workers
     config["idle_timeout_minutes"] = profile.idle_timeout_minutes
     config["provider"]["region"] = deployment.region

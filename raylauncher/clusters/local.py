@@ -91,13 +91,13 @@ class LocalRayBackend(ClusterBackend):
             "--disable-usage-stats",
         ]  # fmt: skip
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self._log_dir / f"{job.job_id}.ray-start.log"
+        log_path = self._log_dir / f"{job.run_id}.ray-start.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env={**self._env, MARKER_ENV: job.job_id}, stdin=subprocess.DEVNULL, stdout=out,
+                cmd, env={**self._env, MARKER_ENV: job.run_id}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
-        self._clusters[job.job_id] = _LocalCluster(proc, proc.pid, temp_dir)
+        self._clusters[job.run_id] = _LocalCluster(proc, proc.pid, temp_dir)
         dashboard_url = f"http://127.0.0.1:{dashboard_port}"
         log.info("job %s: local ray head starting (session %d, %s)", job.job_id, proc.pid, dashboard_url)
 
@@ -114,14 +114,14 @@ class LocalRayBackend(ClusterBackend):
         )
 
     def down(self, job: Job) -> int:
-        cluster = self._clusters.pop(job.job_id, None)
+        cluster = self._clusters.pop(job.run_id, None)
         if cluster is not None:
             session_id, temp_dir = cluster.session_id, cluster.temp_dir
         elif job.cluster and job.cluster.get("backend") == "local":  # a driver restarted after a crash
             session_id, temp_dir = int(job.cluster["session_id"]), Path(job.cluster["temp_dir"])
         else:
             return 0  # nothing was started for this job
-        survivors = stop_processes(session_id, job.job_id, self._stop_grace_s)
+        survivors = stop_processes(session_id, job.run_id, self._stop_grace_s)
         if cluster is not None:
             try:
                 cluster.process.wait(timeout=self._stop_grace_s)  # reap our direct child

@@ -72,6 +72,24 @@ def stop_processes(session_id: int, marker: str | None, grace_s: float) -> list[
     return processes_of(session_id, marker)
 
 
+def stop_marked(marker: str, grace_s: float, session_id: int | None = None) -> list[psutil.Process]:
+    """Stop a cluster whose launching process is gone (its driver died): every session that a
+    process carrying `marker` belongs to (and `session_id`, if known), plus every process
+    carrying the marker. Returns what survived."""
+    sessions = {session_id} if session_id else set()
+    for proc in psutil.process_iter():
+        if _marker_of(proc) == marker and _live(proc):
+            try:
+                sessions.add(os.getsid(proc.pid))
+            except OSError:
+                continue
+    sessions.discard(os.getsid(0))  # never our own session
+    survivors: list[psutil.Process] = []
+    for sid in sessions or {-1}:  # -1: no session known; the marker alone still applies
+        survivors += stop_processes(sid, marker, grace_s)
+    return survivors
+
+
 @dataclass(frozen=True)
 class CliResult:
     returncode: int | None  # None when we killed it

@@ -2,6 +2,7 @@
 
 import json
 import time
+from datetime import timedelta
 
 import pytest
 
@@ -10,9 +11,9 @@ from raylauncher import aws
 from raylauncher.config import Settings
 from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import MAX_RECEIVE_COUNT, LocalResources
-from raylauncher.model import JobStatus, ReasonCode
+from raylauncher.model import JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.store import DynamoJobStore
-from raylauncher.wiring import build_objects, build_store
+from raylauncher.wiring import build_launcher, build_objects, build_store
 from tests.conftest import launcher_calls
 
 
@@ -95,7 +96,7 @@ def test_when_the_job_cannot_be_recorded_the_message_is_kept(
     assert launcher_calls(settings) == []
 
 
-def test_a_bastion_that_cannot_be_reached_fails_the_job_with_a_reason(
+def test_a_bastion_that_cannot_be_reached_is_retried_then_fails_the_job_with_a_reason(
     settings: Settings, intake_env: LocalResources, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a bastion whose command fails
@@ -105,11 +106,24 @@ def test_a_bastion_that_cannot_be_reached_fails_the_job_with_a_reason(
     aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/x.csv", Body=b"x")
     # When the file is taken in
     drain(poller(settings, intake_env), rounds=2)
-    # Then the job is recorded FAILED(LAUNCH_FAILED) with the bastion's words, and the input is
-    # kept in its manifest (the message is consumed: the job record is the trace)
-    (job,) = build_store(settings).list_jobs()
-    assert (job.status, job.reason_code) == (JobStatus.FAILED, ReasonCode.LAUNCH_FAILED)
+    # Then the first attempt is recorded LAUNCH_FAILED with the bastion's words and the job waits
+    # QUEUED for its second attempt (an infrastructure failure; the pipeline allows 2 attempts)
+    store = build_store(settings)
+    (job,) = store.list_jobs()
+    assert (job.status, job.attempt, job.slot_held) == (JobStatus.QUEUED, 2, False)
+    (first,) = job.attempts
+    assert first["reason_code"] == ReasonCode.LAUNCH_FAILED and "/nonexistent/raylauncher" in first["reason_message"]
+    assert job.retry_at and parse_iso(job.retry_at) > utc_now()
+    # And it is not launched again before its backoff has passed
+    assert build_launcher(broken, store).launch_queued() == []
+    # When the backoff has passed and queued jobs are launched (the watchdog's sweep does it)
+    store.mark(job, retry_at=iso(utc_now() - timedelta(seconds=1)))
+    build_launcher(broken, store).launch_queued()
+    # Then the last attempt fails too and the job ends FAILED(LAUNCH_FAILED): no attempt left
+    job = store.get(job.job_id)
+    assert (job.status, job.reason_code, job.attempt, len(job.attempts)) == (JobStatus.FAILED, ReasonCode.LAUNCH_FAILED, 2, 1)
     assert "/nonexistent/raylauncher" in (job.reason_message or "")
+    # And the input is kept in its manifest (the message is consumed: the job record is the trace)
     assert manifests(build_store(settings), settings)[job.job_id] == ["incoming/sales/x.csv"]
     assert queue_depth(settings, intake_env.queue_url) == 0
 

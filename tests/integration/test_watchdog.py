@@ -24,26 +24,36 @@ def system(settings: Settings):
     return store, build_launcher(settings, store)
 
 
-def test_unclaimed_launch_fails_with_reason_and_its_slot_launches_the_next_job(settings: Settings, system) -> None:
+def test_unclaimed_launch_is_retried_or_fails_with_reason_and_its_slot_launches_the_next_job(
+    settings: Settings, system
+) -> None:
     store, launcher = system
-    # Given the pipeline's 2 slots held by two LAUNCHING jobs whose driver never showed up,
-    # and a third job QUEUED behind them
-    launched = [launcher.try_launch(store.create(Job.new("sales-summary", "api"))) for _ in range(2)]
+    # Given the pipeline's 2 slots held by two LAUNCHING jobs whose driver never showed up — one
+    # on its first attempt, one already on its last (the pipeline allows 2) — and a third job
+    # QUEUED behind them
+    first_try, last_try = [launcher.try_launch(store.create(Job.new("sales-summary", "api"))) for _ in range(2)]
+    last_try = store.mark(last_try, attempt=2)
     queued = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
-    assert [j.status for j in launched] == [JobStatus.LAUNCHING] * 2 and queued.status == JobStatus.QUEUED
+    assert {first_try.status, last_try.status} == {JobStatus.LAUNCHING} and queued.status == JobStatus.QUEUED
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2
     calls_before = len(launcher_calls(settings))
     # When the watchdog sweeps 11 minutes later (grace: 10 minutes)
     later = utc_now() + timedelta(minutes=11)
     report = Watchdog(store, launcher, launch_grace_s=600, clock=lambda: later).sweep()
-    # Then both lost launches FAILED with DRIVER_NOT_STARTED and a message, slots given back once
-    for job in launched:
-        after = store.get(job.job_id)
-        assert after.status == JobStatus.FAILED
-        assert after.reason_code == ReasonCode.DRIVER_NOT_STARTED and "no driver claimed" in (after.reason_message or "")
-        assert after.slot_held is False
-    assert sorted(report.failed_unclaimed) == sorted(j.job_id for j in launched)
-    # And the queued job was launched into a freed slot (its driver asked for once)
+    # Then the first is QUEUED again for attempt 2 (DRIVER_NOT_STARTED is an infrastructure
+    # failure), its first attempt kept with the reason, waiting for its backoff
+    retried = store.get(first_try.job_id)
+    assert (retried.status, retried.attempt, retried.slot_held) == (JobStatus.QUEUED, 2, False)
+    assert retried.attempts[0]["reason_code"] == ReasonCode.DRIVER_NOT_STARTED
+    assert "no driver claimed" in retried.attempts[0]["reason_message"]
+    assert report.retried == [first_try.job_id]
+    # And the one without attempts left FAILED with DRIVER_NOT_STARTED and a message
+    failed = store.get(last_try.job_id)
+    assert (failed.status, failed.reason_code, failed.slot_held) == (JobStatus.FAILED, ReasonCode.DRIVER_NOT_STARTED, False)
+    assert "no driver claimed" in (failed.reason_message or "")
+    assert sorted(report.failed_unclaimed) == sorted([first_try.job_id, last_try.job_id])
+    # And the queued job was launched into a freed slot (its driver asked for once); the retry
+    # waits for its backoff
     assert report.launched == [queued.job_id]
     assert store.get(queued.job_id).status == JobStatus.LAUNCHING
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 1

@@ -63,6 +63,18 @@ class MemoryStore(JobStore):
         self.jobs[job.job_id] = current.model_copy(update=fields)
         return self.jobs[job.job_id]
 
+    def renew_lease(self, job_id: str, owner: str) -> None:
+        current = self.jobs[job_id]
+        if current.owner != owner or current.is_terminal:
+            raise TransitionConflict(job_id, "owned by " + owner, current.status.value)
+
+    def take_over(self, job: Job, owner: str, **fields: Any) -> Job:
+        current = self.jobs[job.job_id]
+        if (current.status, current.version) != (job.status, job.version):
+            raise TransitionConflict(job.job_id, job.status.value, current.status.value)
+        self.jobs[job.job_id] = current.model_copy(update={"owner": owner, "version": job.version + 1, **fields})
+        return self.jobs[job.job_id]
+
 
 class MemoryObjects(ObjectStore):
     def __init__(self) -> None:

@@ -27,6 +27,8 @@ ALLOWED = {
     (S.RUNNING, S.TEARING_DOWN),
     (S.TEARING_DOWN, S.SUCCEEDED), (S.TEARING_DOWN, S.FAILED), (S.TEARING_DOWN, S.CANCELLED),
     (S.TEARING_DOWN, S.TIMED_OUT), (S.TEARING_DOWN, S.TEARDOWN_FAILED),
+    # retries: back to QUEUED once no cluster exists (never launched / verified torn down)
+    (S.LAUNCHING, S.QUEUED), (S.TEARING_DOWN, S.QUEUED),
 }  # fmt: skip
 ALL_PAIRS = list(product(JobStatus, JobStatus))
 

@@ -30,6 +30,12 @@ class ListOnlyStore(JobStore):
     def mark(self, job: Job, **fields: Any) -> Job:
         raise NotImplementedError
 
+    def renew_lease(self, job_id: str, owner: str) -> None:
+        raise NotImplementedError
+
+    def take_over(self, job: Job, owner: str, **fields: Any) -> Job:
+        raise NotImplementedError
+
 
 def jobs_at(times: list[datetime], pipeline: str = "p-1") -> list[Job]:
     return [Job.new(pipeline, "s3", t) for t in times]

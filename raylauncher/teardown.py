@@ -1,0 +1,104 @@
+"""Tearing a job's cluster down from what its record holds, without its driver: what the
+watchdog does for a job whose driver was lost (DRIVER_LOST).
+
+A port with two adapters: on EC2, the EC2 API by the cluster's tag (`ray-cluster-name`), then
+verified by the same tag — no Ray and no SSH needed, so the watchdog Lambda can do it; locally,
+the processes of the job attempt's cluster, by the marker every one of them carries and by
+their sessions (never `ray stop`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from raylauncher.aws import error_code
+from raylauncher.errors import TeardownFailed
+from raylauncher.model import Job
+from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
+
+log = logging.getLogger(__name__)
+
+#: Instance states that still cost (or may again): everything but shutting-down/terminated.
+ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
+TERMINATE_BATCH = 500
+
+
+class ClusterTeardown(ABC):
+    @abstractmethod
+    def teardown(self, job: Job) -> None:
+        """Remove the cluster of the job's current attempt; TeardownFailed if it cannot be
+        verified gone. Safe when nothing was ever started."""
+
+
+class Ec2ClusterInstances:
+    """The EC2 API by the launcher's tag: find, terminate, verify a cluster's instances."""
+
+    def __init__(self, ec2_client: Any) -> None:
+        self._ec2 = ec2_client
+
+    def __call__(self, name: str) -> list[str]:
+        """Ids of the cluster's instances that are not (being) terminated."""
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [name]},
+                {"Name": "instance-state-name", "Values": ALIVE_STATES},
+            ]
+        )
+        return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def terminate(self, name: str) -> list[str]:
+        """Terminate every instance of the cluster that is not terminated; returns their ids."""
+        ids = self(name)
+        for start in range(0, len(ids), TERMINATE_BATCH):
+            self._ec2.terminate_instances(InstanceIds=ids[start : start + TERMINATE_BATCH])
+        return ids
+
+
+def cluster_name_of(job: Job) -> str:
+    recorded = (job.cluster or {}).get("cluster_name")
+    return str(recorded) if recorded else CLUSTER_NAME_PREFIX + job.run_id
+
+
+class Ec2TagTeardown(ClusterTeardown):
+    def __init__(self, ec2_client: Any, attempts: int = 3, retry_delay_s: float = 2.0) -> None:
+        self._instances = Ec2ClusterInstances(ec2_client)
+        self._attempts = attempts
+        self._retry_delay_s = retry_delay_s
+
+    def teardown(self, job: Job) -> None:
+        name = cluster_name_of(job)
+        problem = ""
+        for attempt in range(1, self._attempts + 1):
+            try:
+                ended = self._instances.terminate(name)
+                left = self._instances(name)
+            except (ClientError, BotoCoreError) as err:
+                problem = f"EC2 API error {error_code(err)}"
+            else:
+                if not left:
+                    log.info("job %s: cluster %s terminated by tag (%d instance(s))", job.job_id, name, len(ended))
+                    return
+                problem = f"still alive: {', '.join(left)}"
+            log.warning("job %s: teardown of %s by tag, attempt %d: %s", job.job_id, name, attempt, problem)
+            time.sleep(self._retry_delay_s)
+        raise TeardownFailed(f"cluster {name} not verified down by tag: {problem}", self._attempts)
+
+
+class LocalProcessTeardown(ClusterTeardown):
+    """Local clusters: every process carrying the attempt's marker, and their sessions."""
+
+    def __init__(self, grace_s: float = 5.0) -> None:
+        self._grace_s = grace_s
+
+    def teardown(self, job: Job) -> None:
+        from raylauncher.clusters.processes import stop_marked  # psutil: local mode only
+
+        session = (job.cluster or {}).get("session_id")
+        survivors = stop_marked(job.run_id, self._grace_s, int(session) if session else None)
+        if survivors:
+            raise TeardownFailed(f"{len(survivors)} process(es) of {job.run_id} survived SIGKILL", 1)

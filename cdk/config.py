@@ -66,7 +66,7 @@ class DeploymentConfig(_Strict):
     bastion_instance_type: str = Field(default="t3.medium", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
     create_vpc_endpoints: bool = Field(default=True, description="false if your VPC already has them")
     max_clusters_total: int = Field(default=10, ge=1, le=1000)
-    watchdog_rate_minutes: int = Field(default=5, ge=1, le=60)
+    watchdog_rate_minutes: int = Field(default=1, ge=1, le=60)  # lost drivers: taken over within lease + this
     log_retention: LogRetention = Field(default="ONE_MONTH", description="CloudWatch Logs retention (CDK RetentionDays name)")
     logs_expire_days: int = Field(default=90, ge=1, description="job logs and manifests under jobs/")
     api_throttle_rate: float = Field(default=20, gt=0)

@@ -65,6 +65,8 @@ def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, pro
         detach="process",
         poll_interval_s=0.5,
         provisioning_timeout_s=120,
+        heartbeat_interval_s=2,  # locally the watchdog sweeps every few seconds (serve)
+        driver_lease_s=10,
     ).model_copy(update=changes)
 
 
@@ -76,6 +78,7 @@ def local_system(
     start_poller: bool = True,
     backend: Backend = "local",
     region: str = "us-east-1",
+    **settings_changes: Any,
 ) -> Iterator[LocalSystem]:
     """moto server + resources + the intake poller (+ the EC2 stand-in for backend "ec2");
     environment restored and everything stopped on exit."""
@@ -85,7 +88,8 @@ def local_system(
 
     saved = dict(os.environ)
     with MotoServer() as moto, ExitStack() as stack:
-        settings = local_settings(moto.endpoint_url, state_dir, pipelines_file, project_dir, region=region)
+        settings = local_settings(moto.endpoint_url, state_dir, pipelines_file, project_dir, region=region,
+                                  **settings_changes)  # fmt: skip
         standin = None
         if backend == "ec2":
             standin, settings = _start_standin(stack, settings, project_dir)

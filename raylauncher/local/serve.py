@@ -2,27 +2,33 @@
 HTTP API on 127.0.0.1, until Ctrl-C.
 
 Jobs started here really run: the local bastion starts drivers, which start local Ray clusters.
-The watchdog sweeps every minute, as its schedule does on AWS.
-On Ctrl-C every unfinished job is cancelled and awaited, so no cluster outlives the moto
-server its driver reports to.
+The watchdog sweeps every few seconds (on AWS its schedule: every minute), so a dead driver's
+cluster is torn down within its lease plus one sweep.
+On Ctrl-C or SIGTERM every unfinished job is cancelled and awaited while the watchdog keeps
+sweeping (a job whose driver is gone is taken over and its cluster torn down); what is still not
+finished after SHUTDOWN_TIMEOUT_S is taken over at once. No cluster outlives the moto server
+its driver reports to.
 """
 
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
+from types import FrameType
 
 from raylauncher.control import request_cancel
 from raylauncher.errors import RayLauncherError
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
 from raylauncher.local.stack import FAKE_CREDENTIALS
+from raylauncher.watchdog import Watchdog
 from raylauncher.wiring import build_watchdog
 
-SHUTDOWN_TIMEOUT_S = 180
-WATCHDOG_EVERY_S = 60
+SHUTDOWN_TIMEOUT_S = 120
+WATCHDOG_EVERY_S = 5
 
 
 def write_env_file(system: LocalSystem, path: Path) -> None:
@@ -53,8 +59,9 @@ def usage(base_url: str, env_file: Path, pipeline: str, schedule: str | None) ->
     return "\n".join(lines)
 
 
-def stop_unfinished_jobs(system: LocalSystem) -> bool:
-    """Cancel every job not yet terminal and wait for them to end; True if all ended."""
+def stop_unfinished_jobs(system: LocalSystem, watchdog: Watchdog, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
+    """Cancel every job not yet terminal and wait for them to end, sweeping meanwhile (lost
+    drivers are taken over); then take over what is left. True if every job ended."""
     unfinished = [j for j in system.store.list_jobs() if not j.is_terminal]
     if not unfinished:
         return True
@@ -64,18 +71,44 @@ def stop_unfinished_jobs(system: LocalSystem) -> bool:
             request_cancel(system.store, job.job_id)
         except RayLauncherError as err:
             print(f"  could not cancel {job.job_id}: {err}", file=sys.stderr)
-    jobs = wait_for_jobs(system.store, lambda js: all(j.is_terminal for j in js), SHUTDOWN_TIMEOUT_S)
-    left = [j.job_id for j in jobs if not j.is_terminal]
+    deadline = time.monotonic() + timeout_s
+    jobs = system.store.list_jobs()
+    try:
+        while time.monotonic() < deadline and not all(j.is_terminal for j in jobs):
+            _sweep(watchdog)
+            jobs = wait_for_jobs(system.store, lambda js: all(j.is_terminal for j in js), WATCHDOG_EVERY_S)
+    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting, but the clusters still go
+        print("not waiting any longer: tearing the clusters down now", file=sys.stderr)
+        jobs = system.store.list_jobs()
+    for job in (j for j in jobs if not j.is_terminal):
+        print(f"  {job.job_id} has not ended: the watchdog takes it over", file=sys.stderr)
+        try:
+            watchdog.take_over(job)
+        except RayLauncherError as err:
+            print(f"  could not take over {job.job_id}: {err}", file=sys.stderr)
+    left = [j.job_id for j in system.store.list_jobs() if not j.is_terminal]
     if left:
-        print(f"still not finished after {SHUTDOWN_TIMEOUT_S}s: {', '.join(left)}", file=sys.stderr)
+        print(f"still not finished: {', '.join(left)}", file=sys.stderr)
     else:
         print("every job has ended")
     return not left
 
 
+def _sweep(watchdog: Watchdog) -> None:
+    try:
+        watchdog.sweep()
+    except RayLauncherError as err:  # logged; the next sweep tries again
+        print(f"watchdog sweep failed: {err}", file=sys.stderr)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops serve the way Ctrl-C does
+
+
 def run_serve(port: int) -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     env_file = state_dir / "serve.env"
+    previous = signal.getsignal(signal.SIGTERM)
     with local_system(state_dir) as system:
         from lambdas.api import handler as api_handler  # the deployed handler (on sys.path now)
 
@@ -93,23 +126,19 @@ def run_serve(port: int) -> int:
                 sys.stdout.flush()
                 # The watchdog's schedule, locally: a sweep every WATCHDOG_EVERY_S.
                 watchdog, next_sweep = build_watchdog(system.settings), time.monotonic() + WATCHDOG_EVERY_S
+                signal.signal(signal.SIGTERM, _interrupt)
                 try:
                     while True:
                         time.sleep(1)
                         if time.monotonic() >= next_sweep:
                             next_sweep = time.monotonic() + WATCHDOG_EVERY_S
-                            try:
-                                watchdog.sweep()
-                            except RayLauncherError as err:  # logged; the next sweep tries again
-                                print(f"watchdog sweep failed: {err}", file=sys.stderr)
+                            _sweep(watchdog)
                 except KeyboardInterrupt:
                     print("\nstopping the API…")
-            try:
-                ok = stop_unfinished_jobs(system)
-            except KeyboardInterrupt:
-                print("not waiting any longer: clusters of unfinished jobs may be left", file=sys.stderr)
-                ok = False
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
+            ok = stop_unfinished_jobs(system, watchdog)
         finally:
+            signal.signal(signal.SIGTERM, previous)
             api_handler.services.cache_clear()
             env_file.unlink(missing_ok=True)
     return 0 if ok else 1

@@ -145,7 +145,7 @@ def test_schedules_come_from_the_pipeline_config_plus_the_watchdog(default_stack
         assert props["ScheduleExpression"] == sch.expression
         assert props["ScheduleExpressionTimezone"] == sch.timezone
         assert json.loads(props["Target"]["Input"]) == schedule_input(pipeline.name, sch.name)
-    assert schedules["raylauncher watchdog sweep"]["ScheduleExpression"] == "rate(5 minutes)"
+    assert schedules["raylauncher watchdog sweep"]["ScheduleExpression"] == "rate(1 minute)"
 
 
 def test_api_routes_are_the_openapi_documents(default_stack: Synthesized) -> None:

@@ -15,14 +15,14 @@ from raylauncher.clusters.base import ClusterHandle
 from raylauncher.clusters.processes import run_cli
 from raylauncher.config import parse_pipelines
 from raylauncher.driver import Driver, TimedJobsClient
-from raylauncher.errors import JobNotFound, StorageError, TransitionConflict
+from raylauncher.errors import JobNotFound, ProvisioningFailed, StorageError, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, check_transition
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
 
 PIPELINES = parse_pipelines(
     {"pipelines": [{"name": "probe", "trigger": {"prefix": "in/"}, "entrypoint": {"script": "jobs/probe/main.py"},
-                    "output_prefix": "out/"}]}
+                    "output_prefix": "out/", "retry": {"backoff_s": 0}}]}
 )  # fmt: skip
 
 
@@ -236,3 +236,105 @@ def test_a_refused_submission_is_retried_and_never_doubled(tmp_path: Path) -> No
     assert head.submits == [job.job_id, job.job_id]
     assert done.status == JobStatus.SUCCEEDED
     assert backend.calls == ["up", "down"]
+
+
+# -- lease, takeover and retries ------------------------------------------------------------
+
+
+class RunningRay(SucceedingRay):
+    """Reports RUNNING; on the `after`-th poll, `meanwhile()` runs (e.g. a watchdog's takeover)."""
+
+    def __init__(self, meanwhile: Any, after: int = 2, message: str = "") -> None:
+        self.polls, self.meanwhile, self.after, self.message = 0, meanwhile, after, message
+        self.stopped: list[str] = []
+
+    def get_job_info(self, job_id: str) -> Any:
+        self.polls += 1
+        if self.polls == self.after:
+            self.meanwhile()
+        return SimpleNamespace(status="STOPPED" if self.stopped else "RUNNING", message=self.message)
+
+    def stop_job(self, job_id: str) -> bool:
+        self.stopped.append(job_id)
+        return True
+
+
+def test_a_driver_whose_job_was_taken_over_leaves_it_and_its_cluster_alone(tmp_path: Path) -> None:
+    # Given a running job whose driver is declared lost meanwhile: the watchdog takes it over
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+
+    def watchdog_takes_over() -> None:
+        current = store.get(job.job_id)
+        store.transition(current, JobStatus.TEARING_DOWN, owner="watchdog", reason_code=ReasonCode.DRIVER_LOST)
+
+    # When the driver comes back to life and polls on (renewing its lease every 0.1 s)
+    driver = driver_for(store, backend, tmp_path, RunningRay(watchdog_takes_over))
+    driver._heartbeat_s = 0.1
+    done = driver.run(job.job_id)
+    # Then it neither tears the cluster down nor writes the job: both are the watchdog's
+    assert backend.calls == ["up"]
+    assert (done.status, done.owner, done.reason_code) == (JobStatus.TEARING_DOWN, "watchdog", ReasonCode.DRIVER_LOST)
+
+
+def test_an_infrastructure_failure_is_queued_for_another_attempt_after_teardown(tmp_path: Path) -> None:
+    # Given a cluster that fails to come up, and a pipeline allowing 2 attempts (the default)
+    class FailingUp(RecordingBackend):
+        def up(self, job: Job, pipeline: Any, timeout_s: float, cancelled: Any) -> ClusterHandle:
+            self.calls.append(f"up {job.run_id}")
+            raise ProvisioningFailed("ray up exited 1: no capacity")
+
+    store, backend = MemoryStore(), FailingUp()
+    job = launching_job(store)
+    requeued: list[dict[str, Any]] = []
+
+    def requeue(current: Job, fields: dict[str, Any]) -> Job:
+        requeued.append(fields)
+        return store.transition(current, JobStatus.QUEUED, **fields)
+
+    driver = driver_for(store, backend, tmp_path)
+    driver._requeue = requeue
+    # When the driver runs the first attempt
+    done = driver.run(job.job_id)
+    # Then the cluster was torn down and the job is QUEUED for attempt 2, whose run id differs
+    assert backend.calls == [f"up {job.job_id}", "down"]
+    assert (done.status, done.attempt, done.run_id) == (JobStatus.QUEUED, 2, f"{job.job_id}-a2")
+    (first,) = done.attempts
+    assert (first["status"], first["reason_code"], first["run_id"]) == ("FAILED", "PROVISIONING_FAILED", job.job_id)
+    assert "no capacity" in first["reason_message"] and done.reason_code is None
+    # When the next attempt fails the same way (relaunched: LAUNCHING again)
+    driver.run(store.transition(store.get(job.job_id), JobStatus.LAUNCHING).job_id)
+    # Then no attempt is left: FAILED with the last attempt's reason, both attempts on the record
+    final = store.get(job.job_id)
+    assert (final.status, final.reason_code, final.attempt, len(final.attempts)) == (
+        JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED, 2, 1)  # fmt: skip
+    assert backend.calls[2] == f"up {job.job_id}-a2" and len(requeued) == 1
+
+
+def test_an_application_failure_is_not_retried_and_rays_message_loses_its_colour_codes(tmp_path: Path) -> None:
+    # Given a Ray job that fails with a coloured error message
+    class FailingRay(SucceedingRay):
+        def get_job_info(self, job_id: str) -> Any:
+            return SimpleNamespace(status="FAILED", message="\x1b[31mJob entrypoint failed\x1b[0m: exit code 1")
+
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    driver = driver_for(store, backend, tmp_path, FailingRay())
+    driver._requeue = lambda current, fields: pytest.fail("an application failure must not be retried")
+    # When the driver runs it
+    done = driver.run(job.job_id)
+    # Then it FAILED for good with Ray's words, without escape codes
+    assert (done.status, done.reason_code) == (JobStatus.FAILED, ReasonCode.RAY_JOB_FAILED)
+    assert done.reason_message == "Job entrypoint failed: exit code 1"
+
+
+def test_a_cancelled_job_ends_with_rays_last_status_on_the_record(tmp_path: Path) -> None:
+    # Given a running job
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    ray = RunningRay(lambda: store.mark(store.get(job.job_id), cancel_requested=True))
+    # When it is cancelled while it runs
+    done = driver_for(store, backend, tmp_path, ray).run(job.job_id)
+    # Then Ray was asked to stop it, and the record says what Ray said last: STOPPED, not RUNNING
+    assert (done.status, done.reason_code, ray.stopped) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, [job.job_id])
+    assert done.ray_status == "STOPPED" and backend.calls == ["up", "down"]

@@ -1,7 +1,12 @@
-"""`python -m raylauncher.local.leftovers [--kill]`: list (and with --kill, stop) what our local
-runs left behind: Ray processes of ours (only those carrying our marker variable, never anyone
-else's Ray) and whatever an EC2 stand-in made (network namespaces, bridge and veths named by
-it, its node processes and files). Exits 1 if anything is (still) there."""
+"""`python -m raylauncher.local.leftovers [--kill]`: list (and with --kill, stop) what this
+checkout's local runs left behind: Ray processes of ours (only those carrying our marker
+variables with this checkout's path, never anyone else's Ray, nor another checkout's) and
+whatever an EC2 stand-in made (network namespaces, bridge and veths named by it, its node
+processes and files). Exits 1 if anything of ours is (still) there.
+
+Processes with the job marker but another checkout's path, or no checkout path at all
+(started by code older than the checkout marker), are listed as not ours: not counted, never
+killed. Stop those from the checkout that started them (or by pid, knowing whose they are)."""
 
 import argparse
 import shutil
@@ -9,7 +14,7 @@ import sys
 
 import psutil
 
-from raylauncher.clusters.processes import leftover_processes
+from raylauncher.clusters.processes import CHECKOUT, CHECKOUT_ENV, leftover_processes, marked_processes
 
 
 def _standin_leftovers(kill: bool) -> list[str]:
@@ -23,17 +28,33 @@ def _standin_leftovers(kill: bool) -> list[str]:
     return cleanup.leftovers()
 
 
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"pid {proc.pid}: {' '.join(proc.cmdline())[:200]}"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def _checkout_of(proc: psutil.Process) -> str:
+    try:
+        return proc.environ().get(CHECKOUT_ENV, "?")
+    except psutil.Error:
+        return "?"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kill", action="store_true", help="SIGTERM, then SIGKILL, our leftover processes; "
-                        "remove what EC2 stand-ins left")  # fmt: skip
+    parser.add_argument("--kill", action="store_true", help="SIGTERM, then SIGKILL, this checkout's leftover "
+                        "processes; remove what EC2 stand-ins left")  # fmt: skip
     args = parser.parse_args()
-    procs = leftover_processes()
+    found = marked_processes()
+    procs = found.ours
     for proc in procs:
-        try:
-            print(f"left running: pid {proc.pid}: {' '.join(proc.cmdline())[:200]}")
-        except psutil.Error:
-            print(f"left running: pid {proc.pid}")
+        print(f"left running: {_describe(proc)}")
+    for proc in found.other_checkouts:
+        print(f"not ours (checkout {_checkout_of(proc)}), left alone: {_describe(proc)}")
+    for proc in found.unscoped:
+        print(f"not ours (no checkout marker: started by older code), left alone: {_describe(proc)}")
     if args.kill and procs:
         for sig_procs in (procs, leftover_processes()):
             for proc in sig_procs:
@@ -46,7 +67,10 @@ def main() -> int:
     standin = _standin_leftovers(args.kill)
     for line in standin:
         print(f"left by an EC2 stand-in: {line}")
+    print(f"checkout: {CHECKOUT}")
     print("no Ray process of ours left running" if not procs else f"{len(procs)} Ray process(es) of ours left running")
+    if found.other_checkouts or found.unscoped:
+        print(f"{len(found.other_checkouts) + len(found.unscoped)} marked process(es) not ours (not counted)")
     print("nothing of an EC2 stand-in left" if not standin else f"{len(standin)} thing(s) of an EC2 stand-in left")
     return 1 if procs or standin else 0
 

@@ -1,8 +1,9 @@
 """`python -m raylauncher.local.leftovers [--kill]`: list (and with --kill, stop) what this
 checkout's local runs left behind: Ray processes of ours (only those carrying our marker
 variables with this checkout's path, never anyone else's Ray, nor another checkout's) and
-whatever an EC2 stand-in made (network namespaces, bridge and veths named by it, its node
-processes and files). Exits 1 if anything of ours is (still) there.
+whatever an EC2 stand-in of this checkout made, or one whose owner process is gone (network
+namespaces, bridge and veths named by it, its node processes and files; a live stand-in of
+another checkout is listed and left alone). Exits 1 if anything of ours is (still) there.
 
 Processes with the job marker but another checkout's path, or no checkout path at all
 (started by code older than the checkout marker), are listed as not ours: not counted, never
@@ -17,15 +18,24 @@ import psutil
 from raylauncher.clusters.processes import CHECKOUT, CHECKOUT_ENV, leftover_processes, marked_processes
 
 
-def _standin_leftovers(kill: bool) -> list[str]:
+def _standin_leftovers(kill: bool) -> tuple[list[str], list[str]]:
+    """(lines for this checkout's stand-ins, lines for live stand-ins of others). With `kill`,
+    first removes this checkout's and dead ones (their owner is gone: nobody runs them)."""
     if shutil.which("ip") is None:
-        return []  # no iproute2: no stand-in can have run here
+        return [], []  # no iproute2: no stand-in can have run here
     from raylauncher.local.ec2_standin import cleanup
     from raylauncher.local.ec2_standin.standin import STATE_ROOT
 
+    ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT, CHECKOUT)
     if kill:
-        cleanup.remove_all(STATE_ROOT)
-    return cleanup.leftovers()
+        for standin_id in sorted(ours | dead):
+            cleanup.remove_standin(standin_id, STATE_ROOT)
+        ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT, CHECKOUT)
+    mine = [line for i in sorted(ours) for line in cleanup.leftovers(i)]
+    mine += [f"{line} (stand-in {i}, its owner is gone)" for i in sorted(dead) for line in cleanup.leftovers(i)]
+    others = [f"stand-in {i} (checkout {cleanup.owner_checkout(STATE_ROOT, i) or 'unknown'}) is running"
+              for i in sorted(theirs)]
+    return mine, others
 
 
 def _describe(proc: psutil.Process) -> str:
@@ -64,9 +74,11 @@ def main() -> int:
                     pass
             psutil.wait_procs(sig_procs, timeout=5)
         procs = leftover_processes()
-    standin = _standin_leftovers(args.kill)
+    standin, others = _standin_leftovers(args.kill)
     for line in standin:
         print(f"left by an EC2 stand-in: {line}")
+    for line in others:
+        print(f"not ours, left alone: {line}")
     print(f"checkout: {CHECKOUT}")
     print("no Ray process of ours left running" if not procs else f"{len(procs)} Ray process(es) of ours left running")
     if found.other_checkouts or found.unscoped:

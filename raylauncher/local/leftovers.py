@@ -2,8 +2,9 @@
 checkout's local runs left behind: Ray processes of ours (only those carrying our marker
 variables with this checkout's path, never anyone else's Ray, nor another checkout's) and
 whatever an EC2 stand-in of this checkout made, or one whose owner process is gone (network
-namespaces, bridge and veths named by it, its node processes and files; a live stand-in of
-another checkout is listed and left alone). Exits 1 if anything of ours is (still) there.
+namespaces, bridge and veths named by it, its node processes and files; another checkout's
+stand-in is listed, not counted, and left alone while its owner runs). Exits 1 if anything of
+ours is (still) there.
 
 Processes with the job marker but another checkout's path, or no checkout path at all
 (started by code older than the checkout marker), are listed as not ours: not counted, never
@@ -19,8 +20,9 @@ from raylauncher.clusters.processes import CHECKOUT, CHECKOUT_ENV, leftover_proc
 
 
 def _standin_leftovers(kill: bool) -> tuple[list[str], list[str]]:
-    """(lines for this checkout's stand-ins, lines for live stand-ins of others). With `kill`,
-    first removes this checkout's and dead ones (their owner is gone: nobody runs them)."""
+    """(lines for this checkout's stand-ins, lines for other stand-ins: not ours, not counted).
+    With `kill`, first removes this checkout's and dead ones (their owner process is gone:
+    nobody runs them; `Ec2StandIn.start` removes those too). Live ones of others are left alone."""
     if shutil.which("ip") is None:
         return [], []  # no iproute2: no stand-in can have run here
     from raylauncher.local.ec2_standin import cleanup
@@ -32,9 +34,10 @@ def _standin_leftovers(kill: bool) -> tuple[list[str], list[str]]:
             cleanup.remove_standin(standin_id, STATE_ROOT)
         ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT, CHECKOUT)
     mine = [line for i in sorted(ours) for line in cleanup.leftovers(i)]
-    mine += [f"{line} (stand-in {i}, its owner is gone)" for i in sorted(dead) for line in cleanup.leftovers(i)]
     others = [f"stand-in {i} (checkout {cleanup.owner_checkout(STATE_ROOT, i) or 'unknown'}) is running"
               for i in sorted(theirs)]
+    others += [f"stand-in {i}: its owner is gone (--kill removes it): {line}"
+               for i in sorted(dead) for line in cleanup.leftovers(i)]
     return mine, others
 
 

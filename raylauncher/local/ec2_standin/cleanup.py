@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import psutil
@@ -71,11 +72,18 @@ def _owner(state_root: Path, standin_id: str) -> dict[str, object]:
     return owner if isinstance(owner, dict) else {}
 
 
+#: A state dir younger than this without owner.json is a stand-in starting, not a dead one.
+STARTING_GRACE_S = 60.0
+
+
 def _owner_alive(state_root: Path, standin_id: str) -> bool:
     try:
         pid = int(_owner(state_root, standin_id)["pid"])  # type: ignore[call-overload]
     except (KeyError, TypeError, ValueError):
-        return False
+        try:  # `start` writes owner.json right after making the dir: give it the time to
+            return time.time() - (state_root / standin_id).stat().st_mtime < STARTING_GRACE_S
+        except OSError:
+            return False
     return psutil.pid_exists(pid) and pid != 0
 
 

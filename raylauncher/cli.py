@@ -115,7 +115,9 @@ def cmd_fire_schedule(args: argparse.Namespace) -> int:
     from raylauncher.local.poller import LocalLambdaContext
     from raylauncher.schedules import InvalidScheduleEvent, UnknownSchedule, schedule_input
 
-    project_dir = str(Path(__file__).resolve().parents[1])
+    from raylauncher import PROJECT_DIR
+
+    project_dir = str(PROJECT_DIR)
     if project_dir not in sys.path:  # lambdas/ is deployed as code, not installed as a package
         sys.path.insert(0, project_dir)
     from lambdas.schedule import handler as schedule_handler

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
-from raylauncher.clusters.processes import MARKER_ENV, stop_processes
+from raylauncher.clusters.processes import marker_env, stop_processes
 from raylauncher.config import Pipeline
 from raylauncher.errors import TeardownFailed
 from raylauncher.model import Job
@@ -94,7 +94,7 @@ class LocalRayBackend(ClusterBackend):
         log_path = self._log_dir / f"{job.run_id}.ray-start.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env={**self._env, MARKER_ENV: job.run_id}, stdin=subprocess.DEVNULL, stdout=out,
+                cmd, env={**self._env, **marker_env(job.run_id)}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self._clusters[job.run_id] = _LocalCluster(proc, proc.pid, temp_dir)

@@ -1,9 +1,18 @@
 """Process groups we start and must be able to end: by session, never by name.
 
 Everything we launch (`ray start`, `ray up`, `ray down`) runs in a new session whose id is
-its pid, with a marker variable in its environment. Stopping means: SIGTERM every process of
-that session (plus any that carries the marker but left the session), a short wait, SIGKILL
-the rest, and report what is still alive. Never `ray stop`: it stops every Ray on the machine.
+its pid, with marker variables in its environment (`marker_env`): the job id and this
+checkout. Stopping means: SIGTERM every process of that session (plus any that carries the
+job's marker and this checkout's but left the session), a short wait, SIGKILL the rest, and
+report what is still alive. Never `ray stop`: it stops every Ray on the machine.
+
+Reading the markers: a process's environment is read from `/proc/<pid>/environ` (psutil),
+which shows the memory block the process was started with. Ray renames its processes with
+setproctitle (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`, `ray-dashboard-*Head-0`), and
+setproctitle overwrites that block with the title unless `SPT_NOENV` is set: those processes
+then show an empty environment, the marker included (seen with ray 2.60). `marker_env` sets
+`SPT_NOENV=1` so every process keeps its markers readable; for processes started without it,
+the leftovers scan also counts every process of a session whose leader is ours.
 """
 
 from __future__ import annotations
@@ -14,20 +23,51 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psutil
 
+from raylauncher import PROJECT_DIR
+
 #: Set in the environment of every process we launch (value: the job id).
 MARKER_ENV = "RAYLAUNCHER_LOCAL_CLUSTER"
+#: Set next to MARKER_ENV (value: the checkout the launching code runs from).
+CHECKOUT_ENV = "RAYLAUNCHER_CHECKOUT"
+#: This checkout's value of CHECKOUT_ENV.
+CHECKOUT = str(PROJECT_DIR)
+#: Ray's setproctitle leaves /proc/<pid>/environ alone when this is set (titles then fit in
+#: the original command line's space, which Ray's long command lines leave plenty of).
+_KEEP_ENVIRON = {"SPT_NOENV": "1"}
 STDERR_TAIL_CHARS = 2000
 
 
-def _marker_of(proc: psutil.Process) -> str | None:
+def marker_env(job_id: str) -> dict[str, str]:
+    """The variables every process we launch carries: which job, which checkout, and the
+    switch that keeps them readable after Ray renames a process."""
+    return {MARKER_ENV: job_id, CHECKOUT_ENV: CHECKOUT, **_KEEP_ENVIRON}
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What a process's environment says about it."""
+
+    job: str | None = None
+    checkout: str | None = None
+
+    @property
+    def ours(self) -> bool:
+        return self.job is not None and self.checkout == CHECKOUT
+
+
+def _marks_of(proc: psutil.Process) -> Marks | None:
+    """None when the process is gone."""
     try:
-        return proc.environ().get(MARKER_ENV)
-    except psutil.Error:
+        env = proc.environ()
+    except psutil.AccessDenied:  # another user's process: unknown, never assumed ours
+        return Marks()
+    except psutil.Error:  # gone, or a zombie
         return None
+    return Marks(env.get(MARKER_ENV), env.get(CHECKOUT_ENV))
 
 
 def _live(proc: psutil.Process) -> bool:
@@ -46,14 +86,53 @@ def processes_of(session_id: int, marker: str | None = None) -> list[psutil.Proc
             in_session = os.getsid(proc.pid) == session_id
         except OSError:
             continue
-        if (in_session or (marker is not None and _marker_of(proc) == marker)) and _live(proc):
+        if (in_session or (marker is not None and _carries(proc, marker))) and _live(proc):
             found.append(proc)
     return found
 
 
+def _carries(proc: psutil.Process, marker: str) -> bool:
+    marks = _marks_of(proc)
+    return marks is not None and marks.ours and marks.job == marker
+
+
+@dataclass
+class MarkedProcesses:
+    """Live processes that carry our job marker, by whose they are."""
+
+    ours: list[psutil.Process] = field(default_factory=list)  # this checkout's
+    other_checkouts: list[psutil.Process] = field(default_factory=list)  # another checkout's: not ours
+    unscoped: list[psutil.Process] = field(default_factory=list)  # no checkout marker (older code): not ours
+
+
+def marked_processes() -> MarkedProcesses:
+    """Every live process carrying MARKER_ENV, sorted by checkout. A process whose markers
+    cannot be seen (renamed by Ray without SPT_NOENV, or unreadable) counts as ours when it is
+    in a session whose leader is ours: we start every cluster and launcher call as a session."""
+    found = MarkedProcesses()
+    unmarked: list[tuple[psutil.Process, int]] = []
+    our_sessions: set[int] = set()
+    for proc in psutil.process_iter():
+        marks = _marks_of(proc)
+        if marks is None or not _live(proc):
+            continue
+        if marks.ours:
+            found.ours.append(proc)
+            our_sessions.add(proc.pid)  # a session's id is its leader's pid
+        elif marks.job is not None:
+            (found.other_checkouts if marks.checkout else found.unscoped).append(proc)
+        elif marks.checkout is None:
+            try:
+                unmarked.append((proc, os.getsid(proc.pid)))
+            except OSError:
+                continue
+    found.ours += [proc for proc, sid in unmarked if sid in our_sessions and sid != proc.pid]
+    return found
+
+
 def leftover_processes() -> list[psutil.Process]:
-    """Live processes of any cluster or launcher call of ours, by the inherited marker."""
-    return [p for p in psutil.process_iter() if _marker_of(p) is not None and _live(p)]
+    """Live processes of any cluster or launcher call of this checkout (see marked_processes)."""
+    return marked_processes().ours
 
 
 def stop_processes(session_id: int, marker: str | None, grace_s: float) -> list[psutil.Process]:
@@ -78,7 +157,7 @@ def stop_marked(marker: str, grace_s: float, session_id: int | None = None) -> l
     carrying the marker. Returns what survived."""
     sessions = {session_id} if session_id else set()
     for proc in psutil.process_iter():
-        if _marker_of(proc) == marker and _live(proc):
+        if _carries(proc, marker) and _live(proc):
             try:
                 sessions.add(os.getsid(proc.pid))
             except OSError:
@@ -120,7 +199,7 @@ def run_cli(
     `should_stop()` turns true, stop its whole session (ssh and rsync children included)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(
-            list(argv), env={**env, MARKER_ENV: marker}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            list(argv), env={**env, **marker_env(marker)}, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + max(timeout_s, 0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from raylauncher import aws
+from raylauncher import PROJECT_DIR, aws
 from raylauncher.config import PipelinesConfig, Settings, load_pipelines, pipelines_json
 from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import FAKE_CREDENTIALS, LocalResources, MotoServer, bootstrap
@@ -26,7 +26,6 @@ from raylauncher.objects import S3ObjectStore
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_objects, build_store, local_launcher_bin
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
 #: The intake's SQS batch size (the deployed event source mapping uses the same).
 INTAKE_BATCH_SIZE = 1000
 

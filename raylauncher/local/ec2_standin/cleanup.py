@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import psutil
@@ -63,12 +64,48 @@ def remove_standin(standin_id: str, state_root: Path) -> None:
     shutil.rmtree(state_root / standin_id, ignore_errors=True)
 
 
+def _owner(state_root: Path, standin_id: str) -> dict[str, object]:
+    try:
+        owner = json.loads((state_root / standin_id / "owner.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+#: A state dir younger than this without owner.json is a stand-in starting, not a dead one.
+STARTING_GRACE_S = 60.0
+
+
 def _owner_alive(state_root: Path, standin_id: str) -> bool:
     try:
-        pid = int(json.loads((state_root / standin_id / "owner.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return False
+        pid = int(_owner(state_root, standin_id)["pid"])  # type: ignore[call-overload]
+    except (KeyError, TypeError, ValueError):
+        try:  # `start` writes owner.json right after making the dir: give it the time to
+            return time.time() - (state_root / standin_id).stat().st_mtime < STARTING_GRACE_S
+        except OSError:
+            return False
     return psutil.pid_exists(pid) and pid != 0
+
+
+def owner_checkout(state_root: Path, standin_id: str) -> str | None:
+    """The checkout whose code started the stand-in (None: unknown, e.g. older code)."""
+    checkout = _owner(state_root, standin_id).get("checkout")
+    return checkout if isinstance(checkout, str) else None
+
+
+def scoped_ids(state_root: Path, checkout: str) -> tuple[set[str], set[str], set[str]]:
+    """Stand-ins by whose they are: (this checkout's, dead ones of another or no known checkout,
+    live ones of another or no known checkout). The first two are safe to remove; the last
+    belongs to someone running it now and must be left alone."""
+    ours, dead, theirs = set(), set(), set()
+    for standin_id in known_ids(state_root):
+        if owner_checkout(state_root, standin_id) == checkout:
+            ours.add(standin_id)
+        elif _owner_alive(state_root, standin_id):
+            theirs.add(standin_id)
+        else:
+            dead.add(standin_id)
+    return ours, dead, theirs
 
 
 def known_ids(state_root: Path) -> set[str]:

@@ -27,6 +27,7 @@ from typing import Any
 
 import boto3
 
+from raylauncher.clusters.processes import CHECKOUT
 from raylauncher.config import Ec2Deployment
 from raylauncher.local.ec2_standin import cleanup, deltas
 from raylauncher.local.ec2_standin.forwarder import Forwarder
@@ -124,7 +125,7 @@ class Ec2StandIn:
         self.id = secrets.token_hex(3)[:5]
         self.directory = self._state_root / self.id
         self.directory.mkdir(parents=True, mode=0o700)
-        (self.directory / "owner.json").write_text(json.dumps({"pid": os.getpid()}))
+        (self.directory / "owner.json").write_text(json.dumps({"pid": os.getpid(), "checkout": CHECKOUT}))
         try:
             self._start(moto.hostname, moto.port or 80)
         except BaseException:

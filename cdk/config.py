@@ -58,7 +58,7 @@ class DeploymentConfig(_Strict):
     vpc: ExistingVpc | None = None
     #: How cluster nodes and the bastion get Ray: "nat" installs the pinned Ray from PyPI through
     #: a NAT gateway (created VPC) or your VPC's own route; "none" means no internet at all, so
-    #: node_ami_id and bastion_ami_id must be images with Python and the pinned Ray preinstalled.
+    #: node_ami_id and bastion_ami_id must be images with Python, the pinned Ray and boto3 preinstalled.
     egress: Literal["nat", "none"] = "nat"
     node_ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
     bastion_ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")

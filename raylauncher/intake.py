@@ -2,13 +2,22 @@
 
 Decoding follows S3's event encoding: object keys arrive URL-encoded with '+' for a space
 (`%2B` is a real plus), so `unquote_plus` gives back the key as it is in the bucket.
+
+Exact inputs: a job reads exactly the object versions its manifest names. In a versioned
+bucket every distinct (key, versionId) of a batch is an entry of its own — two versions of one
+key are both read. Without a version id (an unversioned bucket, or versioning suspended: the
+"null" version) a key can only be read as it is when the job runs, so the notifications of
+one key in one batch become one entry, read at the key, and the older ones are recorded on
+the manifest as `superseded` (ordered by `sequencer`, see `compare_sequencers`). Every
+notification of a batch is thus either a manifest object, a superseded entry of a manifest,
+or a duplicate of a version another job already holds (claims) — never acknowledged otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -17,7 +26,7 @@ from urllib.parse import unquote_plus
 from raylauncher.admission import Launcher
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import NoInputObjects, PoisonMessage, RayLauncherError
-from raylauncher.claims import ObjectClaims
+from raylauncher.claims import ObjectClaims, claim_id
 from raylauncher.model import Job, S3ObjectRef, job_prefix, new_job_id, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
@@ -43,6 +52,41 @@ class IntakeResult:
 def decode_key(raw: str) -> str:
     """An S3 event's object key as stored in the bucket ('+' is a space, '%2B' a plus)."""
     return unquote_plus(raw)
+
+
+def compare_sequencers(a: str, b: str) -> int:
+    """-1, 0 or 1 as S3 event `a` happened before, with, or after `b` (same key only).
+
+    As AWS documents: sequencers are hex strings of varying length; left-pad the shorter with
+    zeros, then compare the strings (case-insensitively: hex digits)."""
+    width = max(len(a), len(b))
+    x, y = a.upper().rjust(width, "0"), b.upper().rjust(width, "0")
+    return (x > y) - (x < y)
+
+
+def newest(refs: Sequence[S3ObjectRef]) -> S3ObjectRef:
+    """The latest of notifications of one key: by sequencer; when one of two has none (or they
+    are equal), the later arrival (`refs` in arrival order)."""
+    latest = refs[0]
+    for ref in refs[1:]:
+        if latest.sequencer is None or ref.sequencer is None or compare_sequencers(ref.sequencer, latest.sequencer) >= 0:
+            latest = ref
+    return latest
+
+
+def batch_entries(refs: Sequence[S3ObjectRef]) -> list[list[S3ObjectRef]]:
+    """Group distinct refs (arrival order) into manifest entries: each version of a versioned
+    object alone; all notifications of an unversioned key together (read once, at the key)."""
+    entries: list[list[S3ObjectRef]] = []
+    unversioned: dict[tuple[str, str], list[S3ObjectRef]] = {}
+    for ref in refs:
+        if ref.version_id is not None:
+            entries.append([ref])
+        elif (ref.bucket, ref.key) in unversioned:
+            unversioned[(ref.bucket, ref.key)].append(ref)
+        else:
+            entries.append(unversioned.setdefault((ref.bucket, ref.key), [ref]))
+    return entries
 
 
 def parse_s3_event(body: str) -> tuple[S3ObjectRef, ...]:
@@ -75,7 +119,9 @@ def parse_s3_event(body: str) -> tuple[S3ObjectRef, ...]:
                     key=decode_key(str(obj["key"])),
                     size=int(obj.get("size", 0)),
                     etag=obj.get("eTag"),
-                    version_id=obj.get("versionId"),
+                    # "null" is the version of an object written while versioning was off or
+                    # suspended: overwritten in place, so it is no version at all.
+                    version_id=obj.get("versionId") if obj.get("versionId") not in ("", "null") else None,
                     sequencer=obj.get("sequencer"),
                 )
             )
@@ -84,17 +130,31 @@ def parse_s3_event(body: str) -> tuple[S3ObjectRef, ...]:
     return tuple(refs)
 
 
-def manifest_document(job: Job, bucket: str, objects: Iterable[S3ObjectRef]) -> dict:
-    """What the Ray job reads: the exact objects it must process, and the run's params."""
-    return {
+def _entry(ref: S3ObjectRef) -> dict[str, Any]:
+    return {k: v for k, v in asdict(ref).items() if k != "bucket"}
+
+
+def manifest_document(
+    job: Job,
+    bucket: str,
+    objects: Iterable[S3ObjectRef],
+    superseded: Sequence[tuple[S3ObjectRef, S3ObjectRef]] = (),
+) -> dict:
+    """What the Ray job reads: the exact objects it must process (`version_id` set: that
+    version; null: the key as it is), and the run's params. `superseded` lists notifications
+    of unversioned keys that this job covers by reading a later write of the same key."""
+    document = {
         "job_id": job.job_id,
         "pipeline": job.pipeline,
         "bucket": bucket,
         "params": job.params,
-        "objects": [
-            {k: v for k, v in asdict(o).items() if k != "bucket"} for o in objects
-        ],
+        "objects": [_entry(o) for o in objects],
     }
+    if superseded:
+        document["superseded"] = [
+            _entry(old) | {"superseded_by": {"etag": new.etag, "sequencer": new.sequencer}} for old, new in superseded
+        ]
+    return document
 
 
 class IntakeService:
@@ -120,6 +180,8 @@ class IntakeService:
         """One job per pipeline for this batch. A message whose job could not be recorded is
         reported failed (so the queue redelivers it); nothing is acknowledged without a job."""
         result = IntakeResult()
+        # Per pipeline: its distinct notifications (by object version; a notification delivered
+        # twice in one batch counts once) and the messages that carried them.
         groups: dict[str, tuple[Pipeline, dict[str, S3ObjectRef], set[str]]] = {}
         for message in messages:
             for ref in message.objects:
@@ -129,17 +191,14 @@ class IntakeService:
                     result.ignored.append(ref)
                     continue
                 _, refs, ids = groups.setdefault(pipeline.name, (pipeline, {}, set()))
-                # One entry per key: a key written twice in one batch is read once (its latest).
-                seen = refs.get(ref.key)
-                if seen is None or (ref.sequencer or "") > (seen.sequencer or ""):
-                    refs[ref.key] = ref
+                refs.setdefault(claim_id(ref), ref)
                 ids.add(message.message_id)
         for pipeline, refs, ids in groups.values():
-            objects = list(refs.values())
+            entries = batch_entries(list(refs.values()))
             try:
                 # Burst coalescing: one job per batch and pipeline, at most max_objects_per_job each.
-                for first in range(0, len(objects), pipeline.max_objects_per_job):
-                    job = self._start_s3_job(pipeline, objects[first : first + pipeline.max_objects_per_job])
+                for first in range(0, len(entries), pipeline.max_objects_per_job):
+                    job = self._start_s3_job(pipeline, entries[first : first + pipeline.max_objects_per_job])
                     if job is not None:
                         result.jobs.append(job)
             except RayLauncherError:
@@ -147,17 +206,29 @@ class IntakeService:
                 result.failed_message_ids.extend(sorted(ids - set(result.failed_message_ids)))
         return result
 
-    def _start_s3_job(self, pipeline: Pipeline, objects: list[S3ObjectRef]) -> Job | None:
-        """Claim the objects, then start a job for those not already another job's (None if
-        every one was a duplicate delivery). If the job cannot be recorded, the claims are
-        released and the error propagates (the messages are retried)."""
+    def _start_s3_job(self, pipeline: Pipeline, entries: list[list[S3ObjectRef]]) -> Job | None:
+        """Claim every notification of the entries, then start a job for those not already
+        another job's (None if every one was a duplicate delivery): per entry the newest one
+        claimed is read, the other claimed ones are recorded as superseded by it. If the job
+        cannot be recorded, the claims are released and the error propagates (the messages are
+        retried)."""
         job_id = new_job_id(pipeline.name, self._clock())
-        claimed = self._claims.claim(objects, job_id) if self._claims else objects
+        refs = [ref for entry in entries for ref in entry]
+        claimed = self._claims.claim(refs, job_id) if self._claims else refs
         if not claimed:
-            log.info("all %d object(s) were already taken by other jobs (duplicate delivery)", len(objects))
+            log.info("all %d object(s) were already taken by other jobs (duplicate delivery)", len(refs))
             return None
+        won = {claim_id(ref) for ref in claimed}
+        objects: list[S3ObjectRef] = []
+        superseded: list[tuple[S3ObjectRef, S3ObjectRef]] = []
+        for entry in entries:
+            mine = [ref for ref in entry if claim_id(ref) in won]
+            if mine:
+                read = newest(mine)
+                objects.append(read)
+                superseded += [(ref, read) for ref in mine if ref is not read]
         try:
-            return self.start_job(pipeline, claimed, "s3", job_id=job_id)
+            return self.start_job(pipeline, objects, "s3", job_id=job_id, superseded=superseded)
         except RayLauncherError:
             if self._claims:
                 self._claims.release(claimed, job_id)
@@ -191,13 +262,14 @@ class IntakeService:
         trigger: Literal["s3", "api", "schedule"],
         params: dict[str, Any] | None = None,
         job_id: str | None = None,
+        superseded: Sequence[tuple[S3ObjectRef, S3ObjectRef]] = (),
     ) -> Job:
         """Write the manifest, record the job (QUEUED), then launch it."""
         job = Job.new(pipeline.name, trigger, self._clock())
         job = job.model_copy(update={"params": params or {}, "job_id": job_id or job.job_id})
         manifest_key = job_prefix(job.job_id) + "manifest.json"
         # The manifest first: a recorded job never points at a manifest that is not there.
-        self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects))
+        self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects, superseded))
         job = job.model_copy(
             update={
                 "manifest_key": manifest_key,

@@ -5,8 +5,10 @@ Run from this folder on a Ray cluster (the Jobs API sets RAY_ADDRESS)::
     python main.py --manifest s3://BUCKET/jobs/JOBID/manifest.json \
         --output s3://BUCKET/outputs/sales-summary/JOBID/
 
-Writes ``{output}aggregates/`` (Parquet) and ``{output}summary.json``, and prints the
-summary JSON as the last stdout line.
+Reads exactly the object versions the manifest names (an entry with a ``version_id`` is read
+at that version, however often its key was overwritten since; one without, at the key), writes
+``{output}aggregates/`` (Parquet) and ``{output}summary.json``, and prints the summary JSON as
+the last stdout line.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import ray
 import ray.cloudpickle
 import ray.data
 
+import exact_versions
 import transforms
 
-# Ship the transforms to Ray workers by value: workers need not have this folder on sys.path.
+# Ship these modules to Ray workers by value: workers need not have this folder on sys.path.
 ray.cloudpickle.register_pickle_by_value(transforms)
+ray.cloudpickle.register_pickle_by_value(exact_versions)
 
 S3_SCHEME = "s3://"
 
@@ -42,9 +46,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def aws_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+def s3_client_kwargs() -> dict[str, Any]:
+    """boto3 S3 client arguments from the environment, as `s3_filesystem` reads it: handed to
+    the Ray workers with the filesystem (like the S3FileSystem's own settings)."""
+    kwargs: dict[str, Any] = {"region_name": aws_region()}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        kwargs["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            if os.environ.get(name):
+                kwargs[name.lower()] = os.environ[name]
+    return kwargs
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
     """Build an S3 filesystem from the environment (AWS_ENDPOINT_URL for a local S3)."""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    region = aws_region()
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if not endpoint:
         return pafs.S3FileSystem(region=region)
@@ -75,11 +95,35 @@ def read_manifest(fs: pafs.FileSystem, uri: str) -> dict[str, Any]:
 
 
 def input_paths(manifest: dict[str, Any]) -> list[str]:
-    """Return the bucket-relative paths of the manifest's objects; raise if there are none."""
+    """Return the bucket-relative paths of the manifest's objects (``bucket/key``, or
+    ``bucket/key?versionId=V`` for an exact version); raise if there are none."""
     objects = manifest.get("objects") or []
     if not objects:
         raise ValueError(f"manifest of job {manifest.get('job_id')!r} lists no input objects")
-    return [f"{manifest['bucket']}/{item['key']}" for item in objects]
+    return [
+        exact_versions.pinned_path(manifest["bucket"], item["key"], item["version_id"])
+        if item.get("version_id")
+        else f"{manifest['bucket']}/{item['key']}"
+        for item in objects
+    ]
+
+
+def pinned_versions(manifest: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
+    """The manifest's exact versions: pinned path -> (bucket, key, version id)."""
+    bucket = manifest["bucket"]
+    return {
+        exact_versions.pinned_path(bucket, item["key"], item["version_id"]): (bucket, item["key"], item["version_id"])
+        for item in manifest.get("objects") or []
+        if item.get("version_id")
+    }
+
+
+def input_filesystem(fs: pafs.FileSystem, manifest: dict[str, Any]) -> pafs.FileSystem:
+    """What the inputs are read through: `fs`, pinned to the manifest's versions if it has any."""
+    pinned = pinned_versions(manifest)
+    if not pinned:
+        return fs
+    return pafs.PyFileSystem(exact_versions.ExactVersions(fs, pinned, s3_client_kwargs()))
 
 
 def pipeline(ds: ray.data.Dataset) -> ray.data.Dataset:
@@ -125,7 +169,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     # partitioning=None: a key such as "incoming/day=1/x.csv" must not add a "day" column.
     ds = ray.data.read_csv(
-        paths, filesystem=fs, partitioning=None, convert_options=convert_options
+        paths,
+        filesystem=input_filesystem(fs, manifest),
+        partitioning=None,
+        convert_options=convert_options,
     )
     partials = pipeline(ds).to_pandas()
     aggregates, rows_in, rows_rejected = transforms.final_aggregate(partials)

@@ -105,13 +105,17 @@ STOCK_IMAGE_BOOTSTRAP = (
 
 
 def _setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool) -> tuple[list[str], list[str]]:
-    """(setup_commands for every node, head_setup_commands): install or check the pinned packages."""
+    """(setup_commands for every node, head_setup_commands): install or check the pinned packages.
+    boto3 on every node: the head's autoscaler launches workers with it, and a job's read tasks
+    (on any node) read exact S3 object versions with it (pyarrow's S3 has no version id)."""
     if preinstalled:
         check = f"python -c \"import ray; assert ray.__version__ == '{ray_version}', ray.__version__\""
-        return [check], ['python -c "import boto3"']
-    return [STOCK_IMAGE_BOOTSTRAP, f"pip install 'ray[default,data]=={ray_version}'"], [
-        f"pip install 'boto3=={boto3_version}'"
-    ]
+        return [check, 'python -c "import boto3"'], []
+    return [
+        STOCK_IMAGE_BOOTSTRAP,
+        f"pip install 'ray[default,data]=={ray_version}'",
+        f"pip install 'boto3=={boto3_version}'",
+    ], []
 
 
 def render_cluster_config(

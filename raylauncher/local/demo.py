@@ -56,8 +56,11 @@ def read_aggregates(system: LocalSystem, job: Job) -> pd.DataFrame:
 def verify_job_output(system: LocalSystem, job: Job) -> list[str]:
     """Differences between the job's output and pandas over its manifest's objects ([] = verified)."""
     manifest = system.objects.get_json(job.manifest_key or "")
-    blobs = [
-        system.s3.get_object(Bucket=manifest["bucket"], Key=o["key"])["Body"].read() for o in manifest["objects"]
+    blobs = [  # the exact versions the manifest names, as the job reads them
+        system.s3.get_object(
+            Bucket=manifest["bucket"], Key=o["key"], **({"VersionId": o["version_id"]} if o.get("version_id") else {})
+        )["Body"].read()
+        for o in manifest["objects"]
     ]
     expected, rows_in, rows_rejected = expected_aggregates(blobs)
     problems = compare_aggregates(read_aggregates(system, job), expected)

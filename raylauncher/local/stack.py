@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import moto.dynamodb.models as moto_dynamodb
+import moto.s3.notifications as moto_s3_notifications
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DynamoType, Item
 from moto.dynamodb.models.table import Table
@@ -129,6 +131,41 @@ def _roll_back_transactions_by_item() -> None:
     DynamoDBBackend.transact_write_items = _transact_write_items  # type: ignore[method-assign]
 
 
+_moto_get_s3_event = moto_s3_notifications._get_s3_event
+_sequencer_lock = threading.Lock()
+_last_sequencer = 0
+
+
+def _next_sequencer() -> str:
+    """A hex string that grows with every call in this process (nanoseconds, kept strictly
+    increasing): written without leading zeros, so lengths may differ as AWS's do."""
+    global _last_sequencer
+    with _sequencer_lock:
+        _last_sequencer = max(_last_sequencer + 1, time.time_ns())
+        return f"{_last_sequencer:X}"
+
+
+def _get_s3_event_with_version(event_name: str, bucket: Any, key: Any, notification_id: str) -> dict[str, Any]:
+    """moto's S3 event record, with what AWS puts in it and moto leaves out: the object's
+    `versionId` (in a versioned bucket; AWS leaves it out otherwise) and a `sequencer`. moto
+    builds the event right after it stored the write, so the sequencer orders writes of one key
+    as moto applied them (two racing writes of one key could be numbered in the other order)."""
+    event = _moto_get_s3_event(event_name, bucket, key, notification_id)
+    for record in event["Records"]:
+        obj = record["s3"]["object"]
+        if getattr(bucket, "is_versioned", False) and key.version_id not in (None, "null"):
+            obj["versionId"] = key.version_id
+        obj["sequencer"] = _next_sequencer()
+    return event
+
+
+def _faithful_s3_notifications() -> None:
+    """Install `_get_s3_event_with_version` (process-wide, idempotent): local notifications then
+    carry versionId and sequencer like AWS's, so the intake takes the same path locally — a
+    re-upload of identical bytes is a new version, hence new work, not a duplicate."""
+    moto_s3_notifications._get_s3_event = _get_s3_event_with_version  # type: ignore[assignment]
+
+
 class _LoopbackMotoServer(ThreadedMotoServer):
     call_log: _CallLog
 
@@ -149,6 +186,7 @@ class MotoServer:
 
     def start(self) -> MotoServer:
         _roll_back_transactions_by_item()
+        _faithful_s3_notifications()
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"

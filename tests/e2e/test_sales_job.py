@@ -192,3 +192,38 @@ def test_empty_manifest_fails_the_job(sales_s3: Any, sales_job: ModuleType) -> N
         run_job(sales_job, manifest_uri, f"s3://{BUCKET}/outputs/sales-summary/job-e2e-empty/")
     listing = sales_s3.list_objects_v2(Bucket=BUCKET, Prefix="outputs/sales-summary/job-e2e-empty/")
     assert listing.get("KeyCount") == 0
+
+
+VERSIONED_BUCKET = "sales-e2e-versioned"
+
+
+@pytest.mark.usefixtures("sales_ray")
+def test_job_reads_exactly_the_versions_its_manifest_names(sales_s3: Any, sales_job: ModuleType) -> None:
+    # Given a versioned bucket: every input uploaded, one key uploaded a second time, and a
+    # manifest naming all four versions (both versions of that key)
+    sales_s3.create_bucket(Bucket=VERSIONED_BUCKET)
+    sales_s3.put_bucket_versioning(Bucket=VERSIONED_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    uploads = [(key, generate_sales_csv(rows, seed)) for key, (rows, seed) in INPUT_FILES.items()]
+    uploads.append(("incoming/sales/daily report.csv", generate_sales_csv(1_000, 21)))
+    objects = []
+    for key, blob in uploads:
+        put = sales_s3.put_object(Bucket=VERSIONED_BUCKET, Key=key, Body=blob)
+        objects.append({"key": key, "size": len(blob), "etag": put["ETag"].strip('"'), "version_id": put["VersionId"], "sequencer": None})
+    manifest = {"job_id": "job-e2e-versions", "pipeline": "sales-summary", "bucket": VERSIONED_BUCKET, "objects": objects}
+    sales_s3.put_object(Bucket=VERSIONED_BUCKET, Key="jobs/job-e2e-versions/manifest.json", Body=json.dumps(manifest).encode())
+    expected, rows_in, _ = expected_aggregates([blob for _, blob in uploads])
+    # and, after the job was recorded, every key overwritten with other data
+    for key, (rows, seed) in INPUT_FILES.items():
+        sales_s3.put_object(Bucket=VERSIONED_BUCKET, Key=key, Body=generate_sales_csv(rows, seed + 100))
+
+    # When the job runs
+    output_uri = f"s3://{VERSIONED_BUCKET}/outputs/sales-summary/job-e2e-versions/"
+    summary = run_job(sales_job, f"s3://{VERSIONED_BUCKET}/jobs/job-e2e-versions/manifest.json", output_uri)
+
+    # Then it computed from the versions its manifest names, both versions of the re-uploaded key
+    # included, and not from what the keys hold now
+    listing = sales_s3.list_objects_v2(Bucket=VERSIONED_BUCKET, Prefix="outputs/sales-summary/job-e2e-versions/aggregates/")
+    keys = [item["Key"] for item in listing.get("Contents", []) if item["Key"].endswith(".parquet")]
+    tables = [pq.read_table(io.BytesIO(sales_s3.get_object(Bucket=VERSIONED_BUCKET, Key=k)["Body"].read())) for k in keys]
+    assert compare_aggregates(pa.concat_tables(tables).to_pandas(), expected) == []
+    assert summary["rows_in"] == rows_in == 7_500

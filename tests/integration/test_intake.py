@@ -9,6 +9,7 @@ import pytest
 from lambdas.intake import handler as intake_handler
 from raylauncher import aws
 from raylauncher.config import Settings
+from raylauncher.intake import compare_sequencers
 from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import MAX_RECEIVE_COUNT, LocalResources
 from raylauncher.model import JobStatus, ReasonCode, iso, parse_iso, utc_now
@@ -148,22 +149,74 @@ def test_handler_reports_only_the_failed_item(settings: Settings, intake_env: Lo
     assert build_store(settings).list_jobs() == []
 
 
-def test_a_key_written_twice_in_one_batch_is_read_once(settings: Settings, intake_env: LocalResources) -> None:
-    # Given two notifications for the same key (overwritten) and one for another key, in one batch
-    def record(message_id: str, key: str, sequencer: str) -> dict:
-        body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": settings.bucket},
-                "object": {"key": key, "size": 1, "eTag": sequencer, "sequencer": sequencer}}}]}
-        return {"messageId": message_id, "receiptHandle": message_id, "body": json.dumps(body), "attributes": {},
-                "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                "eventSourceARN": intake_env.queue_arn, "awsRegion": "us-east-1"}  # fmt: skip
+def sqs_record(queue_arn: str, message_id: str, bucket: str, key: str, sequencer: str, version: str | None = None) -> dict:
+    """One SQS record carrying an S3 ObjectCreated notification, as the Lambda receives it."""
+    obj = {"key": key, "size": 1, "eTag": f"etag-{sequencer}", "sequencer": sequencer}
+    if version is not None:
+        obj["versionId"] = version
+    body = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket}, "object": obj}}]}
+    return {"messageId": message_id, "receiptHandle": message_id, "body": json.dumps(body), "attributes": {},
+            "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
+            "awsRegion": "us-east-1"}  # fmt: skip
 
+
+def test_an_unversioned_key_written_twice_in_one_batch_is_read_once_and_the_older_is_recorded(
+    settings: Settings, intake_env: LocalResources
+) -> None:
+    # Given two notifications without version ids for one key, the newer one first (out of order,
+    # its sequencer shorter: "1A" is after "0F" once padded) and one for another key, in one batch
     from raylauncher.local.poller import LocalLambdaContext
 
-    event = {"Records": [record("m1", "incoming/sales/a.csv", "01"), record("m2", "incoming/sales/a.csv", "02"),
+    def record(message_id: str, key: str, sequencer: str) -> dict:
+        return sqs_record(intake_env.queue_arn, message_id, settings.bucket, key, sequencer)
+
+    event = {"Records": [record("m1", "incoming/sales/a.csv", "1A"), record("m2", "incoming/sales/a.csv", "00F"),
                          record("m3", "incoming/sales/b.csv", "01")]}  # fmt: skip
     # When the batch is handled
     assert intake_handler.handler(event, LocalLambdaContext()) == {"batchItemFailures": []}
-    # Then one job lists each key once, the overwritten one at its latest version
+    # Then one job reads each key once, the overwritten one at its latest write
+    (job,) = build_store(settings).list_jobs()
+    manifest = build_objects(settings).get_json(job.manifest_key)
+    assert [(o["key"], o["sequencer"]) for o in manifest["objects"]] == [("incoming/sales/a.csv", "1A"), ("incoming/sales/b.csv", "01")]
+    # and the older write of a.csv, acknowledged with the batch, is recorded as superseded by it
+    assert [(o["key"], o["sequencer"], o["superseded_by"]["sequencer"]) for o in manifest["superseded"]] == [
+        ("incoming/sales/a.csv", "00F", "1A")
+    ]
+    assert job.object_count == 2
+
+
+def test_two_versions_of_one_key_in_one_batch_are_both_read(settings: Settings, intake_env: LocalResources) -> None:
+    # Given notifications of two versions of one key in one batch, the newer first
+    from raylauncher.local.poller import LocalLambdaContext
+
+    event = {"Records": [sqs_record(intake_env.queue_arn, "m1", settings.bucket, "incoming/sales/a.csv", "02", "v2"),
+                         sqs_record(intake_env.queue_arn, "m2", settings.bucket, "incoming/sales/a.csv", "01", "v1")]}  # fmt: skip
+    # When the batch is handled
+    assert intake_handler.handler(event, LocalLambdaContext()) == {"batchItemFailures": []}
+    # Then one job names both versions, each to be read as it was written; nothing is superseded
+    (job,) = build_store(settings).list_jobs()
+    manifest = build_objects(settings).get_json(job.manifest_key)
+    assert sorted((o["key"], o["version_id"]) for o in manifest["objects"]) == [
+        ("incoming/sales/a.csv", "v1"), ("incoming/sales/a.csv", "v2")
+    ]  # fmt: skip
+    assert "superseded" not in manifest and job.object_count == 2
+
+
+def test_identical_bytes_uploaded_twice_locally_are_two_versions_in_the_job(
+    settings: Settings, intake_env: LocalResources
+) -> None:
+    # Given the same bytes uploaded twice to one key of the (versioned) local bucket
+    s3 = aws.client("s3", settings)
+    written = [
+        s3.put_object(Bucket=settings.bucket, Key="incoming/sales/same.csv", Body=b"order_id\n1\n")["VersionId"]
+        for _ in range(2)
+    ]
+    # When the local notifications are polled into the intake handler, in one batch
+    drain(poller(settings, intake_env))
+    # Then one job names both versions S3 reported, with their sequencers in write order
     (job,) = build_store(settings).list_jobs()
     objects = build_objects(settings).get_json(job.manifest_key)["objects"]
-    assert [(o["key"], o["sequencer"]) for o in objects] == [("incoming/sales/a.csv", "02"), ("incoming/sales/b.csv", "01")]
+    assert sorted(o["version_id"] for o in objects) == sorted(written)
+    by_version = {o["version_id"]: o["sequencer"] for o in objects}
+    assert compare_sequencers(by_version[written[0]], by_version[written[1]]) == -1
+    assert queue_depth(settings, intake_env.queue_url) == 0

@@ -1,5 +1,6 @@
 """At-least-once delivery, exactly-once jobs: one job per S3 object version (moto server)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,15 @@ def deliver(settings: Settings, resources: LocalResources, bodies: list[str]) ->
         poller.poll_once(wait_s=0)
 
 
+def manifest_objects(settings: Settings) -> list[list[tuple[str, str | None]]]:
+    """Per job: (key, version_id) of each object its manifest names."""
+    objects = build_objects(settings)
+    return [
+        [(o["key"], o["version_id"]) for o in objects.get_json(j.manifest_key)["objects"]]
+        for j in build_store(settings).list_jobs()
+    ]
+
+
 def manifest_keys(settings: Settings) -> list[list[str]]:
     objects = build_objects(settings)
     return [[o["key"] for o in objects.get_json(j.manifest_key)["objects"]] for j in build_store(settings).list_jobs()]
@@ -44,8 +54,9 @@ def test_a_duplicate_notification_makes_one_job(settings: Settings, intake_env: 
     # When both deliveries and a later redelivery are handled
     deliver(settings, intake_env, [body, body])
     deliver(settings, intake_env, [body])
-    # Then exactly one job holds the object
-    assert manifest_keys(settings) == [["incoming/sales/once.csv"]]
+    # Then exactly one job holds the object, at the version S3 reported
+    ((entry,),) = manifest_objects(settings)
+    assert entry[0] == "incoming/sales/once.csv" and entry[1] is not None
 
 
 def test_a_new_version_of_the_same_key_is_new_work(settings: Settings, intake_env: LocalResources) -> None:
@@ -57,6 +68,43 @@ def test_a_new_version_of_the_same_key_is_new_work(settings: Settings, intake_en
     deliver(settings, intake_env, received_bodies(settings, intake_env))
     # Then each version made its own job
     assert manifest_keys(settings) == [["incoming/sales/daily.csv"], ["incoming/sales/daily.csv"]]
+
+
+def test_a_re_upload_of_identical_bytes_is_a_new_version_and_a_new_job(
+    settings: Settings, intake_env: LocalResources
+) -> None:
+    # Given a key uploaded, taken in, then uploaded again with the very same bytes (same ETag)
+    s3 = aws.client("s3", settings)
+    first = s3.put_object(Bucket=settings.bucket, Key="incoming/sales/same.csv", Body=b"same")
+    first_bodies = received_bodies(settings, intake_env)
+    deliver(settings, intake_env, first_bodies)
+    second = s3.put_object(Bucket=settings.bucket, Key="incoming/sales/same.csv", Body=b"same")
+    assert first["ETag"] == second["ETag"]
+    # When its notification is handled, and the first one is delivered once more
+    deliver(settings, intake_env, received_bodies(settings, intake_env))
+    deliver(settings, intake_env, first_bodies)
+    # Then each version made exactly one job, naming that version
+    assert sorted(manifest_objects(settings)) == sorted(
+        [[("incoming/sales/same.csv", first["VersionId"])], [("incoming/sales/same.csv", second["VersionId"])]]
+    )
+
+
+def test_a_superseded_notification_delivered_again_makes_no_job(settings: Settings, intake_env: LocalResources) -> None:
+    # Given an unversioned key written twice, both notifications handled in one batch (the
+    # older recorded as superseded)
+    def body(etag: str, sequencer: str) -> str:
+        return json.dumps({"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": settings.bucket},
+                           "object": {"key": "incoming/sales/u.csv", "size": 1, "eTag": etag, "sequencer": sequencer}}}]})  # fmt: skip
+
+    older, newer = body("e1", "0A"), body("e2", "0B")
+    deliver(settings, intake_env, [older, newer])
+    # When the older notification is delivered again, alone
+    deliver(settings, intake_env, [older])
+    # Then it made no second job: the first job covers it
+    (job,) = build_store(settings).list_jobs()
+    manifest = build_objects(settings).get_json(job.manifest_key)
+    assert [(o["etag"], o["sequencer"]) for o in manifest["objects"]] == [("e2", "0B")]
+    assert [(o["etag"], o["sequencer"]) for o in manifest["superseded"]] == [("e1", "0A")]
 
 
 def test_a_burst_is_split_by_max_objects_per_job_and_every_object_lands_once(

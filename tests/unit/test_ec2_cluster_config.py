@@ -132,10 +132,15 @@ def test_sample_profile_renders_the_walkthrough_cluster(sample: Pipeline, deploy
     # And without the walkthrough's mistakes: a global max_workers, worker security groups set
     assert config["max_workers"] == 8
     assert worker["node_config"]["SecurityGroupIds"] == ["sg-0123456789abcdef0"]
-    # And on-demand workers, the exact installed Ray on every node, a pinned boto3 on the head
+    # And on-demand workers, the exact installed Ray and a pinned boto3 on every node (the head's
+    # autoscaler and the job's exact-version reads need it)
     assert "InstanceMarketOptions" not in worker["node_config"]
-    assert config["setup_commands"] == [STOCK_IMAGE_BOOTSTRAP, f"pip install 'ray[default,data]=={RAY}'"]
-    assert config["head_setup_commands"] == [f"pip install 'boto3=={importlib.metadata.version('boto3')}'"]
+    assert config["setup_commands"] == [
+        STOCK_IMAGE_BOOTSTRAP,
+        f"pip install 'ray[default,data]=={RAY}'",
+        f"pip install 'boto3=={importlib.metadata.version('boto3')}'",
+    ]
+    assert config["head_setup_commands"] == []
     # And Ray's preparation kept what we said (no default replaced or added to it)
     assert prepared["max_workers"] == 8
     assert prepared["available_node_types"][WORKER_TYPE]["resources"] == {"CPU": 8}
@@ -218,7 +223,8 @@ def test_every_profile_passes_rays_validation(
     if deployment.ray_preinstalled:
         assert installs == []
         assert prepared["worker_setup_commands"] == [
-            f"python -c \"import ray; assert ray.__version__ == '{RAY}', ray.__version__\""
+            f"python -c \"import ray; assert ray.__version__ == '{RAY}', ray.__version__\"",
+            'python -c "import boto3"',
         ]
     else:
         assert f"pip install 'ray[default,data]=={RAY}'" in prepared["worker_setup_commands"]

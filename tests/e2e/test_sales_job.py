@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -35,6 +36,20 @@ INPUT_FILES = {
 }
 
 
+def wait_for_state_api(timeout_s: float = 120) -> None:
+    from ray.util.state import list_nodes
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            list_nodes(timeout=10)
+            return
+        except Exception:  # noqa: BLE001 - the dashboard is still starting
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="module")
 def sales_s3_endpoint() -> Iterator[str]:
     """Run a moto S3 server on 127.0.0.1 and yield its endpoint URL."""
@@ -49,6 +64,7 @@ def sales_ray() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+        wait_for_state_api()  # as the backends wait for the Jobs API before submitting
         yield
         ray.shutdown()
 

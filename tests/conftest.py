@@ -62,3 +62,18 @@ def launcher_calls(settings: Settings) -> list[str]:
     """What the fake launcher was called with, one line per call."""
     calls = Path(settings.launcher_bin).with_name("launcher-calls.txt")
     return calls.read_text().splitlines() if calls.exists() else []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the fault table from the rows this session's fault scenarios recorded."""
+    from tests.faults import write_table
+
+    write_table()
+
+
+@pytest.fixture
+def fault_row():  # noqa: ANN201
+    """`fault_row(FaultRow(...))`: add a measured row to docs/faults.md."""
+    from tests.faults import record
+
+    return record

@@ -3,6 +3,8 @@ back and queued jobs launch; jobs that need a person are reported, not touched."
 
 import importlib
 import json
+import os
+import subprocess
 from datetime import timedelta
 
 import pytest
@@ -10,10 +12,14 @@ import pytest
 from raylauncher.admission import pipeline_slots_id
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.stack import bootstrap
-from raylauncher.model import Job, JobStatus, ReasonCode, utc_now
+from raylauncher.clusters.processes import marker_env
+from raylauncher.errors import TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, utc_now
+from raylauncher.teardown import LocalProcessTeardown
 from raylauncher.watchdog import Watchdog
 from raylauncher.wiring import build_launcher, build_store
 from tests.conftest import launcher_calls
+from tests.faults import FaultRow
 from tests.integration.test_admission import slots_used
 
 
@@ -138,3 +144,73 @@ def test_a_finished_job_still_holding_its_slot_gives_it_back_once(settings: Sett
     assert store.get(ended.job_id).slot_held is False
     assert first.launched == [queued.job_id]
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2
+
+
+def marked_cluster(run_id: str) -> subprocess.Popen[bytes]:
+    """A stand-in for a job attempt's local cluster: a process in its own session carrying the
+    attempt's marker, as LocalRayBackend starts `ray start --head --block`."""
+    return subprocess.Popen(["sleep", "600"], env={**os.environ, **marker_env(run_id)}, start_new_session=True)
+
+
+def test_a_lost_driver_is_taken_over_its_cluster_torn_down_and_a_second_sweep_changes_nothing(
+    settings: Settings, system, fault_row
+) -> None:
+    store, launcher = system
+    # Given two running jobs whose drivers stopped heartbeating 2 minutes ago (lease: 60 s), each
+    # with its cluster's processes still up — one on its first attempt, one on its last
+    clusters, jobs = [], []
+    for attempt in (1, 2):
+        job = store.transition(launcher.try_launch(store.create(Job.new("sales-summary", "api"))),
+                               JobStatus.PROVISIONING, owner=f"driver:test:{attempt}")  # fmt: skip
+        job = store.mark(job, attempt=attempt)
+        cluster = marked_cluster(job.run_id)
+        job = store.transition(store.transition(job, JobStatus.SUBMITTED), JobStatus.RUNNING,
+                               cluster={"backend": "local", "session_id": cluster.pid})  # fmt: skip
+        lost_at = utc_now() - timedelta(minutes=2)
+        jobs.append(store.mark(job, heartbeat_at=iso(lost_at)))
+        clusters.append(cluster)
+    first, last = jobs
+    # When the watchdog sweeps
+    watchdog = Watchdog(store, launcher, teardown=LocalProcessTeardown(grace_s=2), lease_s=60)
+    report = watchdog.sweep()
+    # Then both were taken over and their clusters are gone
+    assert sorted(report.drivers_lost) == sorted(j.job_id for j in jobs)
+    for cluster in clusters:
+        assert cluster.wait(timeout=10) is not None
+    # And the first is QUEUED for attempt 2 (DRIVER_LOST is an infrastructure failure), its
+    # lost attempt kept with the reason; the last one ended FAILED(DRIVER_LOST) saying why
+    retried = store.get(first.job_id)
+    assert (retried.status, retried.attempt, retried.slot_held) == (JobStatus.QUEUED, 2, False)
+    assert retried.attempts[0]["reason_code"] == ReasonCode.DRIVER_LOST and report.retried == [first.job_id]
+    ended = store.get(last.job_id)
+    assert (ended.status, ended.reason_code, ended.slot_held) == (JobStatus.FAILED, ReasonCode.DRIVER_LOST, False)
+    assert "no heartbeat since" in (ended.reason_message or "") and "while RUNNING" in (ended.reason_message or "")
+    assert slots_used(settings, pipeline_slots_id("sales-summary")) == 0
+    # And a driver that comes back to life finds the job no longer its own
+    with pytest.raises(TransitionConflict):
+        store.renew_lease(last.job_id, "driver:test:2")
+    # When the watchdog sweeps again, Then nothing changes
+    before = {j.job_id: j.model_dump() for j in store.list_jobs()}
+    again = watchdog.sweep()
+    assert (again.drivers_lost, again.retried, again.failed_unclaimed, again.slots_released) == ([], [], [], [])
+    assert {j.job_id: j.model_dump() for j in store.list_jobs()} == before
+    fault_row(FaultRow("driver lost (no heartbeat past the lease), watchdog sweep", "local processes",
+                       ended.status.value, ended.reason_code.value, ended.attempt, None, 0, 0, 0))  # fmt: skip
+
+
+def test_a_job_tearing_down_when_its_driver_died_keeps_its_outcome(settings: Settings, system) -> None:
+    store, launcher = system
+    # Given a job whose driver died while tearing down a SUCCEEDED job's cluster
+    job = store.transition(launcher.try_launch(store.create(Job.new("sales-summary", "api"))), JobStatus.PROVISIONING,
+                           owner="driver:test")  # fmt: skip
+    cluster = marked_cluster(job.run_id)
+    job = store.transition(job, JobStatus.TEARING_DOWN, pending_outcome=JobStatus.SUCCEEDED,
+                           cluster={"backend": "local", "session_id": cluster.pid})  # fmt: skip
+    job = store.mark(job, heartbeat_at=iso(utc_now() - timedelta(minutes=5)))
+    # When the watchdog sweeps
+    report = Watchdog(store, launcher, teardown=LocalProcessTeardown(grace_s=2), lease_s=60).sweep()
+    # Then it finished the teardown and the job ends as its driver had decided: SUCCEEDED
+    assert report.drivers_lost == [job.job_id]
+    assert cluster.wait(timeout=10) is not None
+    done = store.get(job.job_id)
+    assert (done.status, done.owner, done.slot_held) == (JobStatus.SUCCEEDED, "watchdog", False)

@@ -47,14 +47,16 @@ def record(row: FaultRow) -> FaultRow:
 
 
 def input_accounting(uploaded: list[str], manifests: dict[str, list[str]], succeeded: set[str]) -> tuple[int, int]:
-    """(lost, processed twice): uploaded inputs in no succeeded job's manifest, and inputs in
-    more than one. `manifests`: job id -> the inputs its manifest names (key or key@version)."""
-    counts = {key: 0 for key in uploaded}
+    """(lost, processed twice): uploaded inputs in no job's manifest at all (dropped: no job, no
+    reason), and inputs in the manifests of more than one succeeded job. `manifests`: job id ->
+    the inputs its manifest names (key or key@version)."""
+    named = {key for keys in manifests.values() for key in keys}
+    counts: dict[str, int] = {}
     for job_id, keys in manifests.items():
         if job_id in succeeded:
             for key in keys:
                 counts[key] = counts.get(key, 0) + 1
-    return sum(1 for k in uploaded if counts[k] == 0), sum(1 for c in counts.values() if c > 1)
+    return sum(1 for k in uploaded if k not in named), sum(1 for c in counts.values() if c > 1)
 
 
 def _commit() -> str:

@@ -42,7 +42,9 @@ def log_text(system: LocalSystem, job: Job) -> str:
     return system.objects.get_bytes(job.logs_key).decode()
 
 
-def project_with_job(tmp_path: Path, script: str, run_timeout_s: int = 600) -> tuple[Path, Path]:
+def project_with_job(
+    tmp_path: Path, script: str, run_timeout_s: int = 600, retry: str = "{max_attempts: 1}", clusters: int = 1
+) -> tuple[Path, Path]:
     """A project dir holding one pipeline whose entrypoint is `script` (placed under jobs/)."""
     project = tmp_path / "project"
     (project / "jobs" / "probe").mkdir(parents=True)
@@ -57,6 +59,8 @@ pipelines:
     cluster: {{local_num_cpus: 1}}
     run_timeout_s: {run_timeout_s}
     batching_window_s: 1
+    max_concurrent_clusters: {clusters}
+    retry: {retry}
     output_prefix: outputs/probe/
 """
     )

@@ -48,7 +48,9 @@ class JobStateChange(BaseModel):
     pipeline: str
     trigger: Literal["s3", "api", "schedule"]
     attempt: int = Field(ge=1, description="the job's attempt after the change (a retry event names the next one)")
-    version: int = Field(ge=0, description="the job's version after the change: grows with every change (may skip); order a job's events by it")
+    version: int = Field(
+        ge=0, description="the job's version after the change: grows with every change (may skip); order a job's events by it"
+    )
     from_: JobStatus | None = Field(alias="from", description="null when the job was just recorded")
     to: JobStatus
     terminal: bool = Field(description="`to` is final: the job will not change again")

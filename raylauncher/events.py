@@ -29,6 +29,10 @@ DETAIL_TYPE = "Ray Job State Change"
 #: What the stack's rules and the local rule match: every event this module publishes.
 EVENT_PATTERN: dict[str, list[str]] = {"source": [SOURCE], "detail-type": [DETAIL_TYPE]}
 SCHEMA_VERSION = 1
+#: The owner the watchdog writes when it takes a job over (raylauncher.watchdog.WATCHDOG_OWNER);
+#: drivers own jobs as "driver:<host>:<token>" — events say which kind, never the token.
+WATCHDOG_OWNER = "watchdog"
+DRIVER_OWNER_PREFIX = "driver:"
 #: Reason messages can be long (a `ray up` stderr tail); the event keeps their start.
 REASON_MESSAGE_MAX_CHARS = 1000
 #: Publishing is best-effort: a short timeout and one retry, so a slow EventBridge costs a
@@ -51,8 +55,13 @@ class JobStateChange(BaseModel):
     version: int = Field(
         ge=0, description="the job's version after the change: grows with every change (may skip); order a job's events by it"
     )
-    from_: JobStatus | None = Field(alias="from", description="null when the job was just recorded")
+    from_: JobStatus | None = Field(
+        alias="from", description="null when the job was just recorded; equal to `to` when the watchdog took it over"
+    )
     to: JobStatus
+    driven_by: Literal["driver", "watchdog"] | None = Field(
+        description="who drives the job after the change: its driver, the watchdog (its driver was lost), nobody yet"
+    )
     terminal: bool = Field(description="`to` is final: the job will not change again")
     reason_code: ReasonCode | None = Field(
         description="why the job did not succeed; on a retry (to QUEUED), why the attempt that ended failed"
@@ -84,6 +93,12 @@ def _reason(before: Job | None, after: Job) -> tuple[ReasonCode | None, str | No
     return after.reason_code, after.reason_message
 
 
+def _driven_by(owner: str | None) -> Literal["driver", "watchdog"] | None:
+    if owner == WATCHDOG_OWNER:
+        return "watchdog"
+    return "driver" if owner and owner.startswith(DRIVER_OWNER_PREFIX) else None
+
+
 def state_change(before: Job | None, after: Job) -> JobStateChange:
     """The event detail of `before` -> `after` (`before` None: `after` was just recorded)."""
     reason_code, reason_message = _reason(before, after)
@@ -98,6 +113,7 @@ def state_change(before: Job | None, after: Job) -> JobStateChange:
         version=after.version,
         from_=before.status if before else None,
         to=after.status,
+        driven_by=_driven_by(after.owner),
         terminal=after.is_terminal,
         reason_code=reason_code,
         reason_message=_clip(reason_message),

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from raylauncher.events import JobStateChange
-from raylauncher.model import JobStatus, ReasonCode, parse_iso
+from raylauncher.model import JobStatus, parse_iso
 
 S = JobStatus
 
 #: Alarmed metrics (one series each: no dimension but the service) -> why they page someone.
 JOB_ALARMS = {
-    "DriverLost": "a job's driver stopped heartbeating and the watchdog took the job over: check the bastion",
+    "DriverLost": "a job's driver stopped heartbeating and the watchdog took the job over (DRIVER_LOST): check the bastion",
     "TeardownFailed": "a job's cluster could not be verified gone and may still cost money: check its instances",
     "RetriesExhausted": "a job failed for an infrastructure reason with no attempt left: see its reason",
 }
@@ -45,7 +45,8 @@ def state_change_metrics(change: JobStateChange) -> list[MetricPoint]:
     JobsSucceeded, JobsFailed (every other final status, also by reason), JobsRetried (by
     reason), QueueWaitSeconds (QUEUED -> LAUNCHING), ProvisioningSeconds (PROVISIONING ->
     SUBMITTED), RunSeconds (SUBMITTED -> TEARING_DOWN), ClusterSeconds (all attempts, when the
-    job is final). Alarmed, without dimensions: DriverLost, TeardownFailed, RetriesExhausted.
+    job is final). Alarmed, without dimensions: DriverLost (the watchdog took the job over),
+    TeardownFailed, RetriesExhausted.
     """
     pipeline = {"pipeline": change.pipeline}
     points: list[MetricPoint] = []
@@ -58,6 +59,10 @@ def state_change_metrics(change: JobStateChange) -> list[MetricPoint]:
         if seconds is not None:
             points.append(MetricPoint(name, "Seconds", seconds, pipeline))
 
+    if change.to == S.TEARING_DOWN and change.driven_by == "watchdog":
+        count("DriverLost", {})  # the watchdog took the job over (into TEARING_DOWN, or already there)
+    if change.from_ == change.to:  # a takeover: the status (and what it measures) did not change
+        return points
     if change.from_ is None:
         count("JobsCreated", pipeline)
     if change.to == S.LAUNCHING:
@@ -82,6 +87,4 @@ def state_change_metrics(change: JobStateChange) -> list[MetricPoint]:
         count("TeardownFailed", {})
     if change.retries_exhausted:
         count("RetriesExhausted", {})
-    if change.to == S.TEARING_DOWN and change.reason_code == ReasonCode.DRIVER_LOST:
-        count("DriverLost", {})  # the watchdog took the job over: counted when it starts the teardown
     return points

@@ -113,7 +113,8 @@ def _decimal_to_number(value: Any) -> Any:
 
 class DynamoJobStore(JobStore):
     """The DynamoDB adapter. Translates ClientError codes into domain exceptions. Every job it
-    records and every transition it writes is announced to `events` (best-effort, after the write)."""
+    records, every transition and every takeover it writes is announced to `events`
+    (best-effort, after the write)."""
 
     def __init__(self, dynamodb_client: Any, table_name: str, events: JobEvents | None = None) -> None:
         self._ddb = dynamodb_client
@@ -228,7 +229,9 @@ class DynamoJobStore(JobStore):
         sets = ["#version = :next_version", "updated_at = :now", "heartbeat_at = :now"]
         fields = {**fields, "owner": owner}
         condition = "#status = :from AND #version = :expected_version"
-        return self._update(job, self._update_params(job, fields, names, values, sets, condition))
+        taken = self._update(job, self._update_params(job, fields, names, values, sets, condition))
+        self._events.job_changed(job, taken)  # same status, new owner: a lost driver is news too
+        return taken
 
     def _update_params(
         self,

@@ -7,7 +7,7 @@ from typing import Any
 
 import raylauncher.local.stack as local_stack
 from cdk.functions import service_name
-from raylauncher.events import EVENT_PATTERN, state_change
+from raylauncher.events import EVENT_PATTERN, WATCHDOG_OWNER, state_change
 from raylauncher.job_metrics import JOB_ALARMS, state_change_metrics
 from raylauncher.model import Job, JobStatus, ReasonCode
 from raylauncher.watchdog import METRICS_NAMESPACE
@@ -82,7 +82,8 @@ def test_driver_lost_teardown_failed_and_retries_exhausted_page_the_alerts_topic
         assert props["TreatMissingData"] == "notBreaching" and props["AlarmActions"] == [topic]
     # And the metric points behind them carry no other dimension (else the alarm would see no data)
     running = Job.new("sales-summary", "s3").model_copy(update={"status": JobStatus.RUNNING, "version": 3})
-    lost = running.model_copy(update={"status": JobStatus.TEARING_DOWN, "version": 4, "reason_code": ReasonCode.DRIVER_LOST})
+    lost = running.model_copy(update={"status": JobStatus.TEARING_DOWN, "version": 4, "owner": WATCHDOG_OWNER,
+                                      "reason_code": ReasonCode.DRIVER_LOST})  # fmt: skip
     [point] = [p for p in state_change_metrics(state_change(running, lost)) if p.name == "DriverLost"]
     assert point.dimensions == {}
     # And a failing metrics Lambda pages too

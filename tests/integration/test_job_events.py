@@ -1,10 +1,12 @@
 """Job state-change events on moto server: the local bus, its rule and queue (as bootstrapped),
-read back in order; a bus that refuses or cannot be reached never blocks a transition."""
+read back in order — a whole lifecycle, a watchdog takeover and its retry; a bus that refuses
+or cannot be reached never blocks a transition."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +14,12 @@ import pytest
 from raylauncher import aws
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.events import DETAIL_TYPE, PUBLISH_CLIENT_CONFIG, SOURCE, EventBridgeJobEvents, JobStateChange
+from raylauncher.job_metrics import JOB_ALARMS, state_change_metrics
 from raylauncher.local.stack import LocalResources, bootstrap
-from raylauncher.model import Job, JobStatus, ReasonCode
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, utc_now
 from raylauncher.store import DynamoJobStore
+from raylauncher.teardown import ClusterTeardown
+from raylauncher.watchdog import Watchdog
 from raylauncher.wiring import build_launcher, build_store
 
 
@@ -98,3 +103,35 @@ def test_a_bus_that_refuses_or_cannot_be_reached_never_blocks_a_transition(
     # And each failure is logged with its code
     codes = [r.getMessage().rsplit(": ", 1)[-1] for r in caplog.records if "not published" in r.getMessage()]
     assert codes == ["ResourceNotFoundException"] * 3 + ["EndpointConnectionError"] * 3
+
+
+class GoneAlready(ClusterTeardown):
+    def teardown(self, job: Job) -> None:
+        """The lost driver's cluster is verified gone (what the EC2/local teardown reports)."""
+
+
+def test_a_lost_driver_taken_over_by_the_watchdog_is_announced_and_counted(
+    with_bus: tuple[Settings, LocalResources],
+) -> None:
+    settings, resources = with_bus
+    assert resources.events_queue_url
+    store = build_store(settings)
+    launcher = build_launcher(settings, store)
+    # Given a running job whose driver stopped heartbeating
+    job = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
+    job = store.transition(job, JobStatus.PROVISIONING, owner="driver:bastion:0a1b2c3d", heartbeat_at=iso(utc_now()))
+    job = store.transition(store.transition(job, JobStatus.SUBMITTED), JobStatus.RUNNING)
+    read_events(settings, resources.events_queue_url, expected=5)
+    # When the watchdog sweeps after the driver's lease ran out
+    later = utc_now() + timedelta(minutes=10)
+    Watchdog(store, launcher, teardown=GoneAlready(), clock=lambda: later, lease_s=60).sweep()
+    # Then the takeover and the retry it decided arrive, in order
+    details = [JobStateChange.model_validate(e["detail"]) for e in read_events(settings, resources.events_queue_url, 2)]
+    assert [(d.from_, d.to, d.driven_by, d.reason_code, d.attempt) for d in details] == [
+        (JobStatus.RUNNING, JobStatus.TEARING_DOWN, "watchdog", ReasonCode.DRIVER_LOST, 1),
+        (JobStatus.TEARING_DOWN, JobStatus.QUEUED, None, ReasonCode.DRIVER_LOST, 2),
+    ]  # fmt: skip
+    # And the metrics count one lost driver and one retry for that reason
+    points = [p for d in details for p in state_change_metrics(d)]
+    assert [p.name for p in points if p.name in JOB_ALARMS] == ["DriverLost"]
+    assert [p.dimensions for p in points if p.name == "JobsRetried"] == [{"pipeline": "sales-summary", "reason": "DRIVER_LOST"}]

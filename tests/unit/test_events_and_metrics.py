@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 from raylauncher.events import (
     DETAIL_TYPE,
     SOURCE,
+    WATCHDOG_OWNER,
     EventBridgeJobEvents,
     JobStateChange,
     detail_json_schema_text,
@@ -78,6 +79,13 @@ def test_every_built_detail_validates_against_the_committed_schema() -> None:
         validator.validate(json.loads(entry["Detail"]))
 
 
+def test_the_example_in_the_docs_is_a_valid_event() -> None:
+    example = json.loads((DOCS / "events.md").read_text(encoding="utf-8").split("```json")[1].split("```")[0])
+    schema = json.loads((DOCS / "events.schema.json").read_text(encoding="utf-8"))
+    jsonschema.Draft202012Validator(schema).validate(example["detail"])
+    assert (example["source"], example["detail-type"]) == (SOURCE, DETAIL_TYPE)
+
+
 def test_the_entry_is_the_documented_envelope() -> None:
     before, after = lifecycle()[3]
     entry = state_change_entry(before, after, "raylauncher-events")
@@ -90,6 +98,14 @@ def test_the_entry_is_the_documented_envelope() -> None:
 
 
 # -- what the detail says -------------------------------------------------------------------
+
+
+def test_the_watchdog_owner_is_the_one_the_watchdog_writes() -> None:
+    from raylauncher.driver.lease import new_owner_token
+    from raylauncher.watchdog import WATCHDOG_OWNER as WRITTEN
+
+    assert WATCHDOG_OWNER == WRITTEN
+    assert state_change(None, job(owner=new_owner_token())).driven_by == "driver"
 
 
 def test_a_new_job_has_no_from() -> None:
@@ -180,10 +196,19 @@ def test_a_successful_lifecycle_gives_its_counts_and_phase_times() -> None:
 
 
 def test_failures_are_counted_by_reason_and_the_alarmed_ones_without_dimensions() -> None:
-    running = moved(moved(moved(job(), S.PROVISIONING, 10), S.SUBMITTED, 20), S.RUNNING, 30)
-    # Driver lost: the watchdog starts the teardown
-    lost = moved(running, S.TEARING_DOWN, 40, reason_code=ReasonCode.DRIVER_LOST)
+    owned = moved(job(), S.PROVISIONING, 10, owner="driver:bastion:0a1b2c3d")
+    running = moved(moved(owned, S.SUBMITTED, 20), S.RUNNING, 30)
+    assert state_change(owned, running).driven_by == "driver"
+    # Driver lost: the watchdog takes the job over and starts the teardown
+    lost = moved(running, S.TEARING_DOWN, 40, reason_code=ReasonCode.DRIVER_LOST, owner=WATCHDOG_OWNER)
     assert MetricPoint("DriverLost", "Count", 1, {}) in metrics_of(running, lost)
+    # ... or takes over one already tearing down (no status change: the outcome was decided)
+    tearing = moved(running, S.TEARING_DOWN, 40, reason_code=ReasonCode.RAY_JOB_FAILED)
+    assert "DriverLost" not in {p.name for p in metrics_of(running, tearing)}
+    taken = tearing.model_copy(update={"version": tearing.version + 1, "owner": WATCHDOG_OWNER, "updated_at": at(45)})
+    change = state_change(tearing, taken)
+    assert (change.from_, change.to, change.driven_by) == (S.TEARING_DOWN, S.TEARING_DOWN, "watchdog")
+    assert state_change_metrics(change) == [MetricPoint("DriverLost", "Count", 1, {})]
     # ... and the job ends with no retry left
     ended = moved(lost, S.FAILED, 50, reason_code=ReasonCode.DRIVER_LOST)
     names = {(p.name, tuple(p.dimensions.values())) for p in metrics_of(lost, ended)}

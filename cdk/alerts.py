@@ -1,7 +1,9 @@
 """Alerts: what needs a person reaches one. Alarms on the watchdog's metrics (a teardown that
-failed — a cluster may still cost money —, drivers gone silent, launches no driver took) and
-on the intake dead-letter queue (notifications that could not become jobs) notify one SNS
-topic; subscribe to it (e-mail, chat, pager) after the deploy."""
+failed — a cluster may still cost money —, drivers gone silent, launches no driver took), on
+the job metrics made of state-change events (a driver lost, a teardown failed, retries
+exhausted: within minutes of the event) and on the intake dead-letter queue (notifications
+that could not become jobs) notify one SNS topic; subscribe to it (e-mail, chat, pager) after
+the deploy."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from aws_cdk import aws_sns as sns
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from raylauncher.job_metrics import JOB_ALARMS
 from raylauncher.watchdog import METRICS, METRICS_NAMESPACE
 
 #: SweepReport field -> why it pages someone.
@@ -30,7 +33,7 @@ WATCHDOG_ALARMS = {
 class Alerts(Construct):
     def __init__(
         self, scope: Construct, construct_id: str, *, dead_letters: sqs.IQueue, watchdog: lambda_.IFunction,
-        watchdog_service: str, period_minutes: int,
+        watchdog_service: str, period_minutes: int, job_metrics: lambda_.IFunction, job_metrics_service: str,
     ) -> None:  # fmt: skip
         super().__init__(scope, construct_id)
         # CloudWatch cannot publish to a topic encrypted with the AWS-managed aws/sns key (its
@@ -70,6 +73,19 @@ class Alerts(Construct):
             alarm_description="the watchdog did not run: lost launches, freed slots and expired clusters are unchecked",
         )  # fmt: skip
         self.alarms["watchdog_not_running"] = silent
+        # Job metrics come only with events: no data means nothing happened.
+        event_period = Duration.minutes(5)
+        for name, why in JOB_ALARMS.items():
+            metric = cloudwatch.Metric(
+                namespace=METRICS_NAMESPACE, metric_name=name, dimensions_map={"service": job_metrics_service},
+                statistic="Sum", period=event_period,
+            )  # fmt: skip
+            self.alarms[name] = self._alarm(f"Job{name}", metric, why, cloudwatch.TreatMissingData.NOT_BREACHING)
+        self.alarms["job_metrics_errors"] = self._alarm(
+            "JobMetricsErrors", job_metrics.metric_errors(period=event_period, statistic="Sum"),
+            "the job metrics Lambda failed: the job alarms above may miss events; see its logs",
+            cloudwatch.TreatMissingData.NOT_BREACHING,
+        )  # fmt: skip
         self.alarms["dead_letters"] = self._alarm(
             "IntakeDeadLetters",
             dead_letters.metric_approximate_number_of_messages_visible(period=Duration.minutes(5), statistic="Maximum"),

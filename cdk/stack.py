@@ -1,5 +1,5 @@
-"""The whole system in one stack: network, storage, bastion + cluster access, intake, HTTP API,
-schedules and watchdog. Each capability is one construct in its own file; this file wires them
+"""The whole system in one stack: network, storage, job events, bastion + cluster access, intake,
+HTTP API, schedules, watchdog and alerts. Each capability is one construct in its own file; this file wires them
 and is the one place that turns deployed resources into `Settings` (the same environment
 variables local mode uses)."""
 
@@ -21,6 +21,7 @@ from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
 from cdk.bastion import Bastion, FixedLinuxImage
 from cdk.cluster_access import NAG_EC2_ARN, NodeRole, allow_launching, ec2_arn, launcher_statements
 from cdk.config import DeploymentConfig
+from cdk.events import JobEvents
 from cdk.functions import LambdaFactory, service_name
 from cdk.intake import Intake
 from cdk.nag import acknowledge
@@ -66,6 +67,7 @@ class RayLauncherStack(Stack):
 
         network = Network(self, "Network", config=config, dashboard_port=dashboard_port)
         storage = Storage(self, "Storage", logs_expire_days=config.logs_expire_days)
+        job_events = JobEvents(self, "JobEvents")
         tables = (storage.job_table, storage.idempotency_table)
         ssm_output = logs.LogGroup(self, "DriverCommandLogs", retention=retention)
 
@@ -82,7 +84,8 @@ class RayLauncherStack(Stack):
 
         # The bastion: the driver's settings name the same resources the Lambdas use.
         shared = {"table": storage.job_table.table_name, "idempotency_table": storage.idempotency_table.table_name,
-                  "bucket": storage.bucket_name, "region": Aws.REGION, "max_clusters_total": config.max_clusters_total}  # fmt: skip
+                  "bucket": storage.bucket_name, "region": Aws.REGION, "max_clusters_total": config.max_clusters_total,
+                  "event_bus": job_events.bus.event_bus_name}  # fmt: skip
         driver_settings = Settings(
             **shared, pipelines_file=f"{BASTION_APP_DIR}/{PIPELINES_JSON}", bastion="local",
             launcher_bin=BASTION_LAUNCHER, cluster_backend="ec2", detach="systemd",
@@ -99,6 +102,7 @@ class RayLauncherStack(Stack):
             ec2_deployment_json=deployment.model_dump_json(indent=1),
         )  # fmt: skip
         allow_launching(bastion.role, launching)
+        job_events.allow_publishing(bastion.role)  # the driver's transitions
         for table in tables:
             table.grant_read_write_data(bastion.role)
         # Manifests, Ray logs and SSM output under jobs/; each job's summary under its outputs.
@@ -147,8 +151,10 @@ class RayLauncherStack(Stack):
         ))  # fmt: skip
         acknowledge(watchdog_fn, f"IAM5[Resource::{NAG_EC2_ARN}instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
+        job_metrics_fn = job_events.add_metrics(functions)
         self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog=watchdog_fn,
-                             watchdog_service=service_name("watchdog"), period_minutes=config.watchdog_rate_minutes)  # fmt: skip
+                             watchdog_service=service_name("watchdog"), period_minutes=config.watchdog_rate_minutes,
+                             job_metrics=job_metrics_fn, job_metrics_service=service_name("job_metrics"))  # fmt: skip
 
         send_command = iam.PolicyStatement(
             sid="RunTheDriverOnTheBastionOnly", actions=["ssm:SendCommand"],
@@ -160,6 +166,7 @@ class RayLauncherStack(Stack):
             "intake": intake.function, "api": api.function, "schedule": schedule_fn, "watchdog": watchdog_fn,
         }  # fmt: skip
         for fn in self.functions.values():
+            job_events.allow_publishing(fn)  # every job they record or move is announced
             for table in tables:
                 table.grant_read_write_data(fn)
             storage.allow_list(fn.role, trigger_prefixes)  # an s3_prefix param lists the objects under it
@@ -167,10 +174,13 @@ class RayLauncherStack(Stack):
             fn.add_to_role_policy(send_command)
 
         self.storage, self.network, self.bastion, self.intake, self.api, self.nodes = storage, network, bastion, intake, api, node
+        self.job_events = job_events
         CfnOutput(self, "DataBucket", value=storage.bucket_name, description="drop input files under a pipeline prefix")
         CfnOutput(self, "JobTable", value=storage.job_table.table_name)
         CfnOutput(self, "IntakeQueueUrl", value=intake.queue.queue_url)
         CfnOutput(self, "ApiUrl", value=api.api.url, description="IAM-signed (SigV4) requests only")
+        CfnOutput(self, "JobEventBus", value=job_events.bus.event_bus_name,
+                  description="one 'Ray Job State Change' event per job state change (docs/events.md)")
         CfnOutput(self, "AlertsTopicArn", value=self.alerts.topic.topic_arn,
                   description="subscribe to it: failed teardowns, silent drivers, dead-lettered notifications")
         CfnOutput(self, "BastionInstanceId", value=bastion.instance.instance_id,

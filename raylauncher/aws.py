@@ -20,13 +20,15 @@ _RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeo
 _MODELS = botocore.loaders.create_loader()
 
 
-def client(service: str, settings: Settings) -> Any:
+def client(service: str, settings: Settings, config: Config | None = None) -> Any:
     """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1.
-    Each client has its own session: credentials are resolved when it is made, as before."""
+    Each client has its own session: credentials are resolved when it is made, as before.
+    `config` overrides the default retries and timeouts (e.g. for best-effort calls)."""
     core = botocore.session.get_session()
     core.register_component("data_loader", _MODELS)
     return boto3.session.Session(botocore_session=core).client(
-        service, region_name=settings.region, endpoint_url=settings.endpoint_url, config=_RETRIES
+        service, region_name=settings.region, endpoint_url=settings.endpoint_url,
+        config=_RETRIES.merge(config) if config else _RETRIES,
     )
 
 

@@ -321,6 +321,7 @@ class Settings(_Strict):
     bastion: Literal["ssm", "local"] = "ssm"
     bastion_instance_id: str | None = None
     ssm_log_group: str | None = None  # CloudWatch Logs group for the SSM command's output
+    event_bus: str | None = None  # EventBridge bus for job state-change events; None: none are published
     launcher_bin: str = BASTION_LAUNCHER  # on the bastion
     cluster_backend: Literal["local", "ec2"] = "ec2"
     project_dir: str = BASTION_APP_DIR  # holds jobs/ on the bastion

@@ -7,6 +7,7 @@ job can never both win.
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,7 +18,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransactionRefused, TransitionConflict
+from raylauncher.events import JobEvents, NullJobEvents
 from raylauncher.model import TERMINAL, Job, JobStatus, check_transition, iso, utc_now
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,14 @@ def _decimal_to_number(value: Any) -> Any:
 
 
 class DynamoJobStore(JobStore):
-    """The DynamoDB adapter. Translates ClientError codes into domain exceptions."""
+    """The DynamoDB adapter. Translates ClientError codes into domain exceptions. Every job it
+    records, every transition and every takeover it writes is announced to `events`
+    (best-effort, after the write)."""
 
-    def __init__(self, dynamodb_client: Any, table_name: str) -> None:
+    def __init__(self, dynamodb_client: Any, table_name: str, events: JobEvents | None = None) -> None:
         self._ddb = dynamodb_client
         self._table = table_name
+        self._events = events or NullJobEvents()
 
     @property
     def table_name(self) -> str:
@@ -130,6 +137,7 @@ class DynamoJobStore(JobStore):
             if error_code(err) == "ConditionalCheckFailedException":
                 raise JobAlreadyExists(job.job_id) from None
             raise StorageError(f"cannot create job {job.job_id}", error_code(err)) from err
+        self._events.job_changed(None, job)
         return job
 
     def get(self, job_id: str) -> Job:
@@ -165,7 +173,9 @@ class DynamoJobStore(JobStore):
         return self._update_params(job, fields, names, values, sets, "#status = :from AND #version = :expected_version")
 
     def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
-        return self._update(job, self.transition_params(job, target, **fields))
+        moved = self._update(job, self.transition_params(job, target, **fields))
+        self._events.job_changed(job, moved)
+        return moved
 
     def transact(self, job: Job, job_update: dict[str, Any], others: list[dict[str, Any]]) -> Job:
         """Apply `job_update` (from transition_params) together with `others` (TransactItems),
@@ -180,7 +190,12 @@ class DynamoJobStore(JobStore):
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 raise TransitionConflict(job.job_id, job.status.value, None) from None
             raise TransactionRefused([i - 1 for i, code in enumerate(reasons) if i and code != "None"]) from None
-        return self.get(job.job_id)
+        moved = self.get(job.job_id)
+        if moved.version == job.version + 1:  # else somebody moved it on since: theirs is the event to send
+            self._events.job_changed(job, moved)
+        else:
+            log.warning("job %s: changed again before its transition could be announced", job.job_id)
+        return moved
 
     def mark(self, job: Job, **fields: Any) -> Job:
         names = {"#status": "status"}
@@ -214,7 +229,9 @@ class DynamoJobStore(JobStore):
         sets = ["#version = :next_version", "updated_at = :now", "heartbeat_at = :now"]
         fields = {**fields, "owner": owner}
         condition = "#status = :from AND #version = :expected_version"
-        return self._update(job, self._update_params(job, fields, names, values, sets, condition))
+        taken = self._update(job, self._update_params(job, fields, names, values, sets, condition))
+        self._events.job_changed(job, taken)  # same status, new owner: a lost driver is news too
+        return taken
 
     def _update_params(
         self,

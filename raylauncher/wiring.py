@@ -13,6 +13,7 @@ from raylauncher.bastion import Bastion, LocalBastion, SsmBastion
 from raylauncher.config import Settings, load_ec2_deployment, load_pipelines
 from raylauncher.claims import DynamoObjectClaims
 from raylauncher.errors import ConfigError, JobNotFound
+from raylauncher.events import PUBLISH_CLIENT_CONFIG, EventBridgeJobEvents, JobEvents, NullJobEvents
 from raylauncher.intake import IntakeService
 from raylauncher.objects import S3ObjectStore
 from raylauncher.store import DynamoJobStore
@@ -25,8 +26,15 @@ if TYPE_CHECKING:
     from raylauncher.watchdog import Watchdog
 
 
+def build_job_events(settings: Settings) -> JobEvents:
+    """State-change events on the settings' bus; none without one."""
+    if not settings.event_bus:
+        return NullJobEvents()
+    return EventBridgeJobEvents(aws.client("events", settings, PUBLISH_CLIENT_CONFIG), settings.event_bus)
+
+
 def build_store(settings: Settings) -> DynamoJobStore:
-    return DynamoJobStore(aws.client("dynamodb", settings), settings.table)
+    return DynamoJobStore(aws.client("dynamodb", settings), settings.table, build_job_events(settings))
 
 
 def build_objects(settings: Settings) -> S3ObjectStore:

@@ -53,6 +53,7 @@ def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, pro
     return Settings(
         table="raylauncher-jobs",
         bucket="raylauncher-data",
+        event_bus="raylauncher-events",
         pipelines_file=str(pipelines_file),
         region="us-east-1",
         endpoint_url=endpoint_url,

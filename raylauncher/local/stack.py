@@ -1,7 +1,10 @@
 """Local AWS: moto in server mode on 127.0.0.1, with the same resources the stack deploys.
 
 S3 bucket, intake queue + dead-letter queue, the job table (JOB_TABLE) and the bucket's
-S3 -> SQS notifications (queue_notification_configuration) — the very objects the CDK uses.
+S3 -> SQS notifications (queue_notification_configuration) — the very objects the CDK uses —
+and, with an event bus set, the bus with a rule (EVENT_PATTERN) delivering job state-change
+events to an SQS queue, where local mode and tests read them (on AWS a Lambda turns them into
+metrics).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from werkzeug.serving import make_server
 
 from raylauncher import aws
 from raylauncher.config import PipelinesConfig, Settings
+from raylauncher.events import EVENT_PATTERN
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
 
@@ -214,6 +218,7 @@ class LocalResources:
     queue_url: str
     queue_arn: str
     dlq_url: str
+    events_queue_url: str | None = None  # job state-change events, when the settings name a bus
 
 
 def bootstrap(settings: Settings, pipelines: PipelinesConfig, queue_name: str = "raylauncher-intake") -> LocalResources:
@@ -245,4 +250,18 @@ def bootstrap(settings: Settings, pipelines: PipelinesConfig, queue_name: str = 
         Bucket=settings.bucket,
         NotificationConfiguration=queue_notification_configuration(pipelines, queue_arn),
     )
-    return LocalResources(queue_url=queue_url, queue_arn=queue_arn, dlq_url=dlq_url)
+    events_queue_url = _bootstrap_event_bus(settings) if settings.event_bus else None
+    return LocalResources(queue_url=queue_url, queue_arn=queue_arn, dlq_url=dlq_url, events_queue_url=events_queue_url)
+
+
+def _bootstrap_event_bus(settings: Settings) -> str:
+    """The bus, and a rule sending every job state-change event on it to an SQS queue (its URL)."""
+    assert settings.event_bus
+    events, sqs = aws.client("events", settings), aws.client("sqs", settings)
+    events.create_event_bus(Name=settings.event_bus)
+    queue_url = sqs.create_queue(QueueName=f"{settings.event_bus}-job-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name="job-state-changes", EventBusName=settings.event_bus, EventPattern=json.dumps(EVENT_PATTERN))
+    events.put_targets(Rule="job-state-changes", EventBusName=settings.event_bus,
+                       Targets=[{"Id": "job-events-queue", "Arn": queue_arn}])  # fmt: skip
+    return queue_url

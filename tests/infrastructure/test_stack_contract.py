@@ -201,6 +201,7 @@ def test_lambda_asset_holds_our_code_and_the_pipelines_and_imports_nothing_heavy
         "import sys\n"
         "for name in ('ray', 'pyarrow', 'pandas', 'yaml'): sys.modules[name] = None\n"
         "import lambdas.api.handler, lambdas.intake.handler, lambdas.schedule.handler, lambdas.watchdog.handler\n"
+        "import lambdas.job_metrics.handler\n"
         "import raylauncher\n"
         f"assert raylauncher.__file__.startswith({str(staged)!r}), raylauncher.__file__\n"
         "from raylauncher.config import load_pipelines\n"

@@ -60,7 +60,7 @@ def test_every_lambda_runs_python_312_in_the_private_subnets_with_the_powertools
     # Created VPC: the private subnets are the PRIVATE_WITH_EGRESS ones
     s = default_stack
     functions = s.resources("AWS::Lambda::Function")
-    assert len(functions) == 4  # intake, api, schedule, watchdog: no custom-resource Lambda outside the VPC
+    assert len(functions) == 5  # intake, api, schedule, watchdog, job metrics: no custom-resource Lambda outside the VPC
     private = sorted(s.resolve(s.stack.network.private_subnet_ids), key=str)
     layer_param = next(k for k, v in s.template_json["Parameters"].items()
                        if v.get("Default") == POWERTOOLS_LAYER_PARAMETER)  # fmt: skip

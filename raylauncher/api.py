@@ -89,6 +89,18 @@ class PhaseTime(BaseModel):
     at: str = Field(description="when the job entered this status (ISO 8601, UTC)")
 
 
+class AttemptView(BaseModel):
+    attempt: int
+    run_id: str = Field(description="the attempt's Ray submission id and cluster key: <job>, <job>-a2, …")
+    status: JobStatus = Field(description="how the attempt ended")
+    reason_code: ReasonCode | None
+    reason_message: str | None
+    phase_times: dict[str, str] = Field(description="status -> when the attempt entered it")
+    cluster_seconds: float = Field(description="seconds the attempt's cluster was up")
+    ended_at: str
+    log_location: str | None = Field(default=None, description="s3:// URI of the attempt's Ray log, if kept")
+
+
 class JobView(BaseModel):
     job_id: str
     pipeline: str
@@ -107,6 +119,10 @@ class JobView(BaseModel):
     log_location: str | None = Field(description="s3:// URI of the Ray job's log, once kept")
     output_location: str | None = Field(description="s3:// URI prefix the job writes its output under")
     summary: dict[str, Any] | None = Field(description="the Ray job's own summary, when it wrote one")
+    attempt: int = Field(description="the current (or last) attempt; retries run on a new cluster")
+    attempts: list[AttemptView] = Field(description="earlier attempts, oldest first (the last one is the job itself)")
+    retry_at: str | None = Field(description="a QUEUED retry is not launched before this time")
+    cluster_seconds: float = Field(description="seconds clusters of this job were (or are) up, every attempt")
     queue_position: int | None = Field(
         default=None, description="QUEUED jobs (GET /jobs/{job_id}): 1 = launched next when a cluster slot frees"
     )
@@ -262,10 +278,16 @@ def job_view(job: Job, bucket: str, queue_position: int | None = None) -> JobVie
 
     order = list(JobStatus)
     phases = sorted(job.phase_times.items(), key=lambda kv: (kv[1], order.index(JobStatus(kv[0]))))
-    shared = (set(JobView.model_fields) & set(Job.model_fields)) - {"phase_times"}
+    shared = (set(JobView.model_fields) & set(Job.model_fields)) - {"phase_times", "attempts"}
+    attempts = [
+        AttemptView(**{k: v for k, v in a.items() if k in AttemptView.model_fields}, log_location=uri(a.get("logs_key")))
+        for a in job.attempts
+    ]
     return JobView(
         **{name: getattr(job, name) for name in shared},
         phase_times=[PhaseTime(status=JobStatus(s), at=at) for s, at in phases],
+        attempts=attempts,
+        cluster_seconds=round(job.cluster_seconds(), 3),
         manifest_location=uri(job.manifest_key),
         log_location=uri(job.logs_key),
         output_location=uri(job.output_prefix),

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from raylauncher.config import BASTION_ENV_FILE, Settings, load_pipelines, pipelines_json
-from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, UnknownPipeline
+from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, RayLauncherError, UnknownPipeline
 from raylauncher.model import require_job_id
 
 
@@ -34,11 +34,14 @@ def cmd_driver_start(args: argparse.Namespace) -> int:
     """Start `driver run JOB` detached and return at once (what the SSM command calls)."""
     settings = _settings()
     run = [sys.executable, "-m", "raylauncher", "driver", "run", args.job_id]
+    # One unit per attempt: a retry is launched while the previous attempt's driver may still be
+    # in its unit (it launches what is queued once it is done).
+    unit = _run_id(settings, args.job_id)
     if settings.detach == "systemd":
         # A transient unit: survives the SSM command, logs to the journal; SIGTERM reaches the
         # driver first (KillMode=mixed) so it can tear the cluster down before it is killed.
         cmd = [
-            "systemd-run", f"--unit=raylauncher-driver-{args.job_id}", "--collect",
+            "systemd-run", f"--unit=raylauncher-driver-{unit}", "--collect",
             # Longer than every teardown deadline together: systemd must never kill `ray down`.
             "--property=KillMode=mixed", f"--property=TimeoutStopSec={settings.teardown_timeout_s + 600}",
             f"--property=EnvironmentFile={BASTION_ENV_FILE}", *run,
@@ -46,12 +49,22 @@ def cmd_driver_start(args: argparse.Namespace) -> int:
         return subprocess.run(cmd, check=False).returncode
     log_dir = Path(settings.state_dir) / "drivers"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{args.job_id}.log", "ab") as out:
+    with open(log_dir / f"{unit}.log", "ab") as out:
         proc = subprocess.Popen(
             run, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True
         )
-    print(f"driver for {args.job_id} started (pid {proc.pid}, log {log_dir / (args.job_id + '.log')})")
+    print(f"driver for {args.job_id} started (pid {proc.pid}, log {log_dir / (unit + '.log')})")
     return 0
+
+
+def _run_id(settings: Settings, job_id: str) -> str:
+    """The job's current run id (`<job>-a<n>`), or the job id if the store cannot say."""
+    from raylauncher.wiring import build_store
+
+    try:
+        return build_store(settings).get(job_id).run_id
+    except RayLauncherError:
+        return job_id
 
 
 def cmd_driver_run(args: argparse.Namespace) -> int:

@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,10 @@ from raylauncher.local.ec2_standin.forwarder import NODES_SOURCE
 from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, our_namespaces
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
-from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso
-from raylauncher.reaper import Ec2Reaper
-from raylauncher.tags import EXPIRES_AT_TAG, RAY_CLUSTER_TAG
-from raylauncher.wiring import build_driver
+from raylauncher.model import Job, JobStatus, ReasonCode, run_id
+from raylauncher.tags import RAY_CLUSTER_TAG
+from raylauncher.wiring import build_driver, build_watchdog
+from tests.faults import FaultRow
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"  # a region of its own on the process's moto (SendCommand, reaper tests)
@@ -62,6 +61,8 @@ def _project(root: Path) -> tuple[Path, Path]:
                     ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
     (project / "jobs" / "probe").mkdir(parents=True)
     (project / "jobs" / "probe" / "main.py").write_text(PROBE)
+    (project / "jobs" / "quick").mkdir(parents=True)
+    (project / "jobs" / "quick" / "main.py").write_text('print("quick: done", flush=True)\n')
     pipelines = project / "pipelines.yaml"
     pipelines.write_text((PROJECT_DIR / "pipelines.yaml").read_text() + """
   - name: probe
@@ -69,13 +70,21 @@ def _project(root: Path) -> tuple[Path, Path]:
     entrypoint: {script: jobs/probe/main.py}
     cluster: {min_workers: 0, max_workers: 0}
     run_timeout_s: 600
+    retry: {max_attempts: 1}
     output_prefix: outputs/probe/
   - name: probe-short
     trigger: {prefix: incoming/probe-short/}
     entrypoint: {script: jobs/probe/main.py}
     cluster: {min_workers: 0, max_workers: 0}
     run_timeout_s: 15
+    retry: {max_attempts: 1}
     output_prefix: outputs/probe-short/
+  - name: quick
+    trigger: {prefix: incoming/quick/}
+    entrypoint: {script: jobs/quick/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    retry: {max_attempts: 2, backoff_s: 1}
+    output_prefix: outputs/quick/
 """)
     return project, pipelines
 
@@ -92,15 +101,15 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def instances_of(system: LocalSystem, job: Job) -> list[dict[str, Any]]:
-    name = cluster_name(job.job_id)
+def instances_of(system: LocalSystem, job: Job, attempt: int = 1) -> list[dict[str, Any]]:
+    name = cluster_name(run_id(job.job_id, attempt))
     return [i for i in system.standin.instances()
             if {t["Key"]: t["Value"] for t in i.get("Tags", [])}.get(RAY_CLUSTER_TAG) == name]  # fmt: skip
 
 
-def assert_cluster_gone(system: LocalSystem, job: Job, launched: bool = True) -> None:
+def assert_cluster_gone(system: LocalSystem, job: Job, launched: bool = True, attempt: int = 1) -> None:
     """Every instance of the job's cluster is terminated and its node (namespace, processes) gone."""
-    instances = instances_of(system, job)
+    instances = instances_of(system, job, attempt)
     if launched:
         assert instances, f"no instance of {job.job_id} was ever launched"
     assert [i["State"]["Name"] for i in instances] == ["terminated"] * len(instances)
@@ -344,8 +353,10 @@ def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(sy
 
 
 @pytest.mark.parametrize("when", ["during ray up", "while running"])
-def test_driver_killed_leaves_nodes_that_the_reaper_terminates(system: LocalSystem, when: str) -> None:
-    # Given a driver process (as the bastion runs it) bringing up a job's cluster
+def test_a_killed_driver_is_taken_over_and_its_nodes_terminated_within_the_lease(
+    system: LocalSystem, when: str, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given a driver process (as the bastion runs it) bringing up a job's cluster, or running it
     job = new_job(system, "probe")
     driver = subprocess.Popen([sys.executable, "-m", "raylauncher", "driver", "run", job.job_id],
                               env={**os.environ, **system.settings.to_env()}, stdout=subprocess.DEVNULL,
@@ -355,32 +366,67 @@ def test_driver_killed_leaves_nodes_that_the_reaper_terminates(system: LocalSyst
             wait_until(lambda: bool(instances_of(system, job)), 120, "the head's RunInstances")
         else:
             wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, JOB_TIMEOUT_S, "RUNNING")
-        # When the driver is SIGKILLed (no teardown can run)
+        # When the driver is SIGKILLed (no teardown of its own can run)
         driver.kill()
         driver.wait(10)
-        killed_at = time.time()
+        killed = time.monotonic()
         instances = instances_of(system, job)
-        assert instances and all(i["State"]["Name"] == "running" for i in instances)
-        # Then the nodes carry the expiry tag, and the watchdog's reaper terminates them once it passed
-        tags = {t["Key"]: t["Value"] for t in instances[0]["Tags"]}
-        expires_at = parse_iso(tags[EXPIRES_AT_TAG])
-        reaped = Ec2Reaper(system.standin.client("ec2")).reap(now=expires_at + timedelta(seconds=1))
-        assert {r.instance_id for r in reaped} >= {i["InstanceId"] for i in instances}
+        assert instances and all(i["State"]["Name"] in ("pending", "running") for i in instances)
+        # Then the watchdog (a sweep every second here) takes the job over once its lease lapsed,
+        # terminates its nodes by tag and ends it FAILED(DRIVER_LOST) (the pipeline allows 1 attempt)
+        watchdog = build_watchdog(system.settings)
+        wait_until(lambda: bool(watchdog.sweep()) and system.store.get(job.job_id).is_terminal, 120, "the takeover")
+        wait_until(lambda: all(i["State"]["Name"] == "terminated" for i in instances_of(system, job)), 60,
+                   "terminated instances")  # fmt: skip
+        outlived = time.monotonic() - killed
+        done = system.store.get(job.job_id)
+        assert (done.status, done.reason_code, done.slot_held) == (JobStatus.FAILED, ReasonCode.DRIVER_LOST, False)
+        assert "no heartbeat since" in (done.reason_message or "")
         assert_cluster_gone(system, job)
-        # How long they would have stayed up (the lease of issue #10 is to shorten this)
-        print(f"\n[{when}] a SIGKILLed driver's nodes stay up until expires-at: "
-              f"{expires_at.timestamp() - killed_at:.0f} s after the kill")
+        print(f"\n[{when}] a SIGKILLed driver's nodes were terminated {outlived:.1f} s after the kill "
+              f"(lease {system.settings.driver_lease_s:.0f} s)")
+        fault_row(FaultRow(f"driver SIGKILLed {when}", "ec2 stand-in", done.status.value, done.reason_code.value,
+                           done.attempt, round(outlived, 1), 0, 0, 0))  # fmt: skip
     finally:
         driver.kill()
-        # a `ray up` the dead driver had started runs on in its own session: stop it
+        # a `ray up` the dead driver had started runs on in its own session (on the bastion,
+        # systemd stops what is left of the driver's unit when its main process dies): stop it
         for proc in leftover_processes():
             if job.job_id in str(proc.environ()):
                 proc.kill()
 
 
+def test_a_failed_ray_up_is_retried_on_a_new_cluster_that_succeeds(
+    system: LocalSystem, monkeypatch: pytest.MonkeyPatch, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given a job whose first cluster's head boots without sshd (Ray's launcher waits 20 s for SSH)
+    job = new_job(system, "quick")
+    first = cluster_name(job.run_id)
+    system.standin.refuse_ssh(lambda tags: tags.get(RAY_CLUSTER_TAG) == first)
+    monkeypatch.setenv("AUTOSCALER_NODE_START_WAIT_S", "20")
+    try:
+        # When the driver runs it (its retry is launched through the local bastion after 1 s)
+        thread, result = run_driver_in_thread(driver_settings(system), job)
+        queued = finished(thread, result)
+        assert (queued.status, queued.attempt) in {(JobStatus.QUEUED, 2), (JobStatus.LAUNCHING, 2)}
+        assert_cluster_gone(system, job)
+        wait_until(lambda: system.store.get(job.job_id).is_terminal, JOB_TIMEOUT_S, "the second attempt")
+    finally:
+        system.standin.refuse_ssh(lambda tags: False)
+    # Then the second attempt ran on a cluster of its own and SUCCEEDED; the first is on the record
+    done = system.store.get(job.job_id)
+    assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2), (done.reason_code, done.reason_message)
+    (attempt,) = done.attempts
+    assert attempt["reason_code"] == ReasonCode.PROVISIONING_FAILED and "ray up" in attempt["reason_message"]
+    assert done.cluster and done.cluster["cluster_name"] == f"{first}-a2"
+    assert_cluster_gone(system, job, attempt=2)
+    fault_row(FaultRow("`ray up` failing (head without sshd); retried on a new cluster", "ec2 stand-in",
+                       done.status.value, f"{attempt['reason_code']} → none", done.attempt,
+                       attempt["cluster_seconds"], 0, 0, 0))  # fmt: skip  (the failed attempt's cluster time)
+
+
 def test_nothing_of_a_node_outlives_its_instance(system: LocalSystem) -> None:
-    # Given every scenario of this module has run (the killed drivers' jobs stay unfinished:
-    # their clusters were reaped, their records are the watchdog's, see issue #10)
+    # Given every scenario of this module has run
     # Then no instance is left running and no node is left
     running = [i["InstanceId"] for i in system.standin.instances() if i["State"]["Name"] in ("pending", "running")]
     assert not running

@@ -151,6 +151,9 @@ class RayLauncherStack(Stack):
         ))  # fmt: skip
         acknowledge(watchdog_fn, f"IAM5[Resource::{NAG_EC2_ARN}instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
+        # A LAUNCHING job whose SSM command already failed is ended at once (Bastion.launch_failure).
+        watchdog_fn.add_to_role_policy(iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]))
+        # (no resource-level permissions: acknowledged with the others in cdk/functions.py)
         job_metrics_fn = job_events.add_metrics(functions)
         self.alerts = Alerts(self, "Alerts", dead_letters=intake.dlq, watchdog=watchdog_fn,
                              watchdog_service=service_name("watchdog"), period_minutes=config.watchdog_rate_minutes,

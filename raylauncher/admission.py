@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from raylauncher.bastion import Bastion
+from raylauncher.bastion import Bastion, LaunchFailure
 from raylauncher.config import PipelinesConfig
 from raylauncher.errors import BastionUnavailable, RayLauncherError, TransactionRefused, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
@@ -84,7 +84,7 @@ class Launcher:
             log.info("job %s stays QUEUED: no free cluster slot", job.job_id)
             return job
         try:
-            self._bastion.run_driver(job.job_id)
+            ref = self._bastion.run_driver(job.job_id)
         except BastionUnavailable as err:
             log.error("job %s: bastion unavailable: %s", job.job_id, err)
             message = f"could not start the driver on the bastion: {err}"
@@ -99,8 +99,16 @@ class Launcher:
                 return self._store.get(job.job_id)
             self.release(job)
             return job
+        try:  # kept so the watchdog can ask how the launch went (fails if a driver claimed it already)
+            job = self._store.mark(job, launch_ref=ref)
+        except (TransitionConflict, RayLauncherError):
+            pass
         self._on_launched(job)
         return job
+
+    def launch_failure(self, job: Job) -> LaunchFailure | None:
+        """How the job's launch failed on the bastion, if it has (see Bastion.launch_failure)."""
+        return self._bastion.launch_failure(job.launch_ref) if job.launch_ref else None
 
     def requeue(self, job: Job, fields: dict[str, Any]) -> Job:
         """Back to QUEUED for the next attempt (fields from retries.next_attempt), giving back

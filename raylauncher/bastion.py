@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,11 +34,29 @@ def driver_command(launcher_bin: str, job_id: str) -> list[str]:
     ]
 
 
+@dataclass(frozen=True)
+class LaunchFailure:
+    """The bastion's command for a launch ended without starting a driver."""
+
+    status: str  # e.g. the SSM invocation's Failed / TimedOut / Cancelled
+    output_tail: str
+
+
 class Bastion(ABC):
     @abstractmethod
     def run_driver(self, job_id: str) -> str:
         """Start the driver for `job_id`; returns a handle (SSM command id, or a local marker).
         Raises BastionUnavailable when the bastion could not be asked."""
+
+    def launch_failure(self, ref: str) -> LaunchFailure | None:
+        """If the launch `ref` (from run_driver) has ended in failure, how; None while it runs,
+        after it succeeded, or when it cannot be told (the launch grace then applies)."""
+        return None
+
+
+#: Final states of an SSM command invocation in which no driver was started.
+SSM_FAILED_STATUSES = frozenset({"Failed", "Cancelled", "TimedOut", "Cancelling"})
+OUTPUT_TAIL_CHARS = 1500
 
 
 class SsmBastion(Bastion):
@@ -71,6 +90,18 @@ class SsmBastion(Bastion):
             code = error_code(err)
             raise BastionUnavailable(f"SSM SendCommand failed ({code})", code) from err
         return str(resp["Command"]["CommandId"])
+
+
+    def launch_failure(self, ref: str) -> LaunchFailure | None:
+        try:
+            inv = self._ssm.get_command_invocation(CommandId=ref, InstanceId=self._instance_id)
+        except (ClientError, BotoCoreError):  # InvocationDoesNotExist (not visible yet), throttling: not known
+            return None
+        status = str(inv.get("Status", ""))
+        if status not in SSM_FAILED_STATUSES:
+            return None
+        tail = (inv.get("StandardErrorContent") or inv.get("StandardOutputContent") or "").strip()[-OUTPUT_TAIL_CHARS:]
+        return LaunchFailure(f"{status}: {inv.get('StatusDetails', status)}", tail or "(no output)")
 
 
 class LocalBastion(Bastion):

@@ -182,6 +182,7 @@ class Job(BaseModel):
     attempts: list[dict[str, Any]] = Field(default_factory=list)  # finished earlier attempts
     retry_at: str | None = None  # a QUEUED retry is not launched before this time
     owner: str | None = None  # who drives the job now: a driver's token, or "watchdog"
+    launch_ref: str | None = None  # the bastion's handle of the current launch (SSM command id)
 
     @property
     def is_terminal(self) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from raylauncher.admission import Launcher
+from raylauncher.bastion import LaunchFailure
 from raylauncher.errors import IllegalTransition, RayLauncherError, TeardownFailed, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.reaper import ClusterReaper, ReaperError
@@ -104,8 +105,10 @@ class Watchdog:
         report = SweepReport()
         jobs = self._store.list_jobs()
         for job in jobs:
-            if job.status == JobStatus.LAUNCHING and now - parse_iso(job.updated_at) > self._launch_grace:
-                if self._fail_unclaimed(job, report):
+            if job.status == JobStatus.LAUNCHING:
+                late = now - parse_iso(job.updated_at) > self._launch_grace
+                failure = None if late else self._launcher.launch_failure(job)  # the SSM command ended badly
+                if (late or failure) and self._fail_unclaimed(job, report, failure):
                     report.failed_unclaimed.append(job.job_id)
                 continue
             if self._teardown and job.status in _DRIVEN and now - self._last_beat(job) > self._lease:
@@ -134,9 +137,14 @@ class Watchdog:
     def _last_beat(job: Job) -> datetime:
         return parse_iso(job.heartbeat_at or job.updated_at)
 
-    def _fail_unclaimed(self, job: Job, report: SweepReport) -> bool:
-        message = (f"no driver claimed the job within {int(self._launch_grace.total_seconds())} s of "
-                   "its launch (bastion down or its SSM command lost); no cluster was started")  # fmt: skip
+    def _fail_unclaimed(self, job: Job, report: SweepReport, failure: LaunchFailure | None = None) -> bool:
+        message = (
+            f"the bastion's command {job.launch_ref} ended {failure.status} without starting a driver; no cluster "
+            f"was started. Its output: {failure.output_tail}"
+            if failure
+            else f"no driver claimed the job within {int(self._launch_grace.total_seconds())} s of its launch "
+            "(bastion down or its SSM command lost); no cluster was started"
+        )
         try:
             retry = self._next_attempt(job, JobStatus.FAILED, ReasonCode.DRIVER_NOT_STARTED, message)
             if retry is not None:

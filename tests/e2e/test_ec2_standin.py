@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from raylauncher.local.ec2_standin.forwarder import NODES_SOURCE
 from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, our_namespaces
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
-from raylauncher.model import Job, JobStatus, ReasonCode, run_id
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, run_id, utc_now
 from raylauncher.tags import RAY_CLUSTER_TAG
 from raylauncher.wiring import build_driver, build_watchdog
 from tests.faults import FaultRow
@@ -119,6 +120,16 @@ def assert_cluster_gone(system: LocalSystem, job: Job, launched: bool = True, at
         time.sleep(0.2)
     assert not ids & set(system.standin.materializer.nodes)
     assert not [ns for ns in our_namespaces() if any(ns.endswith(i) for i in ids)]
+
+
+def standin_row(system: LocalSystem, scenario: str, job: Job, since: datetime | None = None) -> FaultRow:
+    """A fault row for a job that ran on the stand-in (API-triggered: no input objects). Cluster
+    seconds after the fault: from `since` (or the attempt's start) to the end of the teardown."""
+    end = parse_iso(job.phase_times[job.status.value])
+    start = since or parse_iso(job.phase_times.get("PROVISIONING", job.created_at))
+    left = [i for i in instances_of(system, job, job.attempt) if i["State"]["Name"] != "terminated"]
+    return FaultRow(scenario, "ec2 stand-in", job.status.value, job.reason_code.value if job.reason_code else "none",
+                    job.attempt, round((end - start).total_seconds(), 1), len(left), 0, 0)  # fmt: skip
 
 
 def new_job(system: LocalSystem, pipeline: str) -> Job:
@@ -275,8 +286,9 @@ def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: Lo
 # -- the fault scenarios ------------------------------------------------------------------------------
 
 
-def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(system: LocalSystem,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(
+    system: LocalSystem, monkeypatch: pytest.MonkeyPatch, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
     # Given heads that boot without sshd, and Ray's launcher waiting 20 s for SSH (900 by default)
     system.standin.refuse_ssh(lambda tags: tags.get("ray-node-type") == "head")
     monkeypatch.setenv("AUTOSCALER_NODE_START_WAIT_S", "20")
@@ -291,9 +303,12 @@ def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(syst
     assert (job.status, job.reason_code) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED)
     assert "ray up" in (job.reason_message or "")
     assert_cluster_gone(system, job)
+    fault_row(standin_row(system, "`ray up` failing (head without sshd), 1 attempt allowed", job))
 
 
-def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(system: LocalSystem) -> None:
+def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(
+    system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
     # Given a provisioning deadline shorter than `ray up`
     job = new_job(system, "probe")
     thread, result = run_driver_in_thread(driver_settings(system, provisioning_timeout_s=8), job)
@@ -303,9 +318,10 @@ def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(system: Loc
     assert (job.status, job.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT)
     assert not [p for p in leftover_processes() if job.job_id in str(p.environ())]
     assert_cluster_gone(system, job)
+    fault_row(standin_row(system, "provisioning deadline passed during `ray up`", job))
 
 
-def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem) -> None:
+def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]) -> None:
     # Given a pipeline whose run deadline (15 s) is shorter than its job
     job = new_job(system, "probe-short")
     thread, result = run_driver_in_thread(driver_settings(system), job)
@@ -314,10 +330,11 @@ def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem) -> None:
     assert (job.status, job.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.RUN_TIMEOUT), job.reason_message
     assert "probe: started" in system.objects.get_bytes(job.logs_key or "").decode()
     assert_cluster_gone(system, job)
+    fault_row(standin_row(system, "run deadline passed", job))
 
 
 @pytest.mark.parametrize("when", ["during ray up", "while running"])
-def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str) -> None:
+def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str, fault_row: Callable[[FaultRow], FaultRow]) -> None:
     # Given a job whose driver is bringing its cluster up
     job = new_job(system, "probe")
     thread, result = run_driver_in_thread(driver_settings(system), job)
@@ -327,13 +344,17 @@ def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str) -> None:
         wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, JOB_TIMEOUT_S, "RUNNING")
     # When the user cancels it
     request_cancel(system.store, job.job_id)
+    cancelled_at = utc_now()
     job = finished(thread, result)
     # Then it ends CANCELLED and every instance is terminated
     assert (job.status, job.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
     assert_cluster_gone(system, job)
+    fault_row(standin_row(system, f"cancel {when}", job, since=cancelled_at))
 
 
-def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(system: LocalSystem) -> None:
+def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(
+    system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
     # Given a running job
     job = new_job(system, "probe")
     thread, result = run_driver_in_thread(driver_settings(system), job)
@@ -350,6 +371,7 @@ def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(sy
     # Then the instances are still terminated, through the EC2 API by tag, and verified
     assert job.status == JobStatus.CANCELLED, (job.reason_code, job.reason_message)
     assert_cluster_gone(system, job)
+    fault_row(standin_row(system, "head unreachable by `ray down` (its sshd killed), then cancelled", job))
 
 
 @pytest.mark.parametrize("when", ["during ray up", "while running"])

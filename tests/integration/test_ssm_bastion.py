@@ -10,6 +10,7 @@ from raylauncher.errors import BastionUnavailable
 
 JOB = "sales-summary-20261125-083000-0a1b2c3d"
 INSTANCE = "i-0123456789abcdef0"
+COMMAND = "0b1c2d3e-0000-4000-8000-000000000001"
 
 
 def test_send_command_targets_the_bastion_with_the_job_id_only(settings: Settings) -> None:
@@ -45,3 +46,30 @@ def test_ssm_errors_become_bastion_unavailable_with_the_code(settings: Settings,
     with stub, pytest.raises(BastionUnavailable) as err:
         SsmBastion(ssm, INSTANCE, "/bin/raylauncher", settings.bucket).run_driver(JOB)
     assert err.value.code == code
+
+
+def test_a_launch_that_succeeded_or_is_unknown_is_no_failure(settings: Settings) -> None:
+    # Given a command moto has recorded (moto marks its invocations Success) and one it never saw
+    ssm = aws.client("ssm", settings)
+    bastion = SsmBastion(ssm, INSTANCE, "/opt/raylauncher/venv/bin/raylauncher", settings.bucket)
+    command_id = bastion.run_driver(JOB)
+    # When the watchdog asks how they went, Then neither is a failure (the launch grace applies)
+    assert bastion.launch_failure(command_id) is None
+    assert bastion.launch_failure("00000000-0000-0000-0000-000000000000") is None
+
+
+@pytest.mark.parametrize("status", ["Failed", "TimedOut", "Cancelled"])
+def test_a_launch_whose_command_failed_says_how_with_its_output(settings: Settings, status: str) -> None:
+    # Given SSM reports the invocation ended badly (stubbed: moto's commands always succeed)
+    ssm = aws.client("ssm", settings)
+    bastion = SsmBastion(ssm, INSTANCE, "/opt/raylauncher/venv/bin/raylauncher", settings.bucket)
+    with Stubber(ssm) as stub:
+        stub.add_response("get_command_invocation", {
+            "CommandId": COMMAND, "InstanceId": INSTANCE, "Status": status, "StatusDetails": status,
+            "StandardErrorContent": "bash: /opt/raylauncher/venv/bin/raylauncher: No such file or directory",
+        }, {"CommandId": COMMAND, "InstanceId": INSTANCE})  # fmt: skip
+        # When the watchdog asks
+        failure = bastion.launch_failure(COMMAND)
+    # Then it gets the status and the output's tail
+    assert failure is not None and failure.status.startswith(status)
+    assert "No such file or directory" in failure.output_tail

@@ -12,6 +12,7 @@ import pytest
 from raylauncher.admission import pipeline_slots_id
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.stack import bootstrap
+from raylauncher.bastion import Bastion, LaunchFailure
 from raylauncher.clusters.processes import marker_env
 from raylauncher.errors import TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, iso, utc_now
@@ -214,3 +215,29 @@ def test_a_job_tearing_down_when_its_driver_died_keeps_its_outcome(settings: Set
     assert cluster.wait(timeout=10) is not None
     done = store.get(job.job_id)
     assert (done.status, done.owner, done.slot_held) == (JobStatus.SUCCEEDED, "watchdog", False)
+
+
+class FailedLaunches(Bastion):
+    """A bastion whose SSM command ends Failed (what moto cannot do: its commands succeed)."""
+
+    def run_driver(self, job_id: str) -> str:
+        return f"cmd-{job_id}"
+
+    def launch_failure(self, ref: str) -> LaunchFailure | None:
+        return LaunchFailure("Failed: Failed", "bash: raylauncher: command not found")
+
+
+def test_a_launch_whose_ssm_command_failed_ends_at_once_not_after_the_grace(settings: Settings, system) -> None:
+    store, _ = system
+    launcher = build_launcher(settings, store, FailedLaunches())
+    # Given a job launched a moment ago whose bastion command has already failed
+    job = launcher.try_launch(store.create(Job.new("sales-summary", "api")))
+    job = store.mark(store.get(job.job_id), attempt=2)  # its last attempt: the pipeline allows 2
+    assert (job.status, job.launch_ref) == (JobStatus.LAUNCHING, f"cmd-{job.job_id}")
+    # When the watchdog sweeps now (well within the 10-minute launch grace)
+    report = Watchdog(store, launcher, launch_grace_s=600).sweep()
+    # Then the job FAILED(DRIVER_NOT_STARTED) with the command's status and output, slot back
+    done = store.get(job.job_id)
+    assert report.failed_unclaimed == [job.job_id]
+    assert (done.status, done.reason_code, done.slot_held) == (JobStatus.FAILED, ReasonCode.DRIVER_NOT_STARTED, False)
+    assert "ended Failed" in (done.reason_message or "") and "command not found" in (done.reason_message or "")

@@ -12,14 +12,9 @@ from raylauncher.claims import DynamoObjectClaims
 from raylauncher.config import Settings
 from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import LocalResources
-from raylauncher.model import JobStatus
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_objects, build_store
-from tests.faults import FaultRow, input_accounting
-
-#: The fault rows of intake scenarios: nothing runs, so a job's inputs count as processed once
-#: the job exists and is not FAILED/CANCELLED ("intake only").
-INTAKE_ONLY = "(intake only: inputs of a recorded, not failed job count as processed)"
+from tests.integration.fault_rows import intake_row
 
 
 def received_bodies(settings: Settings, resources: LocalResources) -> list[str]:
@@ -49,34 +44,6 @@ def manifest_objects(settings: Settings) -> list[list[tuple[str, str | None]]]:
         [(o["key"], o["version_id"]) for o in objects.get_json(j.manifest_key)["objects"]]
         for j in build_store(settings).list_jobs()
     ]
-
-
-def inputs_of(manifest: dict) -> list[str]:
-    """Every write a manifest accounts for, as key@version (key@sequencer when unversioned):
-    the objects it reads, and the older writes it recorded as superseded by them."""
-    return [f"{o['key']}@{o.get('version_id') or o.get('sequencer')}"
-            for o in manifest["objects"] + manifest.get("superseded", [])]  # fmt: skip
-
-
-def accounting(settings: Settings, uploaded: list[str]) -> tuple[int, int]:
-    """(objects lost, objects processed twice) of the uploaded writes, over the recorded jobs."""
-    objects = build_objects(settings)
-    jobs = build_store(settings).list_jobs()
-    manifests = {j.job_id: inputs_of(objects.get_json(j.manifest_key)) for j in jobs}
-    processed = {j.job_id for j in jobs if j.status not in {JobStatus.FAILED, JobStatus.CANCELLED}}
-    return input_accounting(uploaded, manifests, processed)
-
-
-def intake_row(settings: Settings, scenario: str, uploaded: list[str]) -> FaultRow:
-    jobs = build_store(settings).list_jobs()
-    lost, twice = accounting(settings, uploaded)
-    states = sorted({j.status.value for j in jobs})
-    return FaultRow(
-        scenario=f"{scenario} {INTAKE_ONLY}", backend="moto", terminal_state="/".join(states) or "(no job)",
-        reason="/".join(sorted({j.reason_code.value for j in jobs if j.reason_code})),
-        attempts=max((j.attempt for j in jobs), default=0), cluster_seconds_after_fault=None, clusters_left=0,
-        objects_lost=lost, objects_processed_twice=twice,
-    )  # fmt: skip
 
 
 def manifest_keys(settings: Settings) -> list[list[str]]:

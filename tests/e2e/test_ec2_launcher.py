@@ -1,7 +1,11 @@
 """The EC2 backend through the driver, with a fake `ray` first on PATH (a real process boundary
 that records its argv and plays scripted outcomes) while the Jobs API is a real local Ray head.
 
-In every scenario the recorded calls prove that no code path leaves the cluster up.
+In every scenario the recorded calls prove that no code path leaves the cluster up. The driver
+is wired as on the bastion: admission control's `requeue` queues a retried attempt, and its
+`finished` relaunches it through a bastion that runs the driver in a thread. Where a scenario
+is a row of the fault table, the fake `ray` keeps its cluster as EC2 instances in moto, so the
+clusters left are counted by tag there.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import pytest
 from ray.job_submission import JobSubmissionClient
 
 from raylauncher import aws
+from raylauncher.admission import TOTAL_SLOTS_ID, Launcher
+from raylauncher.bastion import Bastion
 from raylauncher.clusters.base import ClusterHandle
 from raylauncher.clusters.ec2 import Ec2ClusterInstances, Ec2RayBackend
 from raylauncher.clusters.ec2_config import cluster_name
@@ -28,9 +34,13 @@ from raylauncher.clusters.local import LocalRayBackend
 from raylauncher.config import PipelinesConfig, Settings, load_ec2_deployment, parse_pipelines
 from raylauncher.control import request_cancel
 from raylauncher.driver import Driver
-from raylauncher.model import Job, JobStatus, ReasonCode
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, run_id
 from raylauncher.objects import S3ObjectStore
-from raylauncher.store import JOB_TABLE, DynamoJobStore
+from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE, DynamoJobStore
+from raylauncher.teardown import Ec2ClusterInstances as AliveByTag
+from tests.faults import FaultRow
+
+BACKEND = "ec2 (fake ray)"
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 FAKES = Path(__file__).with_name("fakes")
@@ -53,6 +63,21 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle
     backend.down(holder)
 
 
+class ThreadBastion(Bastion):
+    """The bastion's "run the driver for job J", as a thread of this process."""
+
+    def __init__(self) -> None:
+        self.driver: Driver | None = None
+        self.threads: list[threading.Thread] = []
+
+    def run_driver(self, job_id: str) -> str:
+        assert self.driver is not None
+        thread = threading.Thread(target=self.driver.run, args=(job_id,), name=f"driver-{job_id}", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+        return f"thread:{job_id}"
+
+
 @dataclass
 class Launch:
     """One scenario: a fake `ray`, the EC2 backend using it, a driver, and the job store."""
@@ -63,11 +88,48 @@ class Launch:
     backend: Ec2RayBackend
     driver: Driver
     head: ClusterHandle
+    launcher: Launcher
+    bastion: ThreadBastion
+
+    def records(self, suffix: str = "") -> list[dict[str, Any]]:
+        path = Path(str(self.ray_log) + suffix)
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
     def calls(self) -> list[list[str]]:
-        if not self.ray_log.exists():
-            return []
-        return [json.loads(line)["argv"] for line in self.ray_log.read_text().splitlines()]
+        return [r["argv"] for r in self.records()]
+
+    def exits(self, command: str) -> list[dict[str, Any]]:
+        """The `ray <command>` calls that ran to their end (a killed one never does)."""
+        return [r for r in self.records(".exits") if r["argv"][0] == command]
+
+    def alive(self, job: Job) -> int:
+        """Instances still alive in moto, by tag, of every cluster the job's attempts had."""
+        by_tag = AliveByTag(aws.client("ec2", self.settings))
+        return sum(len(by_tag(cluster_name(run_id(job.job_id, n)))) for n in range(1, job.attempt + 1))
+
+    def launched(self, job: Job) -> int:
+        """Instances the fake `ray up` launched in moto for the job's clusters, in any state."""
+        ec2 = aws.client("ec2", self.settings)
+        names = [cluster_name(run_id(job.job_id, n)) for n in range(1, job.attempt + 1)]
+        pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "tag:ray-cluster-name", "Values": names}])
+        return sum(len(r["Instances"]) for page in pages for r in page["Reservations"])
+
+    def launch(self, job: Job) -> Job:
+        """Admission control launches the QUEUED job: a slot, LAUNCHING, the driver (a thread)."""
+        return self.launcher.try_launch(job)
+
+    def until_done(self, job: Job, timeout_s: float = 120) -> Job:
+        """Wait until the job is terminal and every driver thread it started has returned."""
+        self.wait_for(lambda: self.store.get(job.job_id).is_terminal, timeout_s)
+        for thread in self.bastion.threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive(), f"{thread.name} is still running"
+        return self.store.get(job.job_id)
+
+    def slots_used(self) -> int:
+        item = aws.client("dynamodb", self.settings).get_item(
+            TableName=self.settings.idempotency_table, Key={"id": {"S": TOTAL_SLOTS_ID}}).get("Item") or {}  # fmt: skip
+        return int(item.get("used", {}).get("N", "0"))
 
     def commands(self) -> list[str]:
         return [argv[0] for argv in self.calls()]
@@ -91,13 +153,13 @@ class Launch:
             time.sleep(0.2)
 
 
-def assert_cluster_left_down(launch: Launch, job: Job) -> None:
-    """The cluster cannot be up: every `ray up` is followed by a `ray down` of the same file,
-    and no fake launcher process is still running."""
+def assert_cluster_left_down(launch: Launch, job: Job, attempt: int = 1) -> None:
+    """The attempt's cluster cannot be up: every `ray up` of its config file is followed by a
+    `ray down` of the same file, and no fake launcher process is still running."""
     calls = launch.calls()
-    config_file = str(launch.backend.config_path(job.job_id))
-    ups = [i for i, argv in enumerate(calls) if argv[0] == "up"]
-    downs = [i for i, argv in enumerate(calls) if argv[0] == "down"]
+    config_file = str(launch.backend.config_path(run_id(job.job_id, attempt)))
+    ups = [i for i, argv in enumerate(calls) if argv[0] == "up" and argv[-1] == config_file]
+    downs = [i for i, argv in enumerate(calls) if argv[0] == "down" and argv[-1] == config_file]
     assert ups, calls
     assert downs and downs[-1] > ups[-1], f"no `ray down` after the last `ray up`: {calls}"
     assert all(calls[i] == ["down", "-y", config_file] for i in downs)
@@ -106,12 +168,22 @@ def assert_cluster_left_down(launch: Launch, job: Job) -> None:
                    for pid in launch.pids("up")), "a `ray up` process is still running"  # fmt: skip
 
 
+def seconds_to_teardown(launch: Launch, fault_at: float, attempt: int = 1, job: Job | None = None) -> float:
+    """From the fault (epoch seconds) to the end of the last `ray down` of that attempt's
+    cluster that exited 0 (the cluster's teardown)."""
+    config_file = str(launch.backend.config_path(run_id(job.job_id, attempt))) if job else None
+    ends = [r["t"] for r in launch.exits("down") if r["rc"] == 0 and (config_file is None or r["argv"][-1] == config_file)]
+    assert ends, f"no `ray down` exited 0: {launch.records('.exits')}"
+    return round(max(ends) - fault_at, 1)
+
+
 @pytest.fixture
 def launch_factory(
     settings: Settings, ray_head: ClusterHandle, tmp_path: Path
 ) -> Callable[..., Launch]:
     ddb = aws.client("dynamodb", settings)
     ddb.create_table(**JOB_TABLE.create_table_kwargs(settings.table))
+    ddb.create_table(**IDEMPOTENCY_TABLE.create_table_kwargs(settings.idempotency_table))  # cluster slots
     s3 = aws.client("s3", settings)
     s3.create_bucket(Bucket=settings.bucket)
     store = DynamoJobStore(ddb, settings.table)
@@ -120,22 +192,28 @@ def launch_factory(
     def make(
         script: dict[str, Any], entrypoint: str = QUICK, run_timeout_s: int = 600,
         provisioning_timeout_s: float = 60, check_instances: bool = False, instances_class: type = Ec2ClusterInstances,
+        retry: dict[str, Any] | None = None, instances_in_moto: bool = False,
     ) -> Launch:  # fmt: skip
+        """`retry`: the pipeline's retry policy (the default: 2 attempts, 30 s apart);
+        `instances_in_moto`: the fake `ray up` launches the head as an EC2 instance in moto."""
         (tmp_path / "jobs" / "probe").mkdir(parents=True, exist_ok=True)
         (tmp_path / "jobs" / "probe" / "main.py").write_text(entrypoint)
         pipelines: PipelinesConfig = parse_pipelines(
             {"pipelines": [{"name": "probe", "trigger": {"prefix": "incoming/probe/"},
                             "entrypoint": {"script": "jobs/probe/main.py"}, "run_timeout_s": run_timeout_s,
                             # the stand-in head is one node: no workers to wait for
-                            "cluster": {"min_workers": 0, "max_workers": 0}, "output_prefix": "outputs/probe/"}]}
+                            "cluster": {"min_workers": 0, "max_workers": 0}, "output_prefix": "outputs/probe/",
+                            **({"retry": retry} if retry is not None else {})}]}
         )  # fmt: skip
         script_file, ray_log = tmp_path / "ray-script.json", tmp_path / "ray-calls.jsonl"
         script_file.write_text(json.dumps(script))
         env = {
             **os.environ,
-            "PATH": f"{FAKES}:{os.environ['PATH']}",  # the fake `ray` comes first
+            # the fake `ray` comes first; its python3 is this one (boto3, yaml)
+            "PATH": f"{FAKES}:{Path(sys.executable).parent}:{os.environ['PATH']}",
             "FAKE_RAY_SCRIPT": str(script_file),
             "FAKE_RAY_LOG": str(ray_log),
+            **({"FAKE_RAY_EC2_ENDPOINT": str(settings.endpoint_url)} if instances_in_moto else {}),
         }
         backend = Ec2RayBackend(
             deployment, tmp_path / "clusters", env,
@@ -145,12 +223,16 @@ def launch_factory(
             teardown_timeout_s=30, down_attempts=3, down_retry_delay_s=0.2,
             instances=instances_class(aws.client("ec2", settings)) if check_instances else None,
         )  # fmt: skip
+        bastion = ThreadBastion()
+        launcher = Launcher(store, bastion, pipelines, ddb, settings.idempotency_table, settings.max_clusters_total)
         driver = Driver(
             store=store, objects=S3ObjectStore(s3, settings.bucket), backend=backend, pipelines=pipelines,
             jobs_client=JobSubmissionClient, project_dir=tmp_path,
             provisioning_timeout_s=provisioning_timeout_s, poll_interval_s=0.3,
+            requeue=launcher.requeue, on_finished=launcher.finished,  # as build_driver wires it
         )  # fmt: skip
-        return Launch(settings, store, ray_log, backend, driver, ray_head)
+        bastion.driver = driver
+        return Launch(settings, store, ray_log, backend, driver, ray_head, launcher, bastion)
 
     return make
 
@@ -173,8 +255,9 @@ def test_up_succeeds_job_runs_down_once(launch_factory: Callable[..., Launch]) -
 
 
 def test_up_fails_down_still_runs_and_reason_has_stderr_tail(launch_factory: Callable[..., Launch]) -> None:
-    # Given `ray up` fails half-way
-    launch = launch_factory({"up": [{"rc": 1, "stderr": "boto3 error\nFailed to setup head node.\n"}]})
+    # Given `ray up` fails half-way, and a pipeline that allows one attempt only
+    launch = launch_factory({"up": [{"rc": 1, "stderr": "boto3 error\nFailed to setup head node.\n"}]},
+                            retry={"max_attempts": 1})  # fmt: skip
     job = launch.new_job()
     # When the driver runs the job
     done = launch.driver.run(job.job_id)
@@ -182,12 +265,82 @@ def test_up_fails_down_still_runs_and_reason_has_stderr_tail(launch_factory: Cal
     assert (done.status, done.reason_code) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED)
     assert "Failed to setup head node." in (done.reason_message or "")
     assert launch.commands() == ["up", "down"]
+    assert (done.attempt, done.attempts) == (1, [])
     assert_cluster_left_down(launch, job)
 
 
-def test_up_hangs_past_the_provisioning_deadline(launch_factory: Callable[..., Launch]) -> None:
-    # Given `ray up` hangs and a 3 s provisioning deadline
-    launch = launch_factory({"up": [HANG]}, provisioning_timeout_s=3)
+def test_up_fails_once_and_the_retry_succeeds_on_a_new_cluster(
+    launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given `ray up` fails half-way on the first attempt only (its head instance already
+    # launched), and the default retry policy (2 attempts) with a short backoff
+    launch = launch_factory({"up": [{"rc": 1, "stderr": "boto3 error\nFailed to setup head node.\n"},
+                                    {"stdout": "Ray cluster is up"}]},
+                            retry={"backoff_s": 1}, check_instances=True, instances_in_moto=True)  # fmt: skip
+    job = launch.store.create(Job.new("probe", "api"))
+    # When admission control launches it (the bastion runs the driver)
+    launch.launch(job)
+    done = launch.until_done(job)
+    # Then attempt 1 is on the record with its reason and the launcher's words
+    assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2), (done.reason_code, done.reason_message)
+    (first,) = done.attempts
+    assert (first["attempt"], first["run_id"], first["status"], first["reason_code"]) == (
+        1, job.job_id, "FAILED", "PROVISIONING_FAILED")  # fmt: skip
+    assert "Failed to setup head node." in first["reason_message"] and done.reason_code is None
+    # and attempt 2 ran on a new cluster, rl-<job>-a2, after the backoff, as Ray job <job>-a2
+    assert done.cluster and done.cluster["cluster_name"] == f"rl-{job.job_id}-a2"
+    assert launch.commands() == ["up", "down", "up", "get-head-ip", "down"]
+    ups = [r for r in launch.records() if r["argv"][0] == "up"]
+    assert [Path(r["argv"][-1]).name for r in ups] == [f"{job.job_id}.yaml", f"{job.job_id}-a2.yaml"]
+    assert ups[1]["t"] >= parse_iso(first["ended_at"]).timestamp() + 1 - 0.05
+    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url).get_job_logs(f"{job.job_id}-a2")
+    # and both clusters are gone (none of their instances alive in moto), the slot given back
+    assert_cluster_left_down(launch, done, attempt=1)
+    assert_cluster_left_down(launch, done, attempt=2)
+    assert (launch.launched(done), launch.alive(done), launch.slots_used()) == (2, 0, 0)
+    fault_row(FaultRow(
+        scenario="`ray up` fails on attempt 1 (retried on a new cluster)", backend=BACKEND,
+        terminal_state=done.status.value, reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=seconds_to_teardown(launch, launch.exits("up")[0]["t"], 1, done),
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
+
+
+def test_up_failing_on_every_attempt_fails_the_job_after_the_last(
+    launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given `ray up` always fails half-way, and the default retry policy with a short backoff
+    launch = launch_factory({"up": [{"rc": 1, "stderr": "InsufficientInstanceCapacity\n"}]},
+                            retry={"backoff_s": 0.5}, check_instances=True, instances_in_moto=True)  # fmt: skip
+    job = launch.store.create(Job.new("probe", "api"))
+    # When admission control launches it
+    launch.launch(job)
+    done = launch.until_done(job)
+    # Then each attempt's cluster came down, and after the second the job FAILED for good with
+    # the last attempt's reason; the first attempt is on the record
+    assert (done.status, done.reason_code, done.attempt) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED, 2)
+    assert "InsufficientInstanceCapacity" in (done.reason_message or "")
+    assert [(a["run_id"], a["reason_code"]) for a in done.attempts] == [(job.job_id, "PROVISIONING_FAILED")]
+    assert launch.commands() == ["up", "down", "up", "down"]
+    assert_cluster_left_down(launch, done, attempt=1)
+    assert_cluster_left_down(launch, done, attempt=2)
+    assert (launch.launched(done), launch.alive(done), launch.slots_used()) == (2, 0, 0)
+    # the longest a failed attempt's cluster outlived its failure
+    after = max(seconds_to_teardown(launch, up["t"], n, done) for n, up in enumerate(launch.exits("up"), start=1))
+    fault_row(FaultRow(
+        scenario="`ray up` fails on every attempt", backend=BACKEND, terminal_state=done.status.value,
+        reason=done.reason_code or "", attempts=done.attempt, cluster_seconds_after_fault=after,
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
+
+
+def test_up_hangs_past_the_provisioning_deadline(
+    launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given `ray up` hangs (its head instance launched), a 3 s provisioning deadline, and one
+    # attempt allowed (a retry would only repeat the wait)
+    launch = launch_factory({"up": [HANG]}, provisioning_timeout_s=3, retry={"max_attempts": 1},
+                            check_instances=True, instances_in_moto=True)  # fmt: skip
     job = launch.new_job()
     # When the driver runs the job
     done = launch.driver.run(job.job_id)
@@ -195,6 +348,14 @@ def test_up_hangs_past_the_provisioning_deadline(launch_factory: Callable[..., L
     assert (done.status, done.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT)
     assert launch.commands() == ["up", "down"]
     assert_cluster_left_down(launch, job)
+    assert (launch.launched(done), launch.alive(done)) == (1, 0)
+    deadline = parse_iso(done.phase_times[JobStatus.PROVISIONING.value]).timestamp() + 3
+    fault_row(FaultRow(
+        scenario="provisioning deadline passes (`ray up` hangs)", backend=BACKEND, terminal_state=done.status.value,
+        reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=seconds_to_teardown(launch, deadline, 1, done),
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
 
 
 def test_job_past_the_run_deadline_is_stopped_and_torn_down(launch_factory: Callable[..., Launch]) -> None:
@@ -210,17 +371,29 @@ def test_job_past_the_run_deadline_is_stopped_and_torn_down(launch_factory: Call
     assert_cluster_left_down(launch, job)
 
 
-def test_down_fails_twice_then_succeeds(launch_factory: Callable[..., Launch]) -> None:
-    # Given `ray down` fails twice before it works
-    launch = launch_factory({"down": [{"rc": 1, "stderr": "throttled"}, {"rc": 1, "stderr": "throttled"}, {"rc": 0}]})
+def test_down_fails_twice_then_succeeds(
+    launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given `ray down` fails twice before it works (no EC2-API shortcut: only `ray down` can
+    # remove the head instance the fake `ray up` launched in moto)
+    launch = launch_factory({"down": [{"rc": 1, "stderr": "throttled"}, {"rc": 1, "stderr": "throttled"}, {"rc": 0}]},
+                            instances_in_moto=True)  # fmt: skip
     job = launch.new_job()
     # When the job runs
     done = launch.driver.run(job.job_id)
-    # Then it SUCCEEDED, with the three attempts recorded
+    # Then it SUCCEEDED on its one attempt, with the three teardown attempts recorded
     assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
-    assert done.teardown_attempts == 3
+    assert (done.teardown_attempts, done.attempt, done.attempts) == (3, 1, [])
     assert launch.commands() == ["up", "get-head-ip", "down", "down", "down"]
+    assert [r["rc"] for r in launch.exits("down")] == [1, 1, 0]
     assert_cluster_left_down(launch, job)
+    assert (launch.launched(done), launch.alive(done)) == (1, 0)
+    fault_row(FaultRow(
+        scenario="`ray down` fails twice, then succeeds", backend=BACKEND, terminal_state=done.status.value,
+        reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=seconds_to_teardown(launch, launch.exits("down")[0]["t"], 1, done),
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
 
 
 def test_down_never_succeeds_is_teardown_failed(launch_factory: Callable[..., Launch]) -> None:
@@ -281,37 +454,57 @@ def test_teardown_terminates_by_tag_before_ray_down(launch_factory: Callable[...
     assert launch.commands().count("down") == 1
 
 
-def test_cancel_while_provisioning(launch_factory: Callable[..., Launch]) -> None:
-    # Given `ray up` is hanging
-    launch = launch_factory({"up": [HANG]})
+def test_cancel_while_provisioning(
+    launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given `ray up` is hanging, its head instance launched
+    launch = launch_factory({"up": [HANG]}, check_instances=True, instances_in_moto=True)
     job = launch.new_job()
     thread = launch.run_in_thread(job)
-    launch.wait_for(lambda: "up" in launch.commands())
+    launch.wait_for(lambda: "up" in launch.commands() and launch.launched(job) == 1)
     # When the job is cancelled
+    cancelled_at = time.time()
     request_cancel(launch.store, job.job_id)
     thread.join(timeout=60)
-    # Then `ray up` is stopped, `ray down` runs and the job is CANCELLED
+    # Then `ray up` is stopped, `ray down` runs and the job is CANCELLED (never retried)
     done = launch.store.get(job.job_id)
     assert (done.status, done.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
+    assert (done.attempt, done.attempts) == (1, [])
     assert launch.commands() == ["up", "down"]
     assert_cluster_left_down(launch, job)
+    assert (launch.launched(done), launch.alive(done)) == (1, 0)
+    fault_row(FaultRow(
+        scenario="cancel while provisioning", backend=BACKEND, terminal_state=done.status.value,
+        reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=seconds_to_teardown(launch, cancelled_at, 1, done),
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
 
 
-def test_cancel_while_running(launch_factory: Callable[..., Launch]) -> None:
+def test_cancel_while_running(launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]) -> None:
     # Given a running job
-    launch = launch_factory({}, entrypoint=SLOW)
+    launch = launch_factory({}, entrypoint=SLOW, check_instances=True, instances_in_moto=True)
     job = launch.new_job()
     thread = launch.run_in_thread(job)
     launch.wait_for(lambda: launch.store.get(job.job_id).status == JobStatus.RUNNING)
     # When it is cancelled
+    cancelled_at = time.time()
     request_cancel(launch.store, job.job_id)
     thread.join(timeout=90)
-    # Then Ray stopped the job, the cluster went down, and the job is CANCELLED
+    # Then Ray stopped the job, the cluster went down, and the job is CANCELLED (never retried)
     done = launch.store.get(job.job_id)
     assert (done.status, done.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
+    assert (done.attempt, done.attempts) == (1, [])
     assert str(JobSubmissionClient(launch.head.dashboard_url).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
     assert launch.commands() == ["up", "get-head-ip", "down"]
     assert_cluster_left_down(launch, job)
+    assert (launch.launched(done), launch.alive(done)) == (1, 0)
+    fault_row(FaultRow(
+        scenario="cancel while running", backend=BACKEND, terminal_state=done.status.value,
+        reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=seconds_to_teardown(launch, cancelled_at, 1, done),
+        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip
 
 
 def test_cancelling_a_queued_job_ends_it_without_launching(launch_factory: Callable[..., Launch]) -> None:

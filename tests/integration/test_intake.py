@@ -16,6 +16,7 @@ from raylauncher.model import JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_launcher, build_objects, build_store
 from tests.conftest import launcher_calls
+from tests.integration.fault_rows import intake_row
 
 
 def poller(settings: Settings, resources: LocalResources) -> SqsPoller:
@@ -98,13 +99,13 @@ def test_when_the_job_cannot_be_recorded_the_message_is_kept(
 
 
 def test_a_bastion_that_cannot_be_reached_is_retried_then_fails_the_job_with_a_reason(
-    settings: Settings, intake_env: LocalResources, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, intake_env: LocalResources, monkeypatch: pytest.MonkeyPatch, fault_row
 ) -> None:
     # Given a bastion whose command fails
     broken = settings.model_copy(update={"launcher_bin": "/nonexistent/raylauncher"})
     monkeypatch.setenv("RAYLAUNCHER_LAUNCHER_BIN", broken.launcher_bin)
     intake_handler.service.cache_clear()
-    aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/x.csv", Body=b"x")
+    put = aws.client("s3", settings).put_object(Bucket=settings.bucket, Key="incoming/sales/x.csv", Body=b"x")
     # When the file is taken in
     drain(poller(settings, intake_env), rounds=2)
     # Then the first attempt is recorded LAUNCH_FAILED with the bastion's words and the job waits
@@ -127,6 +128,10 @@ def test_a_bastion_that_cannot_be_reached_is_retried_then_fails_the_job_with_a_r
     # And the input is kept in its manifest (the message is consumed: the job record is the trace)
     assert manifests(build_store(settings), settings)[job.job_id] == ["incoming/sales/x.csv"]
     assert queue_depth(settings, intake_env.queue_url) == 0
+    row = intake_row(settings, "bastion unreachable (local bastion command fails on every launch)",
+                     [f"incoming/sales/x.csv@{put['VersionId']}"], failed_jobs_keep_inputs=True)  # fmt: skip
+    assert (row.terminal_state, row.attempts, row.objects_lost, row.objects_processed_twice) == ("FAILED", 2, 0, 0)
+    fault_row(row)
 
 
 def test_handler_reports_only_the_failed_item(settings: Settings, intake_env: LocalResources) -> None:
@@ -161,7 +166,7 @@ def sqs_record(queue_arn: str, message_id: str, bucket: str, key: str, sequencer
 
 
 def test_an_unversioned_key_written_twice_in_one_batch_is_read_once_and_the_older_is_recorded(
-    settings: Settings, intake_env: LocalResources
+    settings: Settings, intake_env: LocalResources, fault_row
 ) -> None:
     # Given two notifications without version ids for one key, the newer one first (out of order,
     # its sequencer shorter: "1A" is after "0F" once padded) and one for another key, in one batch
@@ -183,9 +188,15 @@ def test_an_unversioned_key_written_twice_in_one_batch_is_read_once_and_the_olde
         ("incoming/sales/a.csv", "00F", "1A")
     ]
     assert job.object_count == 2
+    row = intake_row(settings, "out-of-order notifications: an unversioned key's newer write first, in one batch",
+                     ["incoming/sales/a.csv@1A", "incoming/sales/a.csv@00F", "incoming/sales/b.csv@01"])  # fmt: skip
+    assert (row.objects_lost, row.objects_processed_twice) == (0, 0)
+    fault_row(row)
 
 
-def test_two_versions_of_one_key_in_one_batch_are_both_read(settings: Settings, intake_env: LocalResources) -> None:
+def test_two_versions_of_one_key_in_one_batch_are_both_read(
+    settings: Settings, intake_env: LocalResources, fault_row
+) -> None:
     # Given notifications of two versions of one key in one batch, the newer first
     from raylauncher.local.poller import LocalLambdaContext
 
@@ -200,6 +211,10 @@ def test_two_versions_of_one_key_in_one_batch_are_both_read(settings: Settings, 
         ("incoming/sales/a.csv", "v1"), ("incoming/sales/a.csv", "v2")
     ]  # fmt: skip
     assert "superseded" not in manifest and job.object_count == 2
+    row = intake_row(settings, "two versions of one key in one batch, the newer first",
+                     ["incoming/sales/a.csv@v1", "incoming/sales/a.csv@v2"])  # fmt: skip
+    assert (row.objects_lost, row.objects_processed_twice) == (0, 0)
+    fault_row(row)
 
 
 def test_identical_bytes_uploaded_twice_locally_are_two_versions_in_the_job(

@@ -9,6 +9,7 @@ from raylauncher.config import Settings
 from raylauncher.errors import IllegalTransition, JobAlreadyExists, JobNotFound, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode
 from raylauncher.store import JOB_TABLE, DynamoJobStore
+from tests.faults import FaultRow
 
 
 @pytest.fixture
@@ -99,3 +100,82 @@ def test_duplicates_and_missing(store: DynamoJobStore) -> None:
     with pytest.raises(JobNotFound):
         store.get("p-1-20260101-000000-00000000")
     assert [j.job_id for j in store.list_jobs()] == [job.job_id]
+
+
+WRITERS = 50
+
+
+def test_fifty_concurrent_writers_exactly_one_wins_each_round_and_no_update_is_lost(
+    store: DynamoJobStore, settings: Settings, fault_row
+) -> None:
+    # Given one job and 50 writers, each with its own client (as 50 Lambdas or drivers would)
+    job = store.create(Job.new("p-1", "s3"))
+    stores = [DynamoJobStore(aws.client("dynamodb", settings), settings.table) for _ in range(WRITERS)]
+
+    def race(write) -> list[object]:  # noqa: ANN001
+        """All writers at the same instant; what each one got (a Job or the error)."""
+        barrier = threading.Barrier(WRITERS)
+        results: list[object] = [None] * WRITERS
+
+        def one(i: int) -> None:
+            barrier.wait()
+            try:
+                results[i] = write(i)
+            except TransitionConflict as err:
+                results[i] = err
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(WRITERS)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    # When, three rounds running, every writer takes the job over from the same snapshot
+    versions = [job.version]
+    for round_ in range(3):
+        snapshot = store.get(job.job_id)
+        results = race(lambda i: stores[i].take_over(snapshot, f"writer-{i}", reason_message=f"round {round_} by {i}"))
+        # Then exactly one wins each round, the others conflict, and the stored record is the winner's
+        winners = [(i, r) for i, r in enumerate(results) if isinstance(r, Job)]
+        assert len(winners) == 1 and sum(isinstance(r, TransitionConflict) for r in results) == WRITERS - 1
+        ((i, won),) = winners
+        stored = store.get(job.job_id)
+        assert (stored.owner, stored.reason_message, stored.version) == (f"writer-{i}", f"round {round_} by {i}", won.version)
+        versions.append(stored.version)
+
+    # When every writer adds its own entry by read-modify-write, retrying on conflict
+    def add_mine(i: int) -> Job:
+        while True:
+            fresh = stores[i].get(job.job_id)
+            try:
+                return stores[i].take_over(fresh, f"writer-{i}", summary={**(fresh.summary or {}), f"w{i}": i})
+            except TransitionConflict:
+                continue
+
+    race(add_mine)
+    stored = store.get(job.job_id)
+    versions.append(stored.version)
+    # Then no update is lost: all 50 entries are there, one version per successful write
+    assert stored.summary == {f"w{i}": i for i in range(WRITERS)}
+    assert stored.version == versions[-2] + WRITERS
+
+    # When all 50 race to end the job, half cancelling, half failing it
+    snapshot = store.get(job.job_id)
+    results = race(lambda i: stores[i].transition(
+        snapshot, JobStatus.CANCELLED if i % 2 else JobStatus.FAILED,
+        reason_code=ReasonCode.CANCEL_REQUESTED if i % 2 else ReasonCode.LAUNCH_FAILED))  # fmt: skip
+    winners = [r for r in results if isinstance(r, Job)]
+    assert len(winners) == 1
+    final = store.get(job.job_id)
+    versions.append(final.version)
+    # Then one terminal state, the winner's, and the version rose strictly at every step
+    assert (final.status, final.reason_code) == (winners[0].status, winners[0].reason_code) and final.is_terminal
+    assert all(b > a for a, b in zip(versions, versions[1:], strict=False)) and versions[-1] == WRITERS + 4
+    fault_row(FaultRow(
+        scenario=f"{WRITERS} concurrent writers on one job (3 take-over rounds, {WRITERS} read-modify-writes, "
+                 "a race to end it; objects lost = updates lost)", backend="moto",
+        terminal_state=final.status.value, reason=final.reason_code or "", attempts=final.attempt,
+        cluster_seconds_after_fault=None, clusters_left=0,
+        objects_lost=WRITERS - len(stored.summary or {}), objects_processed_twice=0,
+    ))  # fmt: skip

@@ -338,3 +338,82 @@ def test_a_cancelled_job_ends_with_rays_last_status_on_the_record(tmp_path: Path
     # Then Ray was asked to stop it, and the record says what Ray said last: STOPPED, not RUNNING
     assert (done.status, done.reason_code, ray.stopped) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, [job.job_id])
     assert done.ray_status == "STOPPED" and backend.calls == ["up", "down"]
+
+
+# -- the job store throttling (fault table) -------------------------------------------------
+
+from tests.faults import FaultRow  # noqa: E402 - this section was appended
+
+THROTTLED = "ProvisionedThroughputExceededException"
+
+
+class ThrottledStore(MemoryStore):
+    """Refuses transitions to `throttle_on` as DynamoDB does once the SDK's own retries are
+    spent: StorageError with code ProvisionedThroughputExceededException. Remembers when."""
+
+    def __init__(self, throttle_on: set[JobStatus]) -> None:
+        super().__init__()
+        self.throttle_on = throttle_on
+        self.refused: list[tuple[JobStatus, float]] = []
+
+    def transition(self, job: Job, target: JobStatus, **fields: Any) -> Job:
+        if target in self.throttle_on:
+            check_transition(job.status, target)
+            self.refused.append((target, time.time()))
+            raise StorageError(f"cannot update job {job.job_id}", THROTTLED)
+        return super().transition(job, target, **fields)
+
+
+class TimedBackend(RecordingBackend):
+    """Records when the cluster was torn down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down_at: float | None = None
+
+    def down(self, job: Job) -> int:
+        self.down_at = time.time()
+        return super().down(job)
+
+    def left(self) -> int:
+        return self.calls.count("up") - self.calls.count("down")
+
+
+class RunsThenSucceeds(SucceedingRay):
+    """Ray reports the job RUNNING on its first poll, SUCCEEDED after."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def get_job_info(self, job_id: str) -> Any:
+        self.polls += 1
+        return SimpleNamespace(status="RUNNING" if self.polls == 1 else "SUCCEEDED", message="")
+
+
+@pytest.mark.parametrize("throttled", [JobStatus.RUNNING, JobStatus.TEARING_DOWN])
+def test_a_throttled_job_store_never_keeps_the_cluster_up(tmp_path: Path, throttled: JobStatus, fault_row: Any) -> None:
+    # Given a job store that refuses one transition with ProvisionedThroughputExceededException
+    store, backend = ThrottledStore({throttled}), TimedBackend()
+    job = launching_job(store)
+    # When the driver runs a job that Ray reports RUNNING, then SUCCEEDED
+    driver_for(store, backend, tmp_path, RunsThenSucceeds()).run(job.job_id)
+    # Then the transition was refused, and the cluster still went down exactly once
+    ((refused, fault_at),) = store.refused
+    assert refused == throttled and backend.calls == ["up", "down"] and backend.left() == 0
+    assert backend.down_at is not None and backend.down_at >= fault_at
+    done = store.get(job.job_id)
+    if throttled == JobStatus.RUNNING:
+        # a refused write while the job runs is a driver error: the attempt ends FAILED with the
+        # store's code in the reason, not retried (DRIVER_ERROR is final)
+        assert (done.status, done.reason_code) == (JobStatus.FAILED, ReasonCode.DRIVER_ERROR)
+        assert (done.reason_message or "").startswith("StorageError: cannot update job")
+    else:
+        # the outcome could not be recorded: the record stays where it was (the lease, no longer
+        # renewed, hands it to the watchdog: DRIVER_LOST, teardown by tag, nothing to find)
+        assert done.status in {JobStatus.SUBMITTED, JobStatus.RUNNING} and not done.is_terminal
+    fault_row(FaultRow(
+        scenario=f"job store throttled ({THROTTLED}) at {throttled.value}", backend="in memory",
+        terminal_state=done.status.value, reason=done.reason_code or "", attempts=done.attempt,
+        cluster_seconds_after_fault=round(backend.down_at - fault_at, 1), clusters_left=backend.left(),
+        objects_lost=0, objects_processed_twice=0,
+    ))  # fmt: skip

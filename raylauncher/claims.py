@@ -6,8 +6,11 @@ duplicate delivery and is left out. Claims are written 25 to a transaction (Dyna
 a transaction that loses a race is retried item by item to find the duplicates.
 
 If the intake dies between claiming and recording the job, the claims point at a job that does
-not exist; once older than `stale_after_s` (longer than the Lambda's timeout, so its
-redelivery arrives later) such a claim is taken over.
+not exist. Such a claim is never taken for a duplicate: while it is younger than
+`stale_after_s` (longer than the intake Lambda's timeout: its owner may still be recording the
+job) the claim raises ClaimPending, so the messages are retried (never acknowledged); once
+older, it is taken over. The SQS visibility timeout (several Lambda timeouts) makes the usual
+redelivery arrive after that.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ def claim_id(ref: S3ObjectRef) -> str:
     return f"s3#{ref.bucket}#{ref.key}#{version}"
 
 
+class ClaimPending(StorageError):
+    """An object is claimed by a job that is not recorded (yet): retry the message later."""
+
+
 class ObjectClaims(ABC):
     @abstractmethod
     def claim(self, refs: Sequence[S3ObjectRef], job_id: str) -> list[S3ObjectRef]:
@@ -50,7 +57,7 @@ class DynamoObjectClaims(ObjectClaims):
         dynamodb_client: Any,
         table_name: str,
         job_exists: Callable[[str], bool],
-        stale_after_s: float = 1800,
+        stale_after_s: float = 300,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._ddb = dynamodb_client
@@ -82,7 +89,11 @@ class DynamoObjectClaims(ObjectClaims):
             except ClientError as err:
                 if error_code(err) != "TransactionCanceledException":
                     raise StorageError("cannot claim objects", error_code(err)) from err
-                won += [r for r in chunk if self._claim_one(r, job_id)]  # some were duplicates
+                try:
+                    won += [r for r in chunk if self._claim_one(r, job_id)]  # some were duplicates
+                except ClaimPending:
+                    self.release(won + list(chunk), job_id)  # all or nothing: the messages come back
+                    raise
             except BotoCoreError as err:
                 raise StorageError("cannot claim objects", error_code(err)) from err
         return won
@@ -101,8 +112,10 @@ class DynamoObjectClaims(ObjectClaims):
         claimed_at = float(old.get("claimed_at", {}).get("N", "0"))
         if owner == job_id:
             return True
-        if self._clock() - claimed_at < self._stale_after_s or self._job_exists(owner):
+        if self._job_exists(owner):
             return False  # a real duplicate: another job has this object
+        if self._clock() - claimed_at < self._stale_after_s:  # its intake may still be recording it
+            raise ClaimPending(f"{claim_id(ref)} is claimed by {owner}, not recorded (yet)", "ClaimPending")
         return self._take_over(ref, job_id, owner)
 
     def _take_over(self, ref: S3ObjectRef, job_id: str, stale_owner: str) -> bool:

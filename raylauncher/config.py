@@ -334,6 +334,7 @@ class Settings(_Strict):
     down_attempts: int = Field(default=5, ge=1)
     ec2_deployment_file: str | None = None  # JSON (Ec2Deployment) written by the stack
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    claim_stale_after_s: float = Field(default=300, gt=0)  # > the intake Lambda's timeout (claims.py)
     heartbeat_interval_s: float = Field(default=10, gt=0)  # the driver renews its lease this often
     driver_lease_s: float = Field(default=60, gt=0)  # no heartbeat for this long: the driver is lost
 

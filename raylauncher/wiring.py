@@ -61,7 +61,8 @@ def build_claims(settings: Settings, store: DynamoJobStore) -> DynamoObjectClaim
             return False
         return True
 
-    return DynamoObjectClaims(aws.client("dynamodb", settings), settings.idempotency_table, job_exists)
+    return DynamoObjectClaims(aws.client("dynamodb", settings), settings.idempotency_table, job_exists,
+                              stale_after_s=settings.claim_stale_after_s)  # fmt: skip
 
 
 def build_launcher(settings: Settings, store: DynamoJobStore, bastion: Bastion | None = None) -> Launcher:

@@ -298,10 +298,14 @@ class Driver:
         return cancelled
 
     def _write(self, write: Callable[[Job], Job], job: Job) -> Job:
-        """A store write of the running phase; a conflict because the job was taken over is
-        JobTakenOver (anything else is raised as it is)."""
+        """A store write while the job runs (RUNNING, heartbeats with Ray's status). A store that
+        refuses it (throttling, a network blip) is retried, then skipped: the next poll writes
+        again. A conflict because the job was taken over is JobTakenOver."""
         try:
-            return write(job)
+            return _with_store_retries(lambda: write(job))
+        except StorageError as err:
+            log.warning("job %s: store write skipped (%s); retried at the next poll", job.job_id, err.code)
+            return job
         except TransitionConflict:
             if self._fresh(job).owner != job.owner:
                 raise JobTakenOver(job.job_id) from None
@@ -331,14 +335,14 @@ class Driver:
         Raises JobTakenOver if the job is no longer ours."""
         try:
             try:
-                return self._store.transition(job, target, **fields)
+                return _with_store_retries(lambda: self._store.transition(job, target, **fields))
             except TransitionConflict:
                 fresh = self._store.get(job.job_id)
                 if fresh.owner != job.owner:
                     raise JobTakenOver(job.job_id) from None
                 if fresh.status == target:  # our write landed, its answer was lost
                     return fresh
-                return self._store.transition(fresh, target, **fields)
+                return _with_store_retries(lambda: self._store.transition(fresh, target, **fields))
         except JobTakenOver:
             raise
         except RayLauncherError:
@@ -366,6 +370,20 @@ class Driver:
 
 class _SubmitFailed(RayLauncherError):
     pass
+
+
+#: Waits between tries of a store write the store refused (throttling is transient).
+STORE_RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+
+def _with_store_retries(write: Callable[[], Job]) -> Job:
+    for delay in STORE_RETRY_DELAYS_S:
+        try:
+            return write()
+        except StorageError as err:
+            log.warning("job store refused a write (%s); again in %.1fs", err.code, delay)
+            time.sleep(delay)
+    return write()
 
 
 def logs_key_of(job: Job) -> str:

@@ -118,10 +118,11 @@ class Driver:
                 job, pipeline, self._provisioning_timeout_s, lambda: bool(guard.fired) or lease.lost or stop_asked()
             )
             lease.check()
-            job = self._store.heartbeat(job, cluster=handle.details)
+            job = self._write(lambda j: self._store.heartbeat(j, cluster=handle.details), job)
             client = TimedJobsClient(self._jobs_client(handle.dashboard_url), self._api_timeout_s)
             self._submit_once(client, job, pipeline, handle)
-            job = self._store.transition(job, JobStatus.SUBMITTED, ray_status="PENDING")
+            submitted = job
+            job = _with_store_retries(lambda: self._store.transition(submitted, JobStatus.SUBMITTED, ray_status="PENDING"))
             job, outcome = self._follow(client, job, pipeline, guard, lease)
         except ProvisioningCancelled as err:
             outcome = (

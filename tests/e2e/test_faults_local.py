@@ -15,6 +15,7 @@ import pytest
 
 from raylauncher.clusters.processes import leftover_processes, processes_of
 from raylauncher.local.runtime import LocalSystem, local_system
+from raylauncher.local.serve import stop_unfinished_jobs
 from raylauncher.model import Job, JobStatus
 from raylauncher.wiring import build_watchdog
 from tests.e2e.test_local_flow import driver_process, project_with_job
@@ -127,11 +128,7 @@ def test_a_rebooting_bastion_kills_every_driver_and_every_job_is_taken_over(
 ) -> None:
     with system_for(tmp_path, clusters=2) as system:
         # Given two jobs running at once
-        uploaded = [upload(system, "a.csv")]
-        first = wait_for(system, lambda j: j.status == JobStatus.RUNNING)
-        uploaded.append(upload(system, "b.csv"))
-        wait_for(system, lambda j: j.job_id != first.job_id and j.status == JobStatus.RUNNING)
-        jobs = system.store.list_jobs()
+        uploaded, jobs = two_running_jobs(system)
         # When every driver is SIGKILLed at once (the bastion reboots)
         drivers = [driver_process(j.job_id) for j in jobs]
         for driver in drivers:
@@ -147,6 +144,15 @@ def test_a_rebooting_bastion_kills_every_driver_and_every_job_is_taken_over(
                       outlived))  # fmt: skip
 
 
+def two_running_jobs(system: LocalSystem) -> tuple[list[str], list[Job]]:
+    """Two files dropped one after the other: two jobs, both RUNNING (inputs, jobs)."""
+    uploaded = [upload(system, "a.csv")]
+    first = wait_for(system, lambda j: j.status == JobStatus.RUNNING)
+    uploaded.append(upload(system, "b.csv"))
+    second = wait_for(system, lambda j: j.job_id != first.job_id and j.status == JobStatus.RUNNING)
+    return uploaded, [first, second]
+
+
 def wait_for(system: LocalSystem, ready: Callable[[Job], bool], timeout_s: float = TIMEOUT_S) -> Job:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -155,3 +161,28 @@ def wait_for(system: LocalSystem, ready: Callable[[Job], bool], timeout_s: float
                 return job
         time.sleep(0.2)
     raise AssertionError(f"no job got there in {timeout_s}s: {[(j.job_id, j.status) for j in system.store.list_jobs()]}")
+
+
+def test_stopping_serve_tears_down_every_cluster_also_of_a_dead_driver(
+    tmp_path: Path, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    with system_for(tmp_path, clusters=2) as system:
+        # Given two running jobs, one of whose drivers was SIGKILLed a moment ago
+        uploaded, (first, second) = two_running_jobs(system)
+        driver_process(first.job_id).send_signal(signal.SIGKILL)
+        # When `raylauncher serve` stops (Ctrl-C or SIGTERM: it cancels every unfinished job and
+        # sweeps while it waits)
+        stopped = time.monotonic()
+        assert stop_unfinished_jobs(system, build_watchdog(system.settings), timeout_s=120)
+        # Then both jobs ended and both clusters are gone: the live driver cancelled its job, the
+        # watchdog took over the dead driver's (a cancel was asked for: no retry)
+        jobs = {j.job_id: j for j in system.store.list_jobs()}
+        assert (jobs[second.job_id].status, jobs[second.job_id].reason_code) == (JobStatus.CANCELLED, "CANCEL_REQUESTED")
+        assert (jobs[first.job_id].status, jobs[first.job_id].reason_code, jobs[first.job_id].attempt) == (
+            JobStatus.FAILED, "DRIVER_LOST", 1)  # fmt: skip
+        outlived = wait_gone([first.run_id, second.run_id], stopped)
+        manifests = {j.job_id: manifest_inputs(system, j) for j in jobs.values()}
+        lost, twice = input_accounting(uploaded, manifests, set())
+        assert (lost, twice, len(leftover_processes())) == (0, 0, 0)
+        fault_row(FaultRow("`serve` stopped with a live and a dead driver (2 jobs)", "local", "FAILED / CANCELLED",
+                           "DRIVER_LOST / CANCEL_REQUESTED", 1, round(outlived, 1), 0, lost, twice))  # fmt: skip

@@ -103,12 +103,17 @@ class Materializer:
                 if state in RUNNING_STATES and iid not in self.nodes and self._states.get(iid) is None:
                     self._create(iid, address, tags)
                 elif state not in RUNNING_STATES and iid in self.nodes:
-                    self.nodes.pop(iid).stop()
+                    self._remove(iid)
                 if self._states.get(iid) != state:
                     self._states[iid] = state
                     self._emit(InstanceEvent(time.time(), iid, state, address, tags))
             for iid in [i for i in self.nodes if i not in seen]:
-                self.nodes.pop(iid).stop()
+                self._remove(iid)
+
+    def _remove(self, instance_id: str) -> None:
+        """Stop the node, then forget it: `nodes` lists a node until its namespace is gone."""
+        self.nodes[instance_id].stop()
+        del self.nodes[instance_id]
 
     def _create(self, instance_id: str, address: str, tags: dict[str, str]) -> None:
         node = Node(self._bridge, instance_id, address, self._nodes_dir / instance_id)

@@ -9,6 +9,7 @@ Skipped, with the reason, only where the stand-in cannot run (not Linux, not roo
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -130,6 +131,13 @@ def standin_row(system: LocalSystem, scenario: str, job: Job, since: datetime | 
     left = [i for i in instances_of(system, job, job.attempt) if i["State"]["Name"] != "terminated"]
     return FaultRow(scenario, "ec2 stand-in", job.status.value, job.reason_code.value if job.reason_code else "none",
                     job.attempt, round((end - start).total_seconds(), 1), len(left), 0, 0)  # fmt: skip
+
+
+def cmdline_of(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:  # gone meanwhile
+        return ""
 
 
 def new_job(system: LocalSystem, pipeline: str) -> Job:
@@ -362,10 +370,11 @@ def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(
     # When the head's sshd dies (`ray down` cannot run `ray stop` there) and the job is cancelled
     head = next(i for i in instances_of(system, job) if any(t["Value"] == "head" for t in i["Tags"]))
     node = system.standin.materializer.nodes[head["InstanceId"]]
-    sshd = [p for p in namespace_pids(node.netns) if "sshd" in " ".join(psutil.Process(p).cmdline())]
+    sshd = [p for p in namespace_pids(node.netns) if "sshd" in cmdline_of(p)]
     assert sshd
     for pid in sshd:  # the listener and the launcher's open sessions (pids as this machine sees them)
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a session that ended meanwhile
+            os.kill(pid, signal.SIGKILL)
     request_cancel(system.store, job.job_id)
     job = finished(thread, result)
     # Then the instances are still terminated, through the EC2 API by tag, and verified

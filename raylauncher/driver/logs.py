@@ -126,8 +126,8 @@ class JobLogShipper:
         else:
             head = _cut_at_line_end(data, self._head_bytes)
             tail = data[-self._tail_bytes :]
-            if b"\n" in tail[:-1]:
-                tail = tail[tail.index(b"\n") + 1 :]
+            if data[-len(tail) - 1 : -len(tail)] != b"\n" and b"\n" in tail[:-1]:
+                tail = tail[tail.index(b"\n") + 1 :]  # from the first whole line on
             if len(head) + len(tail) >= len(data):
                 body = data
             else:

@@ -337,6 +337,8 @@ class Settings(_Strict):
     claim_stale_after_s: float = Field(default=300, gt=0)  # > the intake Lambda's timeout (claims.py)
     heartbeat_interval_s: float = Field(default=10, gt=0)  # the driver renews its lease this often
     driver_lease_s: float = Field(default=60, gt=0)  # no heartbeat for this long: the driver is lost
+    log_flush_interval_s: float = Field(default=15, gt=0)  # the Ray job's log is copied to S3 this often
+    session_logs_timeout_s: float = Field(default=60, ge=0)  # fetching the head's session logs before teardown
 
     @model_validator(mode="after")
     def _bastion_needs_instance(self) -> Settings:

@@ -167,7 +167,8 @@ class Job(BaseModel):
     object_count: int = 0
     params: dict[str, Any] = Field(default_factory=dict)  # validated against the pipeline
     output_prefix: str | None = None
-    logs_key: str | None = None
+    logs_key: str | None = None  # the Ray job's log (grows while the job runs; driver/logs.py)
+    session_logs_key: str | None = None  # tar.gz of the head's Ray session logs, kept before teardown
     ray_status: str | None = None  # Ray's own job status, never ours
     reason_code: ReasonCode | None = None
     reason_message: str | None = None

@@ -56,6 +56,6 @@ def next_attempt(job: Job, status: JobStatus, reason: ReasonCode | None, message
         "attempts": [*job.attempts, attempt_record(job, status, reason, message, now, **extra)],
         "retry_at": iso(now + timedelta(seconds=backoff_s(policy, job.attempt))),
         "reason_code": None, "reason_message": None, "pending_outcome": None, "cluster": None,
-        "ray_status": None, "owner": None, "logs_key": None, "summary": None, "heartbeat_at": None, "launch_ref": None,
+        "ray_status": None, "owner": None, "logs_key": None, "session_logs_key": None, "summary": None, "heartbeat_at": None, "launch_ref": None,
         "teardown_attempts": 0,
     }  # fmt: skip

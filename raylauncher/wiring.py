@@ -127,6 +127,8 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         provisioning_timeout_s=settings.provisioning_timeout_s,
         poll_interval_s=settings.poll_interval_s,
         heartbeat_interval_s=settings.heartbeat_interval_s,
+        log_flush_interval_s=settings.log_flush_interval_s,
+        session_logs_timeout_s=settings.session_logs_timeout_s,
         requeue=launcher.requeue,
     )
 

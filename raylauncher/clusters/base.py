@@ -9,6 +9,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from raylauncher.config import Pipeline
@@ -47,6 +48,14 @@ class ClusterBackend(ABC):
         Safe to call when `up` failed half-way or never ran. Raises TeardownFailed if the
         cluster cannot be verified gone.
         """
+
+    def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
+        """Copy the head's Ray session logs (`session_latest/logs`: raylet, GCS, dashboard,
+        autoscaler monitor, worker output) into the directory `dest` (created here) before
+        teardown; returns the directory, or None when there is no head to ask (nothing was
+        started, or `up` failed before a head existed). Should return within `timeout_s`; the
+        driver bounds it anyway. May raise: the driver logs it and tears down all the same."""
+        return None
 
 
 def jobs_api_answers(dashboard_url: str) -> bool:

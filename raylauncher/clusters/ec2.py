@@ -43,6 +43,8 @@ from raylauncher.teardown import Ec2ClusterInstances
 
 log = logging.getLogger(__name__)
 
+#: The head's Ray session logs (the launcher's default temp dir).
+HEAD_SESSION_LOGS = "/tmp/ray/session_latest/logs"  # noqa: S108 - a path on the head node
 
 
 class ClusterInstances(Protocol):
@@ -140,6 +142,20 @@ class Ec2RayBackend(ClusterBackend):
             return str(ipaddress.ip_address(lines[-1]))
         except ValueError:
             raise ProvisioningFailed(f"`ray get-head-ip` gave no head address: {result.describe()}") from None
+
+    def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
+        """`ray rsync-down` of the head's /tmp/ray/session_latest/logs under `timeout_s`. Also
+        tried after a failed `ray up`: a head that came up half-way has the logs that say why.
+        Worker nodes' own logs are not fetched (the head's monitor logs say what became of them)."""
+        path = self.config_path(job.run_id)
+        if not path.exists():
+            return None  # `ray up` never ran: there is no head
+        dest.mkdir(parents=True, exist_ok=True)
+        result = run_cli([self._ray_bin, "rsync-down", str(path), f"{HEAD_SESSION_LOGS}/", f"{dest}/"],
+                         timeout_s, self._env, job.run_id)  # fmt: skip
+        if not result.ok:
+            log.warning("job %s: `ray rsync-down` of the session logs %s", job.job_id, result.describe())
+        return dest if any(p.is_file() for p in dest.rglob("*")) else None  # a partial copy is kept too
 
     def down(self, job: Job) -> int:
         path = self.config_path(job.run_id)

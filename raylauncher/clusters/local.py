@@ -113,6 +113,23 @@ class LocalRayBackend(ClusterBackend):
             details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir)},
         )
 
+    def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
+        """A copy of the cluster temp dir's session_latest/logs."""
+        temp_dir = self._temp_dir(job)
+        source = temp_dir / "session_latest" / "logs" if temp_dir else None
+        if source is None or not source.is_dir():
+            return None
+        shutil.copytree(source, dest, symlinks=True, ignore_dangling_symlinks=True, dirs_exist_ok=True)
+        return dest
+
+    def _temp_dir(self, job: Job) -> Path | None:
+        cluster = self._clusters.get(job.run_id)
+        if cluster is not None:
+            return cluster.temp_dir
+        if job.cluster and job.cluster.get("backend") == "local":  # a driver restarted after a crash
+            return Path(job.cluster["temp_dir"])
+        return None
+
     def down(self, job: Job) -> int:
         cluster = self._clusters.pop(job.run_id, None)
         if cluster is not None:

@@ -2,7 +2,8 @@
 
 claim (LAUNCHING -> PROVISIONING, with an owner token and a lease) -> cluster up -> submit
 (submission id = the attempt's run id, at most once) -> follow (RUNNING, run deadline) -> decide
-the outcome -> TEARING_DOWN -> keep Ray's logs in S3 -> cluster down -> outcome, a retry
+the outcome -> TEARING_DOWN -> keep Ray's logs in S3 (the job's log, copied there while it
+runs too, and the head's session logs; driver/logs.py) -> cluster down -> outcome, a retry
 (QUEUED, next attempt) or TEARDOWN_FAILED.
 
 Teardown runs in `finally`, also after SIGTERM/SIGINT and after any error, and even when the
@@ -24,6 +25,7 @@ from raylauncher.clusters.base import ClusterBackend, ClusterHandle
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.driver.jobs_client import JobsClient, TimedJobsClient, ray_status, stop_quietly
 from raylauncher.driver.lease import JobTakenOver, Lease, new_owner_token
+from raylauncher.driver.logs import JobLogShipper, keep_session_logs, logs_key_of
 from raylauncher.driver.outcome import RAY_TERMINAL, Outcome, clip, outcome_of
 from raylauncher.driver.signals import DriverTerminated, SignalGuard
 from raylauncher.errors import (
@@ -41,11 +43,15 @@ from raylauncher.objects import ObjectStore
 from raylauncher.retries import next_attempt
 from raylauncher.store import JobStore
 
+__all__ = ["Driver", "logs_key_of"]  # logs_key_of: re-exported from driver/logs.py, where it moved
+
 log = logging.getLogger(__name__)
 
 #: A retry whose backoff is at most this long is launched by the driver itself after the wait;
 #: a longer one by the watchdog's next sweep.
 RETRY_WAIT_CAP_S = 120.0
+#: A fetch of the Ray job's log gets at most this long (it runs between two polls).
+LOG_FETCH_TIMEOUT_S = 30.0
 
 
 class Driver:
@@ -62,6 +68,8 @@ class Driver:
         heartbeat_interval_s: float = 15.0,
         api_timeout_s: float = 60.0,
         submit_timeout_s: float = 120.0,
+        log_flush_interval_s: float = 15.0,
+        session_logs_timeout_s: float = 60.0,
         on_finished: Callable[[Job], object] = lambda job: None,
         requeue: Callable[[Job, dict[str, Any]], Job] | None = None,
     ) -> None:
@@ -76,6 +84,8 @@ class Driver:
         self._heartbeat_s = heartbeat_interval_s
         self._api_timeout_s = api_timeout_s
         self._submit_timeout_s = submit_timeout_s
+        self._log_flush_s = log_flush_interval_s
+        self._session_logs_timeout_s = session_logs_timeout_s
         self._on_finished = on_finished  # gives back the cluster slot, launches what is queued
         self._requeue = requeue  # QUEUED again for the next attempt (gives back the slot too)
 
@@ -110,6 +120,7 @@ class Driver:
     def _attempt(self, job: Job, guard: SignalGuard, lease: Lease) -> Job:
         outcome: Outcome | None = None
         client: JobsClient | None = None
+        shipper: JobLogShipper | None = None
         job_id = job.job_id
         try:
             pipeline = self._pipelines.get(job.pipeline)
@@ -119,11 +130,13 @@ class Driver:
             )
             lease.check()
             job = self._write(lambda j: self._store.heartbeat(j, cluster=handle.details), job)
-            client = TimedJobsClient(self._jobs_client(handle.dashboard_url), self._api_timeout_s)
+            ray = self._jobs_client(handle.dashboard_url)
+            client = TimedJobsClient(ray, self._api_timeout_s)
+            shipper = self._log_shipper(job, TimedJobsClient(ray, min(self._api_timeout_s, LOG_FETCH_TIMEOUT_S)))
             self._submit_once(client, job, pipeline, handle)
             submitted = job
             job = _with_store_retries(lambda: self._store.transition(submitted, JobStatus.SUBMITTED, ray_status="PENDING"))
-            job, outcome = self._follow(client, job, pipeline, guard, lease)
+            job, outcome = self._follow(client, job, pipeline, guard, lease, shipper)
         except ProvisioningCancelled as err:
             outcome = (
                 Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {guard.fired} while provisioning")
@@ -149,7 +162,7 @@ class Driver:
                 log.warning("job %s was taken over (driver declared lost); its cluster is the watchdog's now", job_id)
                 job = self._fresh(job)
             else:
-                job = self._finish(job, outcome, client)
+                job = self._finish(job, outcome, client, shipper)
         return job
 
     # -- the phases --------------------------------------------------------------------------
@@ -192,9 +205,12 @@ class Driver:
         log.info("job %s submitted as %s: %s", job.job_id, job.run_id, shlex.join(argv))
 
     def _follow(
-        self, client: JobsClient, job: Job, pipeline: Pipeline, guard: SignalGuard, lease: Lease
+        self, client: JobsClient, job: Job, pipeline: Pipeline, guard: SignalGuard, lease: Lease,
+        shipper: JobLogShipper | None = None,
     ) -> tuple[Job, Outcome]:
-        """Poll Ray until the job ends, the run deadline passes, a cancel or a signal arrives."""
+        """Poll Ray until the job ends, the run deadline passes, a cancel or a signal arrives.
+        Every `log_flush_interval_s` the Ray job's log so far is copied to S3 (best-effort); the
+        record gets its key with the next write after the first upload."""
         deadline = time.monotonic() + pipeline.run_timeout_s
         last_beat = time.monotonic()
         cancelled = self._cancel_check(job.job_id, every_s=0)
@@ -204,12 +220,15 @@ class Driver:
                 raise DriverTerminated(guard.fired)
             if cancelled():
                 return job, Outcome(JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED, "cancel requested while the job ran")
+            if shipper is not None and shipper.due():
+                shipper.flush()
+            logs = {"logs_key": shipper.key} if shipper is not None and shipper.uploaded and job.logs_key != shipper.key else {}
             info = client.get_job_info(job.run_id)
             status = ray_status(info)
             if status == "RUNNING" and job.status == JobStatus.SUBMITTED:
-                job = self._write(lambda j: self._store.transition(j, JobStatus.RUNNING, ray_status=status), job)
-            elif status != job.ray_status or time.monotonic() - last_beat >= self._heartbeat_s:
-                job = self._write(lambda j: self._store.heartbeat(j, ray_status=status), job)
+                job = self._write(lambda j: self._store.transition(j, JobStatus.RUNNING, ray_status=status, **logs), job)
+            elif status != job.ray_status or logs or time.monotonic() - last_beat >= self._heartbeat_s:
+                job = self._write(lambda j: self._store.heartbeat(j, ray_status=status, **logs), job)
                 last_beat = time.monotonic()
             if status in RAY_TERMINAL:
                 return job, outcome_of(status, getattr(info, "message", None))
@@ -221,11 +240,15 @@ class Driver:
                 )
             time.sleep(self._poll_s)
 
-    def _finish(self, job: Job, outcome: Outcome | None, client: JobsClient | None) -> Job:
-        """Stop the Ray job if it still runs, TEARING_DOWN, keep logs, cluster down, final state.
-        The cluster goes down whatever the steps before it do (store, S3 or Ray API failures)."""
+    def _finish(
+        self, job: Job, outcome: Outcome | None, client: JobsClient | None, shipper: JobLogShipper | None = None
+    ) -> Job:
+        """Stop the Ray job if it still runs, TEARING_DOWN, keep logs (the Ray job's, then the
+        head's session logs, bounded), cluster down, final state. The cluster goes down whatever
+        the steps before it do (store, S3 or Ray API failures, a log fetch that hangs)."""
         outcome = outcome or Outcome(JobStatus.FAILED, ReasonCode.DRIVER_ERROR, "driver ended without an outcome")
         logs_key: str | None = None
+        session_logs_key: str | None = None
         summary: dict[str, Any] | None = None
         try:
             last_word = None
@@ -234,8 +257,9 @@ class Driver:
             extra = {"ray_status": last_word} if last_word else {}
             job = self._record(job, JobStatus.TEARING_DOWN, pending_outcome=outcome.status,
                                reason_code=outcome.reason_code, reason_message=outcome.message, **extra)  # fmt: skip
-            logs_key = self._keep_logs(job, client) if client is not None else None
+            logs_key = shipper.finish() if shipper is not None else None
             summary = self._read_summary(job)
+            session_logs_key = self._keep_session_logs(job)
         except JobTakenOver:
             log.warning("job %s was taken over while tearing down; its cluster is the watchdog's now", job.job_id)
             return self._fresh(job)
@@ -251,12 +275,14 @@ class Driver:
             message = clip(f"teardown failed ({type(err).__name__}: {err}); the job itself ended {outcome.status}"
                            + (f": {outcome.message}" if outcome.message else ""))  # fmt: skip
         if final != JobStatus.TEARDOWN_FAILED:
-            retry = self._next_attempt(job, final, reason_code, message, logs_key=logs_key)
+            retry = self._next_attempt(job, final, reason_code, message, logs_key=logs_key,
+                                       session_logs_key=session_logs_key)  # fmt: skip
             if retry is not None:
                 return retry
         try:
             return self._record(job, final, reason_code=reason_code, reason_message=message,
-                                logs_key=logs_key, summary=summary, teardown_attempts=attempts)  # fmt: skip
+                                logs_key=logs_key, session_logs_key=session_logs_key, summary=summary,
+                                teardown_attempts=attempts)  # fmt: skip
         except JobTakenOver:
             return self._fresh(job)
 
@@ -350,14 +376,17 @@ class Driver:
             log.exception("job %s: could not record %s", job.job_id, target)
             return job
 
-    def _keep_logs(self, job: Job, client: JobsClient) -> str | None:
-        key = logs_key_of(job)
-        try:
-            self._objects.put_bytes(key, client.get_job_logs(job.run_id).encode(), "text/plain; charset=utf-8")
-        except Exception:  # noqa: BLE001 - losing logs must not keep the cluster up
-            log.exception("job %s: could not keep the Ray job logs", job.job_id)
+    def _log_shipper(self, job: Job, client: JobsClient) -> JobLogShipper:
+        return JobLogShipper(self._objects, job, lambda: client.get_job_logs(job.run_id), self._log_flush_s)
+
+    def _keep_session_logs(self, job: Job) -> str | None:
+        """The head's Ray session logs into S3 before teardown: at most session_logs_timeout_s
+        (then teardown goes on without them); never raises."""
+        if self._session_logs_timeout_s <= 0:
             return None
-        return key
+        timeout_s = self._session_logs_timeout_s
+        return keep_session_logs(self._objects, job, lambda dest: self._backend.collect_logs(job, dest, timeout_s),
+                                 timeout_s + 5)  # fmt: skip
 
     def _read_summary(self, job: Job) -> dict[str, Any] | None:
         if not job.output_prefix:
@@ -386,8 +415,3 @@ def _with_store_retries(write: Callable[[], Job]) -> Job:
             time.sleep(delay)
     return write()
 
-
-def logs_key_of(job: Job) -> str:
-    """Where an attempt's Ray logs are kept: logs/ray-job.log, then logs/ray-job-a2.log, …"""
-    suffix = "" if job.attempt <= 1 else f"-a{job.attempt}"
-    return job_prefix(job.job_id) + f"logs/ray-job{suffix}.log"

@@ -10,9 +10,11 @@ clusters left are counted by tag there.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -245,7 +247,7 @@ def test_up_succeeds_job_runs_down_once(launch_factory: Callable[..., Launch]) -
     done = launch.driver.run(job.job_id)
     # Then the job SUCCEEDED on the head's Jobs API, with one teardown
     assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
-    assert launch.commands() == ["up", "get-head-ip", "down"]
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert done.teardown_attempts == 1
     assert done.cluster and done.cluster["cluster_name"] == cluster_name(job.job_id)
     assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url).get_job_logs(job.job_id)
@@ -264,7 +266,7 @@ def test_up_fails_down_still_runs_and_reason_has_stderr_tail(launch_factory: Cal
     # Then it FAILED(PROVISIONING_FAILED) with the launcher's last words, and `ray down` ran
     assert (done.status, done.reason_code) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED)
     assert "Failed to setup head node." in (done.reason_message or "")
-    assert launch.commands() == ["up", "down"]
+    assert launch.commands() == ["up", "rsync-down", "down"]
     assert (done.attempt, done.attempts) == (1, [])
     assert_cluster_left_down(launch, job)
 
@@ -289,7 +291,7 @@ def test_up_fails_once_and_the_retry_succeeds_on_a_new_cluster(
     assert "Failed to setup head node." in first["reason_message"] and done.reason_code is None
     # and attempt 2 ran on a new cluster, rl-<job>-a2, after the backoff, as Ray job <job>-a2
     assert done.cluster and done.cluster["cluster_name"] == f"rl-{job.job_id}-a2"
-    assert launch.commands() == ["up", "down", "up", "get-head-ip", "down"]
+    assert launch.commands() == ["up", "rsync-down", "down", "up", "get-head-ip", "rsync-down", "down"]
     ups = [r for r in launch.records() if r["argv"][0] == "up"]
     assert [Path(r["argv"][-1]).name for r in ups] == [f"{job.job_id}.yaml", f"{job.job_id}-a2.yaml"]
     assert ups[1]["t"] >= parse_iso(first["ended_at"]).timestamp() + 1 - 0.05
@@ -321,7 +323,7 @@ def test_up_failing_on_every_attempt_fails_the_job_after_the_last(
     assert (done.status, done.reason_code, done.attempt) == (JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED, 2)
     assert "InsufficientInstanceCapacity" in (done.reason_message or "")
     assert [(a["run_id"], a["reason_code"]) for a in done.attempts] == [(job.job_id, "PROVISIONING_FAILED")]
-    assert launch.commands() == ["up", "down", "up", "down"]
+    assert launch.commands() == ["up", "rsync-down", "down", "up", "rsync-down", "down"]
     assert_cluster_left_down(launch, done, attempt=1)
     assert_cluster_left_down(launch, done, attempt=2)
     assert (launch.launched(done), launch.alive(done), launch.slots_used()) == (2, 0, 0)
@@ -346,7 +348,7 @@ def test_up_hangs_past_the_provisioning_deadline(
     done = launch.driver.run(job.job_id)
     # Then `ray up` was killed, `ray down` ran, and the job TIMED_OUT in provisioning
     assert (done.status, done.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.PROVISIONING_TIMEOUT)
-    assert launch.commands() == ["up", "down"]
+    assert launch.commands() == ["up", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
     deadline = parse_iso(done.phase_times[JobStatus.PROVISIONING.value]).timestamp() + 3
@@ -367,7 +369,7 @@ def test_job_past_the_run_deadline_is_stopped_and_torn_down(launch_factory: Call
     # Then it is TIMED_OUT(RUN_TIMEOUT), Ray stopped the job, and the cluster went down
     assert (done.status, done.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.RUN_TIMEOUT)
     assert str(JobSubmissionClient(launch.head.dashboard_url).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
-    assert launch.commands() == ["up", "get-head-ip", "down"]
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
 
 
@@ -384,7 +386,7 @@ def test_down_fails_twice_then_succeeds(
     # Then it SUCCEEDED on its one attempt, with the three teardown attempts recorded
     assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
     assert (done.teardown_attempts, done.attempt, done.attempts) == (3, 1, [])
-    assert launch.commands() == ["up", "get-head-ip", "down", "down", "down"]
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down", "down", "down"]
     assert [r["rc"] for r in launch.exits("down")] == [1, 1, 0]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
@@ -470,7 +472,7 @@ def test_cancel_while_provisioning(
     done = launch.store.get(job.job_id)
     assert (done.status, done.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
     assert (done.attempt, done.attempts) == (1, [])
-    assert launch.commands() == ["up", "down"]
+    assert launch.commands() == ["up", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
     fault_row(FaultRow(
@@ -496,7 +498,7 @@ def test_cancel_while_running(launch_factory: Callable[..., Launch], fault_row: 
     assert (done.status, done.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
     assert (done.attempt, done.attempts) == (1, [])
     assert str(JobSubmissionClient(launch.head.dashboard_url).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
-    assert launch.commands() == ["up", "get-head-ip", "down"]
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
     fault_row(FaultRow(
@@ -516,3 +518,46 @@ def test_cancelling_a_queued_job_ends_it_without_launching(launch_factory: Calla
     # and a driver that starts for it anyway leaves it alone: no `ray` call at all
     assert launch.driver.run(job.job_id).status == JobStatus.CANCELLED
     assert launch.calls() == []
+
+
+def session_log_files(launch: Launch, key: str) -> dict[str, str]:
+    body = aws.client("s3", launch.settings).get_object(Bucket=launch.settings.bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_the_heads_session_logs_are_fetched_before_teardown(launch_factory: Callable[..., Launch]) -> None:
+    # Given a head whose session logs `ray rsync-down` can fetch
+    launch = launch_factory({})
+    job = launch.new_job()
+    # When the job runs
+    done = launch.driver.run(job.job_id)
+    # Then they were fetched from the head's session dir before `ray down`, with this job's config
+    assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
+    (rsync,) = [argv for argv in launch.calls() if argv[0] == "rsync-down"]
+    assert rsync[1:3] == [str(launch.backend.config_path(job.job_id)), "/tmp/ray/session_latest/logs/"]
+    # and kept in S3 as a tar.gz on the record, next to the job's own log
+    assert done.session_logs_key == f"jobs/{job.job_id}/logs/ray-session.tar.gz"
+    assert session_log_files(launch, done.session_logs_key) == {
+        "ray-session-logs/raylet.out": "fake raylet log\n", "ray-session-logs/monitor.log": "fake autoscaler log\n"}  # fmt: skip
+    assert done.logs_key == f"jobs/{job.job_id}/logs/ray-job.log"
+    assert_cluster_left_down(launch, job)
+
+
+@pytest.mark.parametrize("step", [HANG, {"rc": 1, "stderr": "Head node of cluster not found!"}], ids=["hangs", "fails"])
+def test_a_session_log_fetch_that_hangs_or_fails_never_keeps_the_cluster_up(
+    launch_factory: Callable[..., Launch], step: dict[str, Any]
+) -> None:
+    # Given `ray rsync-down` hangs (or fails: no head), and 2 s allowed for the session logs
+    launch = launch_factory({"rsync-down": [step]})
+    launch.driver._session_logs_timeout_s = 2  # noqa: SLF001 - a short deadline for the test
+    job = launch.new_job()
+    # When the job runs
+    done = launch.driver.run(job.job_id)
+    # Then the fetch was cut off (its process gone), the cluster still went down, the job SUCCEEDED
+    assert (done.status, done.session_logs_key) == (JobStatus.SUCCEEDED, None)
+    assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                   for pid in launch.pids("rsync-down")), "a `ray rsync-down` process is still running"  # fmt: skip
+    assert_cluster_left_down(launch, job)

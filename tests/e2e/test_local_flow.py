@@ -3,8 +3,10 @@ local Ray cluster per job, the Ray Data job — and teardown, whatever happens."
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,6 +121,36 @@ def test_run_deadline_stops_the_job_and_tears_down(tmp_path: Path) -> None:
         assert (job.status, job.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.RUN_TIMEOUT)
         assert job.ray_status in {"RUNNING", "STOPPED"}
         assert "probe: sleeping" in log_text(system, job)
+        assert_torn_down(job)
+
+
+def test_the_job_log_is_in_s3_while_running_and_session_logs_after_the_end(tmp_path: Path) -> None:
+    project, pipelines = project_with_job(
+        tmp_path, "import time\nfor i in range(20):\n    print(f'probe: line {i}', flush=True)\n    time.sleep(1)\n"
+    )
+    with local_system(tmp_path / "state", pipelines, project, log_flush_interval_s=2) as system:
+        # Given a job that prints a line a second for 20 s, and the log copied to S3 every 2 s
+        system.s3.put_object(Bucket=system.settings.bucket, Key="incoming/probe/x.csv", Body=b"a\n1\n")
+
+        # When it runs, Then its log is in S3, with the early lines, while it is still RUNNING
+        def early_log_while_running(jobs: list[Job]) -> bool:
+            if not jobs or jobs[0].status != JobStatus.RUNNING or not jobs[0].logs_key:
+                return False
+            return "probe: line 1\n" in system.objects.get_bytes(jobs[0].logs_key).decode()
+
+        (running,) = run_until(system, early_log_while_running)
+        early = log_text(system, running)
+        assert "probe: line 19" not in early and system.store.get(running.job_id).status == JobStatus.RUNNING
+        # Then, after the end, the whole log, which the early copy is the beginning of
+        (job,) = run_until(system, all_terminal)
+        assert job.status == JobStatus.SUCCEEDED, (job.reason_code, job.reason_message)
+        final = log_text(system, job)
+        assert final.startswith(early) and "probe: line 19" in final
+        # and the head's session logs (raylet, GCS) kept as a tar.gz before the cluster went down
+        assert job.session_logs_key == f"jobs/{job.job_id}/logs/ray-session.tar.gz"
+        with tarfile.open(fileobj=io.BytesIO(system.objects.get_bytes(job.session_logs_key)), mode="r:gz") as tar:
+            names = [Path(m.name).name for m in tar.getmembers() if m.isfile()]
+        assert any(n.startswith("raylet") for n in names) and any(n.startswith("gcs_server") for n in names), names
         assert_torn_down(job)
 
 

@@ -413,3 +413,244 @@ def test_a_throttled_job_store_delays_the_record_and_never_keeps_the_cluster_up(
         cluster_seconds_after_fault=round(backend.down_at - fault_at, 1), clusters_left=backend.left(),
         objects_lost=0, objects_processed_twice=0,
     ))  # fmt: skip
+
+
+# -- the Ray job's log while it runs, the head's session logs before teardown ---------------
+
+import io  # noqa: E402 - this section was appended
+import tarfile  # noqa: E402
+
+from raylauncher.driver.logs import JobLogShipper, pack_logs  # noqa: E402
+
+
+class RecordingObjects(MemoryObjects):
+    """Keeps every upload in order; `fail_puts` makes that many uploads fail first."""
+
+    def __init__(self, fail_puts: int = 0) -> None:
+        super().__init__()
+        self.puts: list[tuple[str, bytes]] = []
+        self.fail_puts = fail_puts
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        if self.fail_puts:
+            self.fail_puts -= 1
+            raise StorageError(f"cannot write {key}", "SlowDown")
+        self.puts.append((key, body))
+        super().put_bytes(key, body, content_type)
+
+    def versions(self, key: str) -> list[bytes]:
+        return [body for k, body in self.puts if k == key]
+
+
+class ChattyRay(SucceedingRay):
+    """A job that logs one line per poll (the last one unfinished) for `polls` polls, then
+    succeeds; `failing_fetches` of get_job_logs fail first. Remembers the record as it was."""
+
+    def __init__(self, store: MemoryStore, polls: int = 30, failing_fetches: int = 0) -> None:
+        self.store, self.polls, self.limit, self.failing = store, 0, polls, failing_fetches
+        self.seen: list[Job] = []
+
+    def text(self) -> str:
+        return "".join(f"line {i}\n" for i in range(self.polls)) + ("partial" if self.polls < self.limit else "end\n")
+
+    def get_job_info(self, job_id: str) -> Any:
+        self.polls += 1
+        self.seen += list(self.store.jobs.values())
+        time.sleep(0.01)
+        return SimpleNamespace(status="RUNNING" if self.polls < self.limit else "SUCCEEDED", message="")
+
+    def get_job_logs(self, job_id: str) -> str:
+        if self.failing:
+            self.failing -= 1
+            raise TimeoutError("Ray Jobs API call get_job_logs did not answer")
+        return self.text()
+
+
+def logging_driver(store: MemoryStore, backend: Any, tmp_path: Path, ray: Any, objects: MemoryObjects,
+                   **kwargs: Any) -> Driver:  # fmt: skip
+    driver = driver_for(store, backend, tmp_path, ray)
+    driver._objects = objects
+    driver._log_flush_s = kwargs.get("flush_s", 0.05)
+    driver._session_logs_timeout_s = kwargs.get("session_timeout_s", 2)
+    return driver
+
+
+def assert_grows(versions: list[bytes]) -> None:
+    """Every version of the object extends the one before (a follower's offsets stay valid)."""
+    for before, after in zip(versions, versions[1:], strict=False):
+        assert len(after) > len(before) and after.startswith(before), (before[-40:], after[-40:])
+
+
+def test_the_job_log_is_in_s3_while_the_job_runs_and_grows_to_the_whole_log(tmp_path: Path) -> None:
+    # Given a Ray job that logs a line per poll for 30 polls, and a log flush every 0.05 s
+    store, backend, objects = MemoryStore(), RecordingBackend(), RecordingObjects()
+    job = launching_job(store)
+    ray = ChattyRay(store)
+    # When the driver follows it
+    done = logging_driver(store, backend, tmp_path, ray, objects).run(job.job_id)
+    # Then the log was uploaded several times while it ran, each upload whole lines only and
+    # extending the one before, the last one the whole log
+    key = f"jobs/{job.job_id}/logs/ray-job.log"
+    versions = objects.versions(key)
+    assert len(versions) >= 3, len(versions)
+    assert all(v.endswith(b"\n") for v in versions) and b"partial" not in b"".join(versions)
+    assert_grows(versions)
+    assert versions[-1].decode() == ray.text() and versions[-1].endswith(b"end\n")
+    # and the record pointed at it while the job was still RUNNING
+    assert any(j.status == JobStatus.RUNNING and j.logs_key == key for j in ray.seen)
+    assert (done.status, done.logs_key, backend.calls) == (JobStatus.SUCCEEDED, key, ["up", "down"])
+
+
+def test_failed_log_fetches_and_uploads_never_fail_the_job(tmp_path: Path) -> None:
+    # Given a head whose log fetches time out at first and a bucket refusing the first uploads
+    store, backend, objects = MemoryStore(), RecordingBackend(), RecordingObjects(fail_puts=3)
+    job = launching_job(store)
+    ray = ChattyRay(store, failing_fetches=3)
+    # When the driver follows the job
+    done = logging_driver(store, backend, tmp_path, ray, objects).run(job.job_id)
+    # Then the job SUCCEEDED, the cluster went down, and the log in S3 is whole in the end
+    assert (done.status, done.reason_code, backend.calls) == (JobStatus.SUCCEEDED, None, ["up", "down"])
+    assert objects.blobs[done.logs_key or ""].decode() == ray.text()
+
+
+def test_a_log_that_cannot_be_fetched_at_the_end_keeps_what_was_uploaded_and_says_so(tmp_path: Path) -> None:
+    # Given a log copied to S3 while the job ran, and a head that stops answering at the end
+    objects = RecordingObjects()
+    job = Job.new("probe", "api")
+    answers = iter(["a\nb\n"])
+
+    def fetch() -> str:
+        return next(answers)  # StopIteration from the second call on: the fetch fails
+
+    shipper = JobLogShipper(objects, job, fetch, flush_interval_s=0)
+    assert shipper.flush()
+    # When the driver keeps the log at the end, Then the key stays, with a notice appended
+    assert shipper.finish() == shipper.key
+    versions = objects.versions(shipper.key)
+    assert_grows(versions)
+    assert versions[-1].startswith(b"a\nb\n") and b"could not be fetched" in versions[-1]
+
+
+def test_a_huge_log_keeps_its_head_while_running_and_head_plus_tail_at_the_end(tmp_path: Path) -> None:
+    # Given caps of 100 bytes of head and 40 of tail, and a log that grows far beyond them
+    objects = RecordingObjects()
+    lines = [f"line {i:04d}\n" for i in range(200)]  # 10 bytes each
+    shown = {"n": 5}
+    fetches = {"n": 0}
+
+    def fetch() -> str:
+        fetches["n"] += 1
+        return "".join(lines[: shown["n"]])
+
+    shipper = JobLogShipper(objects, Job.new("probe", "api"), fetch, flush_interval_s=0, head_bytes=100, tail_bytes=40)
+    # When it is flushed while it grows
+    for n in (5, 9, 30, 60):
+        shown["n"] = n
+        if shipper.due():
+            shipper.flush()
+    # Then the object grew to the head (whole lines within the cap) and no further; once the head
+    # was full, the log was not fetched again while running
+    assert objects.versions(shipper.key)[-1] == "".join(lines[:10]).encode()
+    assert fetches["n"] == 3 and not shipper.due()
+    # When the job ends, Then head + a notice + the last whole lines within the tail cap
+    shown["n"] = 200
+    shipper.finish()
+    final = objects.versions(shipper.key)[-1].decode()
+    assert final.startswith("".join(lines[:10])) and final.endswith("".join(lines[-4:]))
+    assert "2000 bytes; 1860 bytes left out here; its last 40 bytes follow" in final
+    assert_grows(objects.versions(shipper.key))
+
+
+class SessionLogsBackend(RecordingBackend):
+    """collect_logs: 'files' writes a raylet and a GCS log; 'hang' sleeps; 'raise' fails."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
+        self.calls.append("collect")
+        if self.mode == "hang":
+            time.sleep(600)
+        if self.mode == "raise":
+            raise RuntimeError("ssh: connect to host 10.0.1.23 port 22: Connection timed out")
+        (dest / "old").mkdir(parents=True)
+        (dest / "raylet.out").write_text(f"raylet of {job.run_id}\n")
+        (dest / "gcs_server.out").write_text("gcs\n")
+        (dest / "old" / "monitor.log").write_text("monitor\n")
+        return dest
+
+
+def tar_members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_session_logs_are_kept_before_teardown(tmp_path: Path) -> None:
+    # Given a backend whose head has raylet, GCS and monitor logs
+    store, backend, objects = MemoryStore(), SessionLogsBackend("files"), RecordingObjects()
+    job = launching_job(store)
+    # When the job ends
+    done = logging_driver(store, backend, tmp_path, None, objects).run(job.job_id)
+    # Then they were fetched before the cluster went down, and kept as a tar.gz on the record
+    assert backend.calls == ["up", "collect", "down"]
+    assert done.session_logs_key == f"jobs/{job.job_id}/logs/ray-session.tar.gz"
+    members = tar_members(objects.blobs[done.session_logs_key])
+    assert members == {"ray-session-logs/raylet.out": f"raylet of {job.job_id}\n".encode(),
+                       "ray-session-logs/gcs_server.out": b"gcs\n", "ray-session-logs/old/monitor.log": b"monitor\n"}  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["hang", "raise"])
+def test_a_session_log_fetch_that_hangs_or_fails_never_keeps_the_cluster_up(tmp_path: Path, mode: str) -> None:
+    # Given a backend whose session-log fetch hangs (or fails), bounded to 1 s
+    store, backend, objects = MemoryStore(), SessionLogsBackend(mode), RecordingObjects()
+    job = launching_job(store)
+    driver = logging_driver(store, backend, tmp_path, None, objects, session_timeout_s=1)
+    # When the job ends
+    started = time.monotonic()
+    done = driver.run(job.job_id)
+    # Then the cluster still went down, soon, and the job SUCCEEDED without session logs
+    assert backend.calls == ["up", "collect", "down"]
+    assert time.monotonic() - started < 15
+    assert (done.status, done.session_logs_key) == (JobStatus.SUCCEEDED, None)
+    assert done.logs_key is not None  # the job's own log is kept all the same
+
+
+def test_a_retried_attempt_keeps_its_session_logs_on_its_attempt_record(tmp_path: Path) -> None:
+    # Given a cluster that fails to come up half-way (a head whose logs say why)
+    class HalfUp(SessionLogsBackend):
+        def up(self, job: Job, pipeline: Any, timeout_s: float, cancelled: Any) -> ClusterHandle:
+            self.calls.append("up")
+            raise ProvisioningFailed("ray up exited 1: Failed to setup head node.")
+
+    store, backend, objects = MemoryStore(), HalfUp("files"), RecordingObjects()
+    job = launching_job(store)
+    driver = logging_driver(store, backend, tmp_path, None, objects)
+    driver._requeue = lambda current, fields: store.transition(current, JobStatus.QUEUED, **fields)
+    # When attempt 1 fails and attempt 2 is queued, Then attempt 1's session logs are on its record
+    done = driver.run(job.job_id)
+    assert backend.calls == ["up", "collect", "down"]
+    assert (done.status, done.attempt, done.session_logs_key) == (JobStatus.QUEUED, 2, None)
+    assert done.attempts[0]["session_logs_key"] == f"jobs/{job.job_id}/logs/ray-session.tar.gz"
+    # and attempt 2 keeps its own, next to them
+    driver.run(store.transition(store.get(job.job_id), JobStatus.LAUNCHING).job_id)
+    final = store.get(job.job_id)
+    assert final.session_logs_key == f"jobs/{job.job_id}/logs/ray-session-a2.tar.gz"
+    assert tar_members(objects.blobs[final.session_logs_key])["ray-session-logs/raylet.out"] == f"raylet of {job.job_id}-a2\n".encode()
+
+
+def test_packed_session_logs_are_capped_and_say_what_was_cut(tmp_path: Path) -> None:
+    # Given logs: two small files and a big one
+    (tmp_path / "a.log").write_bytes(b"x" * 10)
+    (tmp_path / "b.log").write_bytes(b"y" * 30)
+    (tmp_path / "big.log").write_bytes(b"0123456789" * 10)
+    # When packed with 50 bytes per file and 70 in all
+    members = tar_members(pack_logs(tmp_path, "logs", file_tail_bytes=50, total_bytes=70))
+    # Then files fit smallest first, the big one is left out, and the notice says so
+    assert (members["logs/a.log"], members["logs/b.log"]) == (b"x" * 10, b"y" * 30)
+    assert "logs/big.log" not in members
+    assert b"big.log: left out (100 bytes" in members["logs/RAYLAUNCHER-NOTICE.txt"]
+    # and with room for it, only its tail is kept
+    members = tar_members(pack_logs(tmp_path, "logs", file_tail_bytes=50, total_bytes=1000))
+    assert members["logs/big.log"] == (b"0123456789" * 5)
+    assert b"big.log: only its last 50 of 100 bytes" in members["logs/RAYLAUNCHER-NOTICE.txt"]

@@ -6,7 +6,7 @@ ask SSM whether the bastion is online."""
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Stack
+from aws_cdk import Aws, Stack, Token
 from aws_cdk import aws_apigateway as apigw
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -53,8 +53,11 @@ class Operators(Construct):
         self.policy.attach_to_role(self.role)
         api_id = stack.resolve(api.node.default_child.logical_id)  # type: ignore[union-attr]
         stage_id = stack.resolve(api.deployment_stage.node.default_child.logical_id)  # type: ignore[union-attr]
+        # The CDK CLI may pin the stack to an account and region: the API ARN then names them.
+        account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
+        region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
         why = {
-            f"IAM5[Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:<{api_id}>/<{stage_id}>/*/*]":
+            f"IAM5[Resource::arn:<AWS::Partition>:execute-api:{region}:{account}:<{api_id}>/<{stage_id}>/*/*]":
                 "every method and path of this one API's stage: the operator CLI uses all of them (docs/openapi.json)",
             "IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/*]":
                 "session ids are made by SSM at StartSession; the condition limits it to sessions tagged with the "

@@ -6,9 +6,11 @@ serve, demo, …) run the system itself."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from raylauncher.cli import exits
 from raylauncher.cli.http import ApiError
@@ -27,12 +29,20 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _add_target_options(parser: argparse.ArgumentParser, default: object) -> None:
+    group = parser.add_argument_group("target")
+    group.add_argument("--stack", metavar="NAME", default=default, help=f"a deployed stack (default: ${STACK_ENV})")
+    group.add_argument("--target", choices=["local"], default=default,
+                       help="the local system `raylauncher serve` runs")  # fmt: skip
+    group.add_argument("--region", default=default, help="AWS region of the stack (default: AWS_REGION or your profile's)")
+
+
 def _target_options() -> argparse.ArgumentParser:
+    """Target options on each command as well as before it (`raylauncher --stack S jobs list`
+    and `raylauncher jobs list --stack S`): on commands they default to "not given", so they
+    never overwrite what was given before the command."""
     common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("target")
-    group.add_argument("--stack", metavar="NAME", help=f"a deployed stack (default: ${STACK_ENV})")
-    group.add_argument("--target", choices=["local"], help="the local system `raylauncher serve` runs")
-    group.add_argument("--region", help="AWS region of the stack (default: AWS_REGION or your profile's)")
+    _add_target_options(common, argparse.SUPPRESS)
     return common
 
 
@@ -135,20 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
         prog="raylauncher", description=__doc__, epilog=exits.EPILOG + "\n\n" + TARGET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
+    _add_target_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_operator_commands(sub)
     add_system_commands(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, **injected: Any) -> int:
+    """The console script. `injected` reaches the command functions that take it by name
+    (tests: `run` for dashboard's subprocess, `which`, `ssm_client` for doctor)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # one line per client otherwise
     args = build_parser().parse_args(argv)
     from raylauncher.cli.commands import Refused
 
     try:
-        return int(args.func(args))
+        wanted = inspect.signature(args.func).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in wanted.values())
+        return int(args.func(args, **{k: v for k, v in injected.items() if takes_any or k in wanted}))
     except TargetError as err:
         print(f"raylauncher: {err}", file=sys.stderr)
         return exits.USAGE

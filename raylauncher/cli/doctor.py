@@ -21,6 +21,7 @@ from raylauncher.cli.targets import (
     Target,
     TargetError,
     aws_session,
+    chosen_stack,
     local_target,
     session_region,
     stack_outputs,
@@ -83,9 +84,13 @@ def _api_check(target: Target) -> Check:
     return Check("api", "ok", f"{target.api_url} answers")
 
 
-def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = shutil.which) -> list[Check]:
+def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = shutil.which,
+               ssm_client: Any = None) -> list[Check]:  # fmt: skip
+    """The checks for the target `args` names. `which` finds programs; `ssm_client` replaces the
+    SSM client made from the session (tests: moto has no DescribeInstanceInformation)."""
     checks: list[Check] = []
-    if not args.stack:
+    stack = chosen_stack(args.target, args.stack)
+    if not stack:
         try:
             target = local_target()
         except TargetError as err:
@@ -107,18 +112,19 @@ def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = sh
     except Exception as err:  # noqa: BLE001 - any failure here is the answer to this check
         return [Check("aws credentials", "fail", f"{type(err).__name__}: {err} (run `aws configure` or `aws sso login`)")]
     try:
-        outputs = stack_outputs(session, region, args.stack)
+        outputs = stack_outputs(session, region, stack)
     except TargetError as err:
         return [*checks, Check("stack", "fail", str(err))]
     missing = [k for k in (*REQUIRED_OUTPUTS, "OperatorRoleArn") if k not in outputs]
     checks.append(Check("stack", "fail" if set(missing) & set(REQUIRED_OUTPUTS) else "warn" if missing else "ok",
-                        f"{args.stack}: " + (f"missing output(s) {', '.join(missing)}" if missing else
+                        f"{stack}: " + (f"missing output(s) {', '.join(missing)}" if missing else
                                              f"outputs {', '.join(sorted(outputs))}")))  # fmt: skip
     if checks[-1].outcome == "fail":
         return checks
-    target = stack_target(args.stack, region, session)
+    target = stack_target(stack, region, session)
     checks.append(_api_check(target))
-    checks.append(_bastion_check(session, region, str(target.bastion_id)))
+    ssm = ssm_client or session.create_client("ssm", region_name=region)
+    checks.append(_bastion_check(ssm, str(target.bastion_id)))
     plugin = which("session-manager-plugin")
     checks.append(Check("session-manager-plugin", "ok" if plugin else "warn",
                         plugin or "not on PATH: `raylauncher dashboard` needs it; "
@@ -127,9 +133,9 @@ def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = sh
     return checks
 
 
-def _bastion_check(session: Any, region: str, instance_id: str) -> Check:
+def _bastion_check(ssm: Any, instance_id: str) -> Check:
     try:
-        infos = session.create_client("ssm", region_name=region).describe_instance_information(
+        infos = ssm.describe_instance_information(
             Filters=[{"Key": "InstanceIds", "Values": [instance_id]}])["InstanceInformationList"]  # fmt: skip
     except Exception as err:  # noqa: BLE001
         return Check("bastion", "fail", f"cannot ask SSM about {instance_id}: {err}")
@@ -141,8 +147,8 @@ def _bastion_check(session: Any, region: str, instance_id: str) -> Check:
     return Check("bastion", "ok", f"{instance_id} Online in SSM (agent {infos[0].get('AgentVersion', '?')})")
 
 
-def cmd_doctor(args: argparse.Namespace) -> int:
-    checks = run_checks(args)
+def cmd_doctor(args: argparse.Namespace, **injected: Any) -> int:
+    checks = run_checks(args, **injected)
     if args.output == "json":
         render.print_json([asdict(c) for c in checks])
     else:

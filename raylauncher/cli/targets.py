@@ -103,16 +103,23 @@ def local_target(env: Mapping[str, str] = os.environ) -> Target:
                   table=state.table)  # fmt: skip
 
 
+def chosen_stack(target: str | None, stack: str | None, env: Mapping[str, str] = os.environ) -> str | None:
+    """The stack to talk to, or None for the local system: --stack wins; then --target local;
+    then a running `raylauncher serve`; then $RAYLAUNCHER_STACK."""
+    if stack:
+        return stack
+    if target == "local" or read_state(state_file(dict(env))) is not None:
+        return None
+    return env.get(STACK_ENV) or None
+
+
 def resolve_target(target: str | None, stack: str | None, region: str | None,
                    env: Mapping[str, str] = os.environ) -> Target:  # fmt: skip
-    """--stack wins; then --target local; then a running `raylauncher serve`; then $RAYLAUNCHER_STACK."""
-    if stack:
-        return stack_target(stack, region)
-    if target == "local":
+    """The target the options and the environment name (see `chosen_stack`)."""
+    name = chosen_stack(target, stack, env)
+    if name:
+        return stack_target(name, region)
+    if target == "local" or read_state(state_file(dict(env))) is not None:
         return local_target(env)
-    if read_state(state_file(dict(env))) is not None:
-        return local_target(env)
-    if env.get(STACK_ENV):
-        return stack_target(env[STACK_ENV], region)
     raise TargetError("no target: run `raylauncher serve` for the local system, or pass --stack NAME "
                       f"(or set {STACK_ENV}) for a deployed stack")  # fmt: skip

@@ -5,6 +5,7 @@ NO_COLOR and drops colour and animation when stdout is not a terminal."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -22,12 +23,23 @@ STATUS_STYLE = {
 BAR_WIDTH = 30
 
 
+#: Into a pipe or a file, lines are not wrapped at 80 columns: a script reads whole rows.
+UNWRAPPED_WIDTH = 1000
+
+
+def _console(file: object) -> Console:
+    console = Console(file=file, highlight=False)  # type: ignore[arg-type]
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = UNWRAPPED_WIDTH
+    return console
+
+
 def stdout() -> Console:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    return _console(sys.stdout)
 
 
 def stderr() -> Console:
-    return Console(file=sys.stderr, highlight=False, soft_wrap=True)
+    return _console(sys.stderr)
 
 
 def print_json(value: Any) -> None:
@@ -95,7 +107,8 @@ def timeline(job: dict[str, Any], now: datetime | None = None) -> Table:
 
 def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("JOB", "PIPELINE", "TRIGGER", "STATUS", "CREATED (UTC)", "ELAPSED", "REASON"):
+    table.add_column("JOB", no_wrap=True)
+    for column in ("PIPELINE", "TRIGGER", "STATUS", "CREATED (UTC)", "ELAPSED", "REASON"):
         table.add_column(column, overflow="fold")
     for job in jobs:
         created = parse_time(job.get("created_at"))

@@ -13,9 +13,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from cdk.nag import acknowledge
-
-#: The SSM document `raylauncher dashboard` starts its session with (raylauncher/cli/commands.py).
-PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
+from raylauncher.cli.arguments import PORT_FORWARDING_DOCUMENT  # the document `raylauncher dashboard` starts
 
 
 class Operators(Construct):

@@ -5,69 +5,27 @@ except `dashboard`, which starts an SSM session (what the operator role allows).
 from __future__ import annotations
 
 import argparse
-import re
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from raylauncher.cli import exits, render
+from raylauncher.cli.arguments import POLL_INTERVAL_S, PORT_FORWARDING_DOCUMENT, RAY_DASHBOARD_PORT, since_time
+from raylauncher.cli.errors import Refused
 from raylauncher.cli.http import ApiClient
 from raylauncher.cli.targets import Target, resolve_target
 
-#: Seconds between polls while waiting for a job or following its log.
-POLL_INTERVAL_S = 2.0
 #: The statuses in which a job has a cluster that can answer.
 CLUSTER_RUNNING = ("SUBMITTED", "RUNNING")
-RAY_DASHBOARD_PORT = 8265
-PORT_FORWARDING_DOCUMENT = "AWS-StartPortForwardingSessionToRemoteHost"
 PLUGIN = "session-manager-plugin"
 PLUGIN_INSTALL_HINT = ("install the Session Manager plugin: https://docs.aws.amazon.com/systems-manager/latest/"
                        "userguide/session-manager-working-with-install-plugin.html")  # fmt: skip
-_RELATIVE = re.compile(r"^(\d+)([mhd])$")
 
 Runner = Callable[[list[str]], int]
-
-
-def since_value(value: str) -> str:
-    """argparse type for --since: `30m`, `1h`, `2d` or an ISO 8601 time (kept as given: the API reads it)."""
-    if _RELATIVE.match(value):
-        return value
-    try:
-        datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: use 30m, 1h, 2d or an ISO time like 2026-01-01T00:00:00Z") from None
-    return value
-
-
-def since_time(value: str, now: datetime | None = None) -> datetime:
-    now = now or datetime.now(UTC)
-    match = _RELATIVE.match(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        unit_name = {"m": "minutes", "h": "hours", "d": "days"}[unit]
-        return now - timedelta(**{unit_name: amount})
-    at = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
-
-
-def param_value(value: str) -> tuple[str, Any]:
-    """argparse type for --param: `k=v` (a string) or `k:=JSON` (a number, boolean, …)."""
-    import json
-
-    key, sep, raw = value.partition("=")
-    if not sep or not key.rstrip(":"):
-        raise argparse.ArgumentTypeError(f"{value!r}: write --param key=value (or key:=JSON)")
-    if not key.endswith(":"):
-        return key, raw
-    try:
-        return key[:-1], json.loads(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r}: the part after := must be JSON") from None
 
 
 def target_of(args: argparse.Namespace) -> Target:
@@ -257,10 +215,6 @@ def cmd_pipelines_show(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- dashboard
-
-
-class Refused(Exception):
-    """A command cannot do what was asked; the message says why and what to do (exit 1)."""
 
 
 def port_forwarding_command(target: Target, head_ip: str, local_port: int) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from raylauncher.config import BASTION_ENV_FILE, Settings, load_pipelines, pipelines_json
-from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, RayLauncherError, UnknownPipeline
+from raylauncher.errors import ConfigError, InvalidJobId, RayLauncherError, UnknownPipeline
 from raylauncher.model import require_job_id
 
 

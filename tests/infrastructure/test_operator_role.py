@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from raylauncher.cli.commands import PORT_FORWARDING_DOCUMENT
+from raylauncher.cli.arguments import PORT_FORWARDING_DOCUMENT
 from raylauncher.cli.targets import STACK_OUTPUTS
 from tests.infrastructure.conftest import Synthesized, render
 

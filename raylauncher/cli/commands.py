@@ -70,11 +70,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def follow(client: ApiClient, job_id: str, *, json_lines: bool = False, interval_s: float = POLL_INTERVAL_S,
            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:  # fmt: skip
-    """Poll the job until it is terminal. On a terminal: a live view (phase, time per phase, Ray
-    status, nodes) on stderr; otherwise one line per state change on stderr."""
+    """Poll the job until it is terminal. When stdout and stderr are terminals: a live view (phase,
+    time per phase, Ray status, nodes) on stderr; otherwise one line per state change on stderr."""
     err = render.stderr()
     live = None
-    if err.is_terminal and not json_lines:
+    if err.is_terminal and render.stdout().is_terminal and not json_lines:  # else a log file would fill with frames
         from rich.live import Live
 
         live = Live(console=err, refresh_per_second=2, transient=False)

@@ -26,6 +26,7 @@ from cdk.functions import LambdaFactory, service_name
 from cdk.intake import Intake
 from cdk.nag import acknowledge
 from cdk.network import Network
+from cdk.operators import Operators
 from cdk.schedules import Schedules
 from cdk.storage import JOB_PREFIX, Storage
 from raylauncher.bastion import SSM_DOCUMENT
@@ -176,6 +177,7 @@ class RayLauncherStack(Stack):
             storage.allow_write(fn.role, [JOB_PREFIX])  # manifests
             fn.add_to_role_policy(send_command)
 
+        self.operators = Operators(self, "Operators", api=api.api, bastion=bastion.instance)
         self.storage, self.network, self.bastion, self.intake, self.api, self.nodes = storage, network, bastion, intake, api, node
         self.job_events = job_events
         CfnOutput(self, "DataBucket", value=storage.bucket_name, description="drop input files under a pipeline prefix")
@@ -188,3 +190,5 @@ class RayLauncherStack(Stack):
                   description="subscribe to it: failed teardowns, silent drivers, dead-lettered notifications")
         CfnOutput(self, "BastionInstanceId", value=bastion.instance.instance_id,
                   description="aws ssm start-session --target <id> (no SSH keys, no public IP)")  # fmt: skip
+        CfnOutput(self, "OperatorRoleArn", value=self.operators.role.role_arn,
+                  description="assume it to run `raylauncher --stack <this stack>` (API, dashboard, doctor)")  # fmt: skip

@@ -110,7 +110,7 @@ class LocalRayBackend(ClusterBackend):
             dashboard_url=dashboard_url,
             python=sys.executable,  # the cluster's PATH may not have Ray's interpreter first
             job_env=self._job_env,
-            details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir)},
+            details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir), "dashboard_url": dashboard_url},
         )
 
     def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:

@@ -12,6 +12,7 @@ its driver reports to.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -23,6 +24,7 @@ from raylauncher.control import request_cancel
 from raylauncher.errors import RayLauncherError
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.serve_state import ServeState, state_file, write_state
 from raylauncher.local.stack import FAKE_CREDENTIALS
 from raylauncher.watchdog import Watchdog
 from raylauncher.wiring import build_watchdog
@@ -51,11 +53,15 @@ def usage(base_url: str, env_file: Path, pipeline: str, schedule: str | None) ->
         f"  curl -s '{base_url}/jobs?limit=5'",
         f"  curl -s {base_url}/jobs/<job-id>",
         "",
-        f"  # other commands against this system, from another shell: source {env_file}",
+        "  # or with the CLI, from another shell (it finds this API by itself while serve runs)",
+        f"  raylauncher submit {pipeline} --wait",
+        "  raylauncher jobs list",
+        "  raylauncher jobs logs <job-id> --follow",
+        "",
+        f"  # system commands against this system, from another shell: source {env_file}",
     ]
     if schedule:
         lines.append(f"  raylauncher fire-schedule {pipeline} {schedule}")
-    lines.append("  raylauncher cancel <job-id>")
     return "\n".join(lines)
 
 
@@ -108,6 +114,7 @@ def _interrupt(_signum: int, _frame: FrameType | None) -> None:
 def run_serve(port: int) -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     env_file = state_dir / "serve.env"
+    serve_state = state_file()  # the operator CLI's `--target local` (raylauncher/cli/targets.py)
     previous = signal.getsignal(signal.SIGTERM)
     with local_system(state_dir) as system:
         from lambdas.api import handler as api_handler  # the deployed handler (on sys.path now)
@@ -121,6 +128,10 @@ def run_serve(port: int) -> int:
                 return 2
             with server:
                 write_env_file(system, env_file)
+                write_state(serve_state, ServeState(
+                    api_url=server.base_url, pid=os.getpid(), bucket=system.settings.bucket,
+                    table=system.settings.table, region=system.settings.region,
+                ))  # fmt: skip
                 first = system.pipelines.pipelines[0]
                 print(usage(server.base_url, env_file, first.name, first.schedules[0].name if first.schedules else None))
                 sys.stdout.flush()
@@ -135,10 +146,12 @@ def run_serve(port: int) -> int:
                             _sweep(watchdog)
                 except KeyboardInterrupt:
                     print("\nstopping the API…")
+            serve_state.unlink(missing_ok=True)  # the API is gone: the CLI must not find it
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
             ok = stop_unfinished_jobs(system, watchdog)
         finally:
             signal.signal(signal.SIGTERM, previous)
             api_handler.services.cache_clear()
             env_file.unlink(missing_ok=True)
+            serve_state.unlink(missing_ok=True)
     return 0 if ok else 1

@@ -1,13 +1,13 @@
-"""`raylauncher` command line: the driver on the bastion, the local demo and API, config export.
+"""The commands that run the system: the driver on the bastion, the local demo and API, config
+export, a watchdog sweep, and `cancel` straight on the job table (no API).
 
-This is an entry point: it reads the environment once and hands Settings to the domain.
+These are entry points: they read the environment once and hand Settings to the domain.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from raylauncher.config import BASTION_ENV_FILE, Settings, load_pipelines, pipelines_json
-from raylauncher.errors import ConfigError, InvalidJobId, JobNotFound, RayLauncherError, UnknownPipeline
+from raylauncher.errors import ConfigError, InvalidJobId, RayLauncherError, UnknownPipeline
 from raylauncher.model import require_job_id
 
 
@@ -78,14 +78,15 @@ def cmd_driver_run(args: argparse.Namespace) -> int:
     return 0 if job.is_terminal else 1
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel a job: at once if nothing was launched yet, else through its driver."""
+def cancel_direct(job_id: str) -> int:
+    """Cancel a job on the job table named by the environment (no API): at once if nothing was
+    launched yet, else through its driver. What `raylauncher cancel` does without a target."""
     from raylauncher.control import request_cancel
     from raylauncher.wiring import build_launcher, build_store
 
     settings = _settings()
     store = build_store(settings)
-    job = request_cancel(store, args.job_id, on_finished=build_launcher(settings, store).finished)
+    job = request_cancel(store, job_id, on_finished=build_launcher(settings, store).finished)
     print(json.dumps({"job_id": job.job_id, "status": job.status, "cancel_requested": job.cancel_requested}))
     return 0
 
@@ -151,64 +152,45 @@ def cmd_fire_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="raylauncher", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    driver = sub.add_parser("driver", help="the job driver (runs on the bastion)").add_subparsers(
-        dest="action", required=True
-    )
-    start = driver.add_parser("start", help="start the driver for a job, detached")
-    start.add_argument("job_id", type=_job_id)
+def add_system_commands(sub: argparse._SubParsersAction) -> None:
+    """The commands that run the system itself: the bastion's driver, local mode, config export."""
+    driver = sub.add_parser("driver", help="the job driver (runs on the bastion)",
+                            description="The job driver. The SSM command on the bastion runs `driver start`.")  # fmt: skip
+    actions = driver.add_subparsers(dest="action", required=True, metavar="{start,run}")
+    start = actions.add_parser("start", help="start the driver for a job, detached",
+                               description=cmd_driver_start.__doc__)  # fmt: skip
+    start.add_argument("job_id", type=_job_id, metavar="JOB")
     start.set_defaults(func=cmd_driver_start)
-    run = driver.add_parser("run", help="run the driver for a job in the foreground")
-    run.add_argument("job_id", type=_job_id)
+    run = actions.add_parser("run", help="run the driver for a job in the foreground", description=cmd_driver_run.__doc__)
+    run.add_argument("job_id", type=_job_id, metavar="JOB")
     run.set_defaults(func=cmd_driver_run)
 
-    cancel = sub.add_parser("cancel", help="cancel a job (its cluster is torn down)")
-    cancel.add_argument("job_id", type=_job_id)
-    cancel.set_defaults(func=cmd_cancel)
-
-    export = sub.add_parser("export-pipelines", help="validate pipelines.yaml and write JSON")
-    export.add_argument("--source", default="pipelines.yaml")
-    export.add_argument("--out", required=True)
+    export = sub.add_parser("export-pipelines", help="validate pipelines.yaml and write it as JSON",
+                            description=cmd_export_pipelines.__doc__)  # fmt: skip
+    export.add_argument("--source", default="pipelines.yaml", help="the pipelines file (default: %(default)s)")
+    export.add_argument("--out", required=True, help="where to write the JSON")
     export.set_defaults(func=cmd_export_pipelines)
 
-    serve = sub.add_parser("serve", help="local system + HTTP API on 127.0.0.1 until Ctrl-C (jobs really run)")
-    serve.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port)")
+    serve = sub.add_parser("serve", help="local system + HTTP API on 127.0.0.1 until Ctrl-C (jobs really run)",
+                           description=cmd_serve.__doc__)  # fmt: skip
+    serve.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (0: any free port; default %(default)s)")
     serve.set_defaults(func=cmd_serve)
 
-    sweep = sub.add_parser("watchdog", help="one watchdog sweep: fail unclaimed launches, launch queued jobs")
+    sweep = sub.add_parser("watchdog", help="one watchdog sweep: fail unclaimed launches, launch queued jobs",
+                           description=cmd_watchdog.__doc__)  # fmt: skip
     sweep.set_defaults(func=cmd_watchdog)
 
-    fire = sub.add_parser("fire-schedule", help="fire a pipeline's schedule now (local mode)")
+    fire = sub.add_parser("fire-schedule", help="fire a pipeline's schedule now (local mode)",
+                          description=cmd_fire_schedule.__doc__)  # fmt: skip
     fire.add_argument("pipeline")
     fire.add_argument("schedule")
     fire.set_defaults(func=cmd_fire_schedule)
 
-    demo = sub.add_parser("demo", help="local end-to-end demo on moto server and a local Ray")
-    demo.add_argument("--rows", type=int, default=40_000, help="rows per generated CSV file")
-    demo.add_argument("--files", type=int, default=3, help="number of CSV files")
+    demo = sub.add_parser("demo", help="local end-to-end demo on moto server and a local Ray",
+                          description="Generate CSV files, drop them on a local system and follow the job to the end.")  # fmt: skip
+    demo.add_argument("--rows", type=int, default=40_000, help="rows per generated CSV file (default %(default)s)")
+    demo.add_argument("--files", type=int, default=3, help="number of CSV files (default %(default)s)")
     demo.add_argument("--backend", choices=["local", "ec2"], default="local",
                       help="local: a local Ray cluster per job; ec2: real `ray up`/`ray down` on the EC2 "
                            "stand-in (moto EC2, network namespaces as instances; Linux and root)")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore.credentials").setLevel(logging.WARNING)  # one line per client otherwise
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
-    except JobNotFound as err:
-        print(str(err), file=sys.stderr)
-        return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -367,7 +367,7 @@ JobIdParam = Annotated[
 def get_job(job_id: JobIdParam) -> JobView:
     services = _services()
     job = services.store.get(job_id)
-    position = queue_position(job, services.store.list_jobs()) if job.status == JobStatus.QUEUED else None
+    position = queue_position(job, services.store)
     return job_view(job, services.bucket, position)
 
 

@@ -30,6 +30,15 @@ class NoInputObjects(InvalidParams):
         self.prefix = prefix
 
 
+class InvalidQuery(RayLauncherError):
+    """A read's parameter is well-formed but unusable (e.g. `since`, a log `offset`); `field`
+    names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class UnknownPipeline(RayLauncherError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no pipeline named {name!r}")

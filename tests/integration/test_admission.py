@@ -61,7 +61,7 @@ def test_twenty_racing_intakes_for_two_slots_then_fifo(settings: Settings, launc
     assert len(launcher_calls(settings)) == 2
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2
     queued = sorted((j for j in current if j.status == JobStatus.QUEUED), key=lambda j: (j.created_at, j.job_id))
-    assert [queue_position(j, current) for j in queued] == list(range(1, 19))
+    assert [queue_position(j, store) for j in queued] == list(range(1, 19))  # from the by_status index
 
     # When launched jobs finish one at a time, Then the oldest queued job takes the freed slot
     launch_order = []

@@ -45,6 +45,15 @@ class UnknownPipeline(RayLauncherError):
         self.name = name
 
 
+class PipelineNotFound(RayLauncherError):
+    """A read names a pipeline the config does not have (unlike UnknownPipeline, which is a
+    submission's invalid input)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no pipeline named {name!r}")
+        self.name = name
+
+
 class InvalidJobId(RayLauncherError):
     def __init__(self, value: str) -> None:
         super().__init__(f"invalid job id {value!r}: expected lowercase letters, digits and '-'")

@@ -36,7 +36,7 @@ from raylauncher.errors import (
     TeardownFailed,
     TransitionConflict,
 )
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, job_prefix, parse_iso, utc_now
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, job_prefix, logs_key_of, parse_iso, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.retries import next_attempt
 from raylauncher.store import JobStore
@@ -385,9 +385,3 @@ def _with_store_retries(write: Callable[[], Job]) -> Job:
             log.warning("job store refused a write (%s); again in %.1fs", err.code, delay)
             time.sleep(delay)
     return write()
-
-
-def logs_key_of(job: Job) -> str:
-    """Where an attempt's Ray logs are kept: logs/ray-job.log, then logs/ray-job-a2.log, …"""
-    suffix = "" if job.attempt <= 1 else f"-a{job.attempt}"
-    return job_prefix(job.job_id) + f"logs/ray-job{suffix}.log"

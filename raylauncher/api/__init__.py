@@ -14,8 +14,8 @@ body); POST /jobs/{job_id}/cancel 200 when the job is terminal afterwards, 202 w
 still has to stop it. Errors: see errors.py.
 """
 
-from raylauncher.api import errors as _errors  # noqa: F401 - registers the error handlers
-from raylauncher.api import routes as _routes  # noqa: F401 - registers the routes
+from raylauncher.api import errors as _errors
+from raylauncher.api import routes as _routes
 from raylauncher.api.app import TITLE, VERSION, app
 from raylauncher.api.errors import error_response
 from raylauncher.api.models import (
@@ -39,8 +39,29 @@ from raylauncher.api.services import IDEMPOTENCY_EXPIRES_S, MAX_LOG_CHUNK_BYTES,
 from raylauncher.api.views import job_view
 
 __all__ = [
-    "IDEMPOTENCY_EXPIRES_S", "IDEMPOTENCY_KEY_HEADER", "IDEMPOTENCY_KEY_PATTERN", "MAX_LOG_CHUNK_BYTES", "TITLE",
-    "VERSION", "ApiServices", "AttemptView", "ClusterView", "CostView", "ErrorDetail", "ErrorResponse",
-    "InputsView", "JobDetail", "JobPage", "JobView", "LogChunk", "PhaseTime", "PipelineList", "SubmitJobRequest",
-    "Submissions", "app", "error_response", "job_view", "openapi_json",
+    "IDEMPOTENCY_EXPIRES_S",
+    "IDEMPOTENCY_KEY_HEADER",
+    "IDEMPOTENCY_KEY_PATTERN",
+    "MAX_LOG_CHUNK_BYTES",
+    "TITLE",
+    "VERSION",
+    "ApiServices",
+    "AttemptView",
+    "ClusterView",
+    "CostView",
+    "ErrorDetail",
+    "ErrorResponse",
+    "InputsView",
+    "JobDetail",
+    "JobPage",
+    "JobView",
+    "LogChunk",
+    "PhaseTime",
+    "PipelineList",
+    "Submissions",
+    "SubmitJobRequest",
+    "app",
+    "error_response",
+    "job_view",
+    "openapi_json",
 ]  # fmt: skip

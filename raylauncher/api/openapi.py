@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-import raylauncher.api.errors  # noqa: F401 - registers the error handlers
-import raylauncher.api.routes  # noqa: F401 - registers the routes
+import raylauncher.api.errors
+import raylauncher.api.routes
 from raylauncher.api.app import TITLE, VERSION, app
 
 

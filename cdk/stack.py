@@ -176,6 +176,7 @@ class RayLauncherStack(Stack):
             storage.allow_list(fn.role, trigger_prefixes)  # an s3_prefix param lists the objects under it
             storage.allow_write(fn.role, [JOB_PREFIX])  # manifests
             fn.add_to_role_policy(send_command)
+        storage.allow_read(api.function.role, [JOB_PREFIX])  # GET /jobs/{id}: manifest; GET /jobs/{id}/logs: the log
 
         self.operators = Operators(self, "Operators", api=api.api, bastion=bastion.instance)
         self.storage, self.network, self.bastion, self.intake, self.api, self.nodes = storage, network, bastion, intake, api, node

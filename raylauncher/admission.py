@@ -10,7 +10,7 @@ is launched (FIFO).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +19,7 @@ from raylauncher.config import PipelinesConfig
 from raylauncher.errors import BastionUnavailable, RayLauncherError, TransactionRefused, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
 from raylauncher.retries import next_attempt
-from raylauncher.store import DynamoJobStore
+from raylauncher.store import SLOT_POOL, DynamoJobStore, JobQuery, JobStore, created_key
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,13 @@ def pipeline_slots_id(pipeline: str) -> str:
     return f"slots#pipeline#{pipeline}"
 
 
-def queue_position(job: Job, jobs: list[Job]) -> int | None:
-    """1 for the next QUEUED job to launch (oldest first, across pipelines); None if not queued."""
+def queue_position(job: Job, store: JobStore) -> int | None:
+    """1 for the next QUEUED job to launch (oldest first, across pipelines); None if not queued.
+    Counts the QUEUED jobs created before it (the by_status index: no scan)."""
     if job.status != JobStatus.QUEUED:
         return None
-    ahead = [j for j in jobs if j.status == JobStatus.QUEUED and (j.created_at, j.job_id) < (job.created_at, job.job_id)]
-    return len(ahead) + 1
+    ahead = store.count(JobQuery(status=JobStatus.QUEUED, created_before=created_key(job.created_at, job.job_id)))
+    return ahead + 1
 
 
 class Launcher:
@@ -127,7 +128,7 @@ class Launcher:
         clear = {
             "TableName": self._store.table_name,
             "Key": {"job_id": {"S": job.job_id}},
-            "UpdateExpression": "SET slot_held = :no",
+            "UpdateExpression": f"SET slot_held = :no REMOVE {SLOT_POOL}",  # leaves the sparse index
             "ConditionExpression": "slot_held = :yes AND #status = :status",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": {":no": {"BOOL": False}, ":yes": {"BOOL": True},
@@ -147,12 +148,15 @@ class Launcher:
 
     def launch_queued(self, jobs: list[Job] | None = None) -> list[Job]:
         """Launch QUEUED jobs, oldest first, while slots allow. `jobs`: a listing the caller
-        already made (each launch is conditional on the job's version: a stale one is skipped)."""
+        already made (each launch is conditional on the job's version: a stale one is skipped);
+        otherwise the QUEUED jobs are read from the by_status index, oldest first, lazily."""
         launched = []
-        listed = self._store.list_jobs() if jobs is None else jobs
         now = utc_now()
-        queued = sorted((j for j in listed if j.status == JobStatus.QUEUED and not _backing_off(j, now)),
-                        key=lambda j: (j.created_at, j.job_id))  # fmt: skip
+        if jobs is None:
+            listed: Iterable[Job] = self._store.iter_jobs(JobQuery(status=JobStatus.QUEUED, oldest_first=True))
+        else:
+            listed = sorted((j for j in jobs if j.status == JobStatus.QUEUED), key=lambda j: (j.created_at, j.job_id))
+        queued = (j for j in listed if not _backing_off(j, now))
         for job in queued:
             try:
                 after = self.try_launch(job)

@@ -71,6 +71,9 @@ class ClusterProfile(_Strict):
     idle_timeout_minutes: int = Field(default=5, ge=1)
     disk_gib: int = Field(default=100, ge=8)
     local_num_cpus: int = Field(default=2, ge=1, description="CPUs of the local single-node cluster")
+    # Prices for the API's cost estimate (GET /jobs/{job_id} `cost.estimate_usd`); null: no estimate.
+    head_usd_per_hour: float | None = Field(default=None, ge=0, description="price of the head instance, USD/hour")
+    worker_usd_per_hour: float | None = Field(default=None, ge=0, description="price of one worker, USD/hour")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> ClusterProfile:

@@ -30,7 +30,25 @@ class NoInputObjects(InvalidParams):
         self.prefix = prefix
 
 
+class InvalidQuery(RayLauncherError):
+    """A read's parameter is well-formed but unusable (e.g. `since`, a log `offset`); `field`
+    names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class UnknownPipeline(RayLauncherError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no pipeline named {name!r}")
+        self.name = name
+
+
+class PipelineNotFound(RayLauncherError):
+    """A read names a pipeline the config does not have (unlike UnknownPipeline, which is a
+    submission's invalid input)."""
+
     def __init__(self, name: str) -> None:
         super().__init__(f"no pipeline named {name!r}")
         self.name = name

@@ -184,6 +184,7 @@ class Job(BaseModel):
     retry_at: str | None = None  # a QUEUED retry is not launched before this time
     owner: str | None = None  # who drives the job now: a driver's token, or "watchdog"
     launch_ref: str | None = None  # the bastion's handle of the current launch (SSM command id)
+    session_logs_key: str | None = None  # the Ray session logs the driver kept (a tarball under jobs/<job>/)
 
     @property
     def is_terminal(self) -> bool:
@@ -229,3 +230,10 @@ class S3ObjectRef:
 def job_prefix(job_id: str) -> str:
     """Everything a job keeps in the data bucket lives under this prefix."""
     return f"jobs/{require_job_id(job_id)}/"
+
+
+def logs_key_of(job: Job) -> str:
+    """Where an attempt's Ray log is kept: logs/ray-job.log, then logs/ray-job-a2.log, …
+    (here, not in the driver: the API reads it and must not import the driver)."""
+    suffix = "" if job.attempt <= 1 else f"-a{job.attempt}"
+    return job_prefix(job.job_id) + f"logs/ray-job{suffix}.log"

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import StorageError
+
+
+@dataclass(frozen=True)
+class ObjectSlice:
+    """Bytes of an object from some offset on, and the object's whole size then."""
+
+    data: bytes
+    size: int
 
 
 class ObjectStore(ABC):
@@ -28,6 +38,15 @@ class ObjectStore(ABC):
         """Up to `limit` objects under `prefix` whose key ends with `suffix` (folder markers,
         keys ending in '/', are never objects): dicts with key, size, etag."""
 
+    def read_range(self, key: str, offset: int, max_bytes: int) -> ObjectSlice | None:
+        """At most `max_bytes` of the object from byte `offset` on (nothing when `offset` is at
+        or past its end), or None when there is no such object. StorageError otherwise."""
+        try:
+            body = self.get_bytes(key)
+        except StorageError:
+            return None
+        return ObjectSlice(body[offset : offset + max_bytes], len(body))
+
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, indent=1, ensure_ascii=False).encode(), "application/json")
 
@@ -36,6 +55,10 @@ class ObjectStore(ABC):
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+
+_MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
+_RANGE_TOTAL = re.compile(r"/(\d+)$")
 
 
 class S3ObjectStore(ObjectStore):
@@ -54,6 +77,33 @@ class S3ObjectStore(ObjectStore):
             return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as err:
             raise StorageError(f"cannot read s3://{self.bucket}/{key}", error_code(err)) from err
+
+    def read_range(self, key: str, offset: int, max_bytes: int) -> ObjectSlice | None:
+        try:
+            resp = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + max_bytes - 1}")
+            data = resp["Body"].read()
+        except (ClientError, BotoCoreError) as err:
+            code = error_code(err)
+            if code in _MISSING:
+                return None
+            if code != "InvalidRange":  # 416: offset at or past the end
+                raise StorageError(f"cannot read s3://{self.bucket}/{key}", code) from err
+            return self._empty_slice(key)
+        total = _RANGE_TOTAL.search(resp.get("ContentRange") or "")
+        # No Content-Range: the store sent the whole object (S3 does so for a range of an empty one).
+        size = int(total.group(1)) if total else offset + len(data)
+        if not total and offset:
+            data = data[offset : offset + max_bytes]
+        return ObjectSlice(data, size)
+
+    def _empty_slice(self, key: str) -> ObjectSlice | None:
+        try:
+            size = int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
+        except (ClientError, BotoCoreError) as err:
+            if error_code(err) in _MISSING:
+                return None  # deleted between the two calls
+            raise StorageError(f"cannot read s3://{self.bucket}/{key}", error_code(err)) from err
+        return ObjectSlice(b"", size)
 
     def list_objects(self, prefix: str, limit: int, suffix: str = "") -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []

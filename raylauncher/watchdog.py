@@ -31,10 +31,10 @@ from datetime import datetime, timedelta
 from raylauncher.admission import Launcher
 from raylauncher.bastion import LaunchFailure
 from raylauncher.errors import IllegalTransition, RayLauncherError, TeardownFailed, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
+from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.retries import next_attempt
-from raylauncher.store import DynamoJobStore
+from raylauncher.store import DynamoJobStore, JobQuery
 from raylauncher.teardown import ClusterTeardown
 
 #: The owner of a job the watchdog took over.
@@ -103,7 +103,7 @@ class Watchdog:
     def sweep(self) -> SweepReport:
         now = self._clock()
         report = SweepReport()
-        jobs = self._store.list_jobs()
+        jobs = self._jobs_to_sweep()
         for job in jobs:
             if job.status == JobStatus.LAUNCHING:
                 late = now - parse_iso(job.updated_at) > self._launch_grace
@@ -132,6 +132,19 @@ class Watchdog:
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report
+
+    def _jobs_to_sweep(self) -> list[Job]:
+        """What a sweep looks at, from the job table's indexes, never a scan of its history:
+        every job in a non-terminal status (by_status), every job holding a cluster slot (the
+        sparse holding_slot index: a terminal job there is a slot to give back) and the
+        TEARDOWN_FAILED jobs (by_status; each one is an incident, so they stay few)."""
+        queries = [JobQuery(status=s, oldest_first=True) for s in JobStatus if s not in TERMINAL]
+        queries += [JobQuery(holding_slot=True, oldest_first=True), JobQuery(status=JobStatus.TEARDOWN_FAILED)]
+        found: dict[str, Job] = {}
+        for query in queries:
+            for job in self._store.iter_jobs(query):
+                found.setdefault(job.job_id, job)
+        return sorted(found.values(), key=lambda j: (j.created_at, j.job_id))
 
     @staticmethod
     def _last_beat(job: Job) -> datetime:

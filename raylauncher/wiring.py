@@ -155,7 +155,8 @@ def build_api_services(settings: Settings) -> ApiServices:
     launcher = build_launcher(settings, store)
     intake = build_intake_service(settings, store, launcher)
     submissions = Submissions(intake, store, build_idempotency_layer(settings))
-    return ApiServices(launcher.pipelines, store, settings.bucket, submissions, launcher.finished)
+    return ApiServices(launcher.pipelines, store, settings.bucket, submissions, launcher.finished,
+                       objects=build_objects(settings))  # fmt: skip
 
 
 def build_schedule_runner(settings: Settings) -> ScheduleRunner:

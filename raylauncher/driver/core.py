@@ -25,7 +25,7 @@ from raylauncher.clusters.base import ClusterBackend, ClusterHandle
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.driver.jobs_client import JobsClient, TimedJobsClient, ray_status, stop_quietly
 from raylauncher.driver.lease import JobTakenOver, Lease, new_owner_token
-from raylauncher.driver.logs import JobLogShipper, keep_session_logs, logs_key_of
+from raylauncher.driver.logs import JobLogShipper, keep_session_logs
 from raylauncher.driver.outcome import RAY_TERMINAL, Outcome, clip, outcome_of
 from raylauncher.driver.signals import DriverTerminated, SignalGuard
 from raylauncher.errors import (
@@ -38,12 +38,12 @@ from raylauncher.errors import (
     TeardownFailed,
     TransitionConflict,
 )
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, job_prefix, parse_iso, utc_now
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, job_prefix, logs_key_of, parse_iso, utc_now
 from raylauncher.objects import ObjectStore
 from raylauncher.retries import next_attempt
 from raylauncher.store import JobStore
 
-__all__ = ["Driver", "logs_key_of"]  # logs_key_of: re-exported from driver/logs.py, where it moved
+__all__ = ["Driver", "logs_key_of"]  # logs_key_of: re-exported from model.py (the API reads it too)
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from raylauncher.model import Job, job_prefix
+from raylauncher.model import Job, job_prefix, logs_key_of
 from raylauncher.objects import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -47,12 +47,6 @@ JOB_LOG_TAIL_BYTES = 16 * 2**20
 SESSION_FILE_TAIL_BYTES = 16 * 2**20
 SESSION_TOTAL_BYTES = 128 * 2**20
 NOTICE_NAME = "RAYLAUNCHER-NOTICE.txt"
-
-
-def logs_key_of(job: Job) -> str:
-    """Where an attempt's Ray job log is kept: logs/ray-job.log, then logs/ray-job-a2.log, …"""
-    suffix = "" if job.attempt <= 1 else f"-a{job.attempt}"
-    return job_prefix(job.job_id) + f"logs/ray-job{suffix}.log"
 
 
 def session_logs_key_of(job: Job) -> str:

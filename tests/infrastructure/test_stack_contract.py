@@ -37,6 +37,7 @@ def test_tables_are_built_from_the_schema_objects_local_mode_creates(default_sta
         assert props["KeySchema"] == local["KeySchema"]
         assert props["AttributeDefinitions"] == local["AttributeDefinitions"]
         assert props["BillingMode"] == local["BillingMode"]
+        assert props.get("GlobalSecondaryIndexes", []) == local.get("GlobalSecondaryIndexes", [])
         # And TTL on the schema's attribute, point-in-time recovery, encryption at rest
         assert props["TimeToLiveSpecification"] == {"AttributeName": schema.ttl_attribute, "Enabled": True}
         assert props["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}

@@ -9,7 +9,7 @@ from raylauncher.admission import TOTAL_SLOTS_ID, Launcher, pipeline_slots_id, q
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.stack import bootstrap
 from raylauncher.model import Job, JobStatus
-from raylauncher.store import DynamoJobStore
+from raylauncher.store import DynamoJobStore, JobQuery
 from raylauncher.wiring import build_launcher, build_store
 from tests.conftest import launcher_calls
 
@@ -61,7 +61,7 @@ def test_twenty_racing_intakes_for_two_slots_then_fifo(settings: Settings, launc
     assert len(launcher_calls(settings)) == 2
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 2
     queued = sorted((j for j in current if j.status == JobStatus.QUEUED), key=lambda j: (j.created_at, j.job_id))
-    assert [queue_position(j, current) for j in queued] == list(range(1, 19))
+    assert [queue_position(j, store) for j in queued] == list(range(1, 19))  # from the by_status index
 
     # When launched jobs finish one at a time, Then the oldest queued job takes the freed slot
     launch_order = []
@@ -77,6 +77,7 @@ def test_twenty_racing_intakes_for_two_slots_then_fifo(settings: Settings, launc
     # and once all are done, every slot is free again and every job ran once
     assert slots_used(settings, pipeline_slots_id("sales-summary")) == 0
     assert slots_used(settings, TOTAL_SLOTS_ID) == 0
+    assert store.find(JobQuery(holding_slot=True), 100) == []  # releases left the sparse index too
     assert sorted(launcher_calls(settings)) == sorted(f"driver start {jid}" for jid in order)
 
 

@@ -8,7 +8,7 @@ from raylauncher import aws
 from raylauncher.config import Settings
 from raylauncher.errors import IllegalTransition, JobAlreadyExists, JobNotFound, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode
-from raylauncher.store import JOB_TABLE, DynamoJobStore
+from raylauncher.store import JOB_TABLE, DynamoJobStore, JobQuery
 from tests.faults import FaultRow
 
 
@@ -179,3 +179,20 @@ def test_fifty_concurrent_writers_exactly_one_wins_each_round_and_no_update_is_l
         cluster_seconds_after_fault=None, clusters_left=0,
         objects_lost=WRITERS - len(stored.summary or {}), objects_processed_twice=0,
     ))  # fmt: skip
+
+
+def test_every_write_keeps_the_index_attributes(store: DynamoJobStore) -> None:
+    # Given two jobs, one of which takes a cluster slot
+    older = store.create(Job.new("p-1", "s3"))
+    newer = store.create(Job.new("p-2", "api"))
+    held = store.transition(older, JobStatus.LAUNCHING, slot_held=True)
+    # Then the indexes find them by creation, status, pipeline and slot
+    assert [j.job_id for j in store.find(JobQuery(), 10)] == [newer.job_id, older.job_id]
+    assert [j.job_id for j in store.find(JobQuery(status=JobStatus.LAUNCHING), 10)] == [older.job_id]
+    assert [j.job_id for j in store.find(JobQuery(pipeline="p-2"), 10)] == [newer.job_id]
+    assert [j.job_id for j in store.find(JobQuery(holding_slot=True), 10)] == [older.job_id]
+    assert store.count(JobQuery(status=JobStatus.QUEUED)) == 1
+    # When the job ends and its slot flag is cleared, Then it leaves the sparse slot index
+    ended = store.transition(held, JobStatus.FAILED, slot_held=False)
+    assert store.find(JobQuery(holding_slot=True), 10) == []
+    assert [j.job_id for j in store.find(JobQuery(status=JobStatus.FAILED), 10)] == [ended.job_id]

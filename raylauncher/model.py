@@ -184,7 +184,6 @@ class Job(BaseModel):
     retry_at: str | None = None  # a QUEUED retry is not launched before this time
     owner: str | None = None  # who drives the job now: a driver's token, or "watchdog"
     launch_ref: str | None = None  # the bastion's handle of the current launch (SSM command id)
-    session_logs_key: str | None = None  # the Ray session logs the driver kept (a tarball under jobs/<job>/)
 
     @property
     def is_terminal(self) -> bool:

@@ -41,6 +41,9 @@ class ClusterView(BaseModel):
     name: str | None = Field(description="the cluster's name (EC2: its ray-cluster-name tag)")
     head_ip: str | None = Field(description="the head node's private IP (EC2)")
     nodes: int | None = Field(description="nodes that had joined when the job was submitted, head included")
+    dashboard_url: str | None = Field(
+        default=None, description="local clusters: the Ray dashboard on 127.0.0.1 (EC2: use `raylauncher dashboard`)"
+    )
 
 
 class CostView(BaseModel):

@@ -24,6 +24,7 @@ def cluster_view(details: dict[str, Any] | None) -> ClusterView | None:
         name=details.get("cluster_name"),
         head_ip=details.get("head_ip"),
         nodes=nodes if isinstance(nodes, int) and not isinstance(nodes, bool) else None,
+        dashboard_url=details.get("dashboard_url") if details.get("backend") == "local" else None,
     )
 
 

@@ -22,7 +22,6 @@ from typing import Protocol
 
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api, wait_for_nodes
 from raylauncher.clusters.ec2_config import (
-    RAY_CLUSTER_TAG,
     cluster_name,
     pinned_ray_version,
     render_cluster_config,
@@ -39,7 +38,7 @@ from raylauncher.errors import (
     TeardownFailed,
 )
 from raylauncher.model import Job, utc_now
-from raylauncher.teardown import Ec2ClusterInstances
+from raylauncher.teardown import Ec2ClusterInstances  # noqa: F401 - re-exported (it lived here)
 
 log = logging.getLogger(__name__)
 

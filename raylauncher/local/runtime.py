@@ -115,10 +115,21 @@ def local_system(
                 yield system
             finally:
                 poller.stop()
+                _end_unfinished(system)
         finally:
             intake.service.cache_clear()
             os.environ.clear()
             os.environ.update(saved)
+
+
+def _end_unfinished(system: LocalSystem) -> None:
+    """No cluster outlives the moto server its driver reports to (see raylauncher.local.shutdown)."""
+    if all(j.is_terminal for j in system.store.list_jobs()):
+        return
+    from raylauncher.local.shutdown import stop_unfinished_jobs
+    from raylauncher.wiring import build_watchdog
+
+    stop_unfinished_jobs(system, build_watchdog(system.settings), timeout_s=60)
 
 
 def _start_standin(stack: ExitStack, settings: Settings, project_dir: Path) -> tuple[Any, Settings]:

@@ -20,17 +20,13 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from raylauncher.control import request_cancel
-from raylauncher.errors import RayLauncherError
 from raylauncher.local.http_api import LocalApiServer
-from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system
+from raylauncher.local.shutdown import WATCHDOG_EVERY_S, stop_unfinished_jobs, sweep
 from raylauncher.local.serve_state import ServeState, state_file, write_state
 from raylauncher.local.stack import FAKE_CREDENTIALS
-from raylauncher.watchdog import Watchdog
 from raylauncher.wiring import build_watchdog
 
-SHUTDOWN_TIMEOUT_S = 120
-WATCHDOG_EVERY_S = 5
 
 
 def write_env_file(system: LocalSystem, path: Path) -> None:
@@ -63,48 +59,6 @@ def usage(base_url: str, env_file: Path, pipeline: str, schedule: str | None) ->
     if schedule:
         lines.append(f"  raylauncher fire-schedule {pipeline} {schedule}")
     return "\n".join(lines)
-
-
-def stop_unfinished_jobs(system: LocalSystem, watchdog: Watchdog, timeout_s: float = SHUTDOWN_TIMEOUT_S) -> bool:
-    """Cancel every job not yet terminal and wait for them to end, sweeping meanwhile (lost
-    drivers are taken over); then take over what is left. True if every job ended."""
-    unfinished = [j for j in system.store.list_jobs() if not j.is_terminal]
-    if not unfinished:
-        return True
-    print(f"cancelling {len(unfinished)} unfinished job(s) and waiting for their clusters to go…")
-    for job in unfinished:
-        try:
-            request_cancel(system.store, job.job_id)
-        except RayLauncherError as err:
-            print(f"  could not cancel {job.job_id}: {err}", file=sys.stderr)
-    deadline = time.monotonic() + timeout_s
-    jobs = system.store.list_jobs()
-    try:
-        while time.monotonic() < deadline and not all(j.is_terminal for j in jobs):
-            _sweep(watchdog)
-            jobs = wait_for_jobs(system.store, lambda js: all(j.is_terminal for j in js), WATCHDOG_EVERY_S)
-    except KeyboardInterrupt:  # a second Ctrl-C: no more waiting, but the clusters still go
-        print("not waiting any longer: tearing the clusters down now", file=sys.stderr)
-        jobs = system.store.list_jobs()
-    for job in (j for j in jobs if not j.is_terminal):
-        print(f"  {job.job_id} has not ended: the watchdog takes it over", file=sys.stderr)
-        try:
-            watchdog.take_over(job)
-        except RayLauncherError as err:
-            print(f"  could not take over {job.job_id}: {err}", file=sys.stderr)
-    left = [j.job_id for j in system.store.list_jobs() if not j.is_terminal]
-    if left:
-        print(f"still not finished: {', '.join(left)}", file=sys.stderr)
-    else:
-        print("every job has ended")
-    return not left
-
-
-def _sweep(watchdog: Watchdog) -> None:
-    try:
-        watchdog.sweep()
-    except RayLauncherError as err:  # logged; the next sweep tries again
-        print(f"watchdog sweep failed: {err}", file=sys.stderr)
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:
@@ -143,7 +97,7 @@ def run_serve(port: int) -> int:
                         time.sleep(1)
                         if time.monotonic() >= next_sweep:
                             next_sweep = time.monotonic() + WATCHDOG_EVERY_S
-                            _sweep(watchdog)
+                            sweep(watchdog)
                 except KeyboardInterrupt:
                     print("\nstopping the API…")
             serve_state.unlink(missing_ok=True)  # the API is gone: the CLI must not find it

@@ -15,7 +15,7 @@ import pytest
 
 from raylauncher.clusters.processes import leftover_processes, processes_of
 from raylauncher.local.runtime import LocalSystem, local_system
-from raylauncher.local.serve import stop_unfinished_jobs
+from raylauncher.local.shutdown import stop_unfinished_jobs
 from raylauncher.model import Job, JobStatus
 from raylauncher.wiring import build_watchdog
 from tests.e2e.test_local_flow import driver_process, project_with_job
@@ -88,8 +88,9 @@ def wait_gone(run_ids: list[str], since: float) -> float:
 def row(system: LocalSystem, scenario: str, jobs: list[Job], uploaded: list[str], outlived_s: float) -> FaultRow:
     manifests = {j.job_id: manifest_inputs(system, j) for j in jobs}
     lost, twice = input_accounting(uploaded, manifests, {j.job_id for j in jobs if j.status == JobStatus.SUCCEEDED})
-    left = len(leftover_processes())
-    assert (lost, twice, left) == (0, 0, 0)
+    procs = leftover_processes()
+    left = len(procs)
+    assert (lost, twice, left) == (0, 0, 0), [" ".join(p.cmdline()[:3]) for p in procs[:5]]
     job = jobs[0]
     reasons = [a["reason_code"] for a in job.attempts]
     return FaultRow(scenario, "local", job.status.value, " → ".join([*reasons, job.reason_code or "none"]),
@@ -111,7 +112,7 @@ def test_a_killed_driver_is_taken_over_within_the_lease_and_the_retry_succeeds(
         driver.wait(10)
         (tmp_path / "flags" / job.job_id).write_text("1")  # (killed before its script ran: the retry finishes)
         # Then within the lease plus a sweep the watchdog took the job over and its cluster is gone
-        jobs = sweep_until(system, lambda js: js[0].attempt == 2 or js[0].is_terminal)
+        sweep_until(system, lambda js: js[0].attempt == 2 or js[0].is_terminal)
         outlived = wait_gone([job.run_id], killed)
         # And the retried attempt ran on a new cluster and SUCCEEDED; the lost one is on the record
         (done,) = sweep_until(system, lambda js: js[0].is_terminal)

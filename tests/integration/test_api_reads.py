@@ -167,7 +167,8 @@ def test_a_job_shows_its_cluster_and_cost_estimate(priced_api) -> None:
     # When it is read
     view = api.call("GET", f"/jobs/{job.job_id}").body
     # Then its cluster is the recorded one and its cost is 1 h x (head + 4 x worker)
-    assert view["cluster"] == {"backend": "ec2", "name": f"rl-{job.job_id}", "head_ip": "10.0.1.7", "nodes": 5}
+    assert view["cluster"] == {"backend": "ec2", "name": f"rl-{job.job_id}", "head_ip": "10.0.1.7", "nodes": 5,
+                               "dashboard_url": None}  # (EC2: through `raylauncher dashboard`)
     assert view["cost"]["cluster_seconds"] == pytest.approx(3600, abs=1)
     assert view["cost"]["estimate_usd"] == pytest.approx(0.192 + 4 * 0.384, abs=0.001)
     assert view["session_logs_location"] == f"s3://{api.settings.bucket}/jobs/{job.job_id}/logs/ray-session.tar.gz"

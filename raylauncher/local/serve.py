@@ -69,7 +69,7 @@ def run_serve(port: int) -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     env_file = state_dir / "serve.env"
     serve_state = state_file()  # the operator CLI's `--target local` (raylauncher/cli/targets.py)
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with local_system(state_dir) as system:
         from lambdas.api import handler as api_handler  # the deployed handler (on sys.path now)
 
@@ -92,6 +92,7 @@ def run_serve(port: int) -> int:
                 # The watchdog's schedule, locally: a sweep every WATCHDOG_EVERY_S.
                 watchdog, next_sweep = build_watchdog(system.settings), time.monotonic() + WATCHDOG_EVERY_S
                 signal.signal(signal.SIGTERM, _interrupt)
+                signal.signal(signal.SIGINT, _interrupt)  # also when started in the background (SIGINT ignored)
                 try:
                     while True:
                         time.sleep(1)
@@ -102,9 +103,11 @@ def run_serve(port: int) -> int:
                     print("\nstopping the API…")
             serve_state.unlink(missing_ok=True)  # the API is gone: the CLI must not find it
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the teardown short
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: tear down now
             ok = stop_unfinished_jobs(system, watchdog)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
             api_handler.services.cache_clear()
             env_file.unlink(missing_ok=True)
             serve_state.unlink(missing_ok=True)

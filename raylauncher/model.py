@@ -76,6 +76,7 @@ class ReasonCode(StrEnum):
     DRIVER_ERROR = "DRIVER_ERROR"  # an unexpected error in the driver
     TEARDOWN_FAILED = "TEARDOWN_FAILED"  # the cluster could not be verified gone
     DRIVER_LOST = "DRIVER_LOST"  # the driver stopped heartbeating; the watchdog tore the cluster down
+    NODE_LOST = "NODE_LOST"  # the Ray job failed after nodes of its cluster were taken away (spot interruption)
 
 
 class FailureClass(StrEnum):
@@ -93,6 +94,7 @@ FAILURE_CLASS: dict[ReasonCode, FailureClass] = {
     ReasonCode.SUBMIT_FAILED: FailureClass.INFRASTRUCTURE,
     ReasonCode.DRIVER_LOST: FailureClass.INFRASTRUCTURE,
     ReasonCode.DRIVER_TERMINATED: FailureClass.INFRASTRUCTURE,  # e.g. the bastion rebooting
+    ReasonCode.NODE_LOST: FailureClass.INFRASTRUCTURE,  # a spot worker reclaimed under the job
     ReasonCode.RAY_JOB_FAILED: FailureClass.APPLICATION,
     ReasonCode.RUN_TIMEOUT: FailureClass.APPLICATION,
     ReasonCode.RAY_JOB_STOPPED: FailureClass.FINAL,  # somebody stopped it through Ray

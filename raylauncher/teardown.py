@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 #: Instance states that still cost (or may again): everything but shutting-down/terminated.
 ALIVE_STATES = ["pending", "running", "stopping", "stopped"]
 TERMINATE_BATCH = 500
+#: StateReason codes of an instance EC2 reclaimed (AWS docs: "Server.SpotInstanceTermination",
+#: and for a spot instance stopped or hibernated on interruption "Server.SpotInstanceShutdown").
+SPOT_INTERRUPTION_CODES = frozenset({"Server.SpotInstanceTermination", "Server.SpotInstanceShutdown"})
 
 
 class ClusterTeardown(ABC):
@@ -50,6 +53,16 @@ class Ec2ClusterInstances:
             ]
         )
         return [i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]]
+
+    def interrupted(self, name: str) -> list[str]:
+        """Ids of the cluster's instances that EC2 took away (spot interruption), not we."""
+        pages = self._ec2.get_paginator("describe_instances").paginate(
+            Filters=[{"Name": f"tag:{RAY_CLUSTER_TAG}", "Values": [name]}]
+        )
+        return [
+            i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
+            if (i.get("StateReason") or {}).get("Code") in SPOT_INTERRUPTION_CODES
+        ]  # fmt: skip
 
     def terminate(self, name: str) -> list[str]:
         """Terminate every instance of the cluster that is not terminated; returns their ids."""

@@ -40,6 +40,12 @@ class ClusterBackend(ABC):
         happens, `down(job)` afterwards removes whatever was started.
         """
 
+    def lost_nodes(self, job: Job) -> list[str]:
+        """Nodes of the job's cluster taken away under it by the cloud (spot interruption),
+        asked when the Ray job failed: then the failure is the infrastructure's. [] if none
+        or the backend cannot tell (local clusters)."""
+        return []
+
     @abstractmethod
     def down(self, job: Job) -> int:
         """Remove everything `up` started for this job and check it is gone; returns the number

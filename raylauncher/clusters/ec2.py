@@ -55,6 +55,9 @@ class ClusterInstances(Protocol):
     def terminate(self, name: str) -> list[str]:
         """Terminate every instance of the cluster that is not terminated; returns their ids."""
 
+    def interrupted(self, name: str) -> list[str]:
+        """Ids of the cluster's instances EC2 took away (spot interruption)."""
+
 
 class Ec2RayBackend(ClusterBackend):
     def __init__(
@@ -155,6 +158,15 @@ class Ec2RayBackend(ClusterBackend):
         if not result.ok:
             log.warning("job %s: `ray rsync-down` of the session logs %s", job.job_id, result.describe())
         return dest if any(p.is_file() for p in dest.rglob("*")) else None  # a partial copy is kept too
+
+    def lost_nodes(self, job: Job) -> list[str]:
+        if self._instances is None:
+            return []
+        try:
+            return self._instances.interrupted(cluster_name(job.run_id))
+        except Exception:  # noqa: BLE001 - cannot tell: the failure stays the job's own
+            log.warning("job %s: could not ask EC2 about interrupted nodes", job.job_id, exc_info=True)
+            return []
 
     def down(self, job: Job) -> int:
         path = self.config_path(job.run_id)

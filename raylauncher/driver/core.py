@@ -137,6 +137,7 @@ class Driver:
             submitted = job
             job = _with_store_retries(lambda: self._store.transition(submitted, JobStatus.SUBMITTED, ray_status="PENDING"))
             job, outcome = self._follow(client, job, pipeline, guard, lease, shipper)
+            outcome = self._blame_lost_nodes(job, outcome)
         except ProvisioningCancelled as err:
             outcome = (
                 Outcome(JobStatus.FAILED, ReasonCode.DRIVER_TERMINATED, f"driver received {guard.fired} while provisioning")
@@ -164,6 +165,18 @@ class Driver:
             else:
                 job = self._finish(job, outcome, client, shipper)
         return job
+
+    def _blame_lost_nodes(self, job: Job, outcome: Outcome) -> Outcome:
+        """A Ray job that failed after the cloud took nodes away (spot interruption) failed for
+        the infrastructure (NODE_LOST: retried per the pipeline's policy), not for itself."""
+        if outcome.reason_code != ReasonCode.RAY_JOB_FAILED:
+            return outcome
+        lost = self._backend.lost_nodes(job)
+        if not lost:
+            return outcome
+        return Outcome(JobStatus.FAILED, ReasonCode.NODE_LOST,
+                       clip(f"node(s) {', '.join(lost)} were interrupted by EC2 (spot) while the job ran; "
+                            f"Ray said: {outcome.message}"))  # fmt: skip
 
     # -- the phases --------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from raylauncher.errors import JobNotFound, ProvisioningFailed, StorageError, Tr
 from raylauncher.model import Job, JobStatus, ReasonCode, check_transition
 from raylauncher.objects import ObjectStore
 from raylauncher.store import JobStore
+from raylauncher.teardown import Ec2ClusterInstances
 
 PIPELINES = parse_pipelines(
     {"pipelines": [{"name": "probe", "trigger": {"prefix": "in/"}, "entrypoint": {"script": "jobs/probe/main.py"},
@@ -105,6 +106,9 @@ class RecordingBackend:
     def down(self, job: Job) -> int:
         self.calls.append("down")
         return 1
+
+    def lost_nodes(self, job: Job) -> list[str]:
+        return []
 
 
 class SucceedingRay:
@@ -654,3 +658,51 @@ def test_packed_session_logs_are_capped_and_say_what_was_cut(tmp_path: Path) -> 
     members = tar_members(pack_logs(tmp_path, "logs", file_tail_bytes=50, total_bytes=1000))
     assert members["logs/big.log"] == (b"0123456789" * 5)
     assert b"big.log: only its last 50 of 100 bytes" in members["logs/RAYLAUNCHER-NOTICE.txt"]
+
+
+# -- spot interruption ------------------------------------------------------------------------
+
+
+def test_a_ray_job_failing_after_a_spot_interruption_is_the_infrastructures_and_retried(tmp_path: Path) -> None:
+    # Given a Ray job that fails while EC2 reclaims one of its cluster's (spot) workers
+    class Interrupted(RecordingBackend):
+        def lost_nodes(self, job: Job) -> list[str]:
+            return ["i-0spot"]
+
+    class FailingRay(SucceedingRay):
+        def get_job_info(self, job_id: str) -> Any:
+            return SimpleNamespace(status="FAILED", message="ray.exceptions.NodeDiedError: node died")
+
+    store, backend = MemoryStore(), Interrupted()
+    job = launching_job(store)
+    driver = driver_for(store, backend, tmp_path, FailingRay())
+    driver._requeue = lambda current, fields: store.transition(current, JobStatus.QUEUED, **fields)
+    # When the driver runs it
+    done = driver.run(job.job_id)
+    # Then the attempt failed for the infrastructure (NODE_LOST, saying which node and what Ray
+    # said), its cluster went down, and the job is queued for another attempt
+    (first,) = done.attempts
+    assert first["reason_code"] == ReasonCode.NODE_LOST
+    assert "i-0spot" in first["reason_message"] and "NodeDiedError" in first["reason_message"]
+    assert (done.status, done.attempt, backend.calls) == (JobStatus.QUEUED, 2, ["up", "down"])
+
+
+def test_ec2_tells_which_instances_it_reclaimed() -> None:
+    # Given EC2's answer for a cluster: one worker reclaimed (spot), one terminated by us, the head
+    instances = [
+        {"InstanceId": "i-spot", "StateReason": {"Code": "Server.SpotInstanceTermination"}},
+        {"InstanceId": "i-ours", "StateReason": {"Code": "Client.UserInitiatedShutdown"}},
+        {"InstanceId": "i-head"},
+    ]
+
+    class Pages:
+        def paginate(self, **_: Any) -> list[dict[str, Any]]:
+            return [{"Reservations": [{"Instances": instances}]}]
+
+    class Ec2:
+        def get_paginator(self, name: str) -> Pages:
+            assert name == "describe_instances"
+            return Pages()
+
+    # When asked which were interrupted, Then only the reclaimed one is named
+    assert Ec2ClusterInstances(Ec2()).interrupted("rl-job") == ["i-spot"]

@@ -59,6 +59,13 @@ def input_accounting(uploaded: list[str], manifests: dict[str, list[str]], succe
     return sum(1 for k in uploaded if k not in named), sum(1 for c in counts.values() if c > 1)
 
 
+def manifest_inputs(manifest: dict) -> list[str]:  # type: ignore[type-arg]
+    """Every write a manifest accounts for, as key@version (key@sequencer when unversioned):
+    the objects it reads, and the older writes it recorded as superseded by them."""
+    return [f"{o['key']}@{o.get('version_id') or o.get('sequencer')}"
+            for o in manifest["objects"] + manifest.get("superseded", [])]  # fmt: skip
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True,

@@ -179,6 +179,13 @@ def seconds_to_teardown(launch: Launch, fault_at: float, attempt: int = 1, job: 
     return round(max(ends) - fault_at, 1)
 
 
+def launcher_row(scenario: str, launch: Launch, done: Job, after_fault_s: float | None) -> FaultRow:
+    """The fault-table row of a scenario on the fake launcher (API-triggered: no input objects)."""
+    return FaultRow(scenario=scenario, backend=BACKEND, terminal_state=done.status.value,
+                    reason=done.reason_code or "", attempts=done.attempt, cluster_seconds_after_fault=after_fault_s,
+                    clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0)  # fmt: skip
+
+
 @pytest.fixture
 def launch_factory(
     settings: Settings, ray_head: ClusterHandle, tmp_path: Path
@@ -300,12 +307,8 @@ def test_up_fails_once_and_the_retry_succeeds_on_a_new_cluster(
     assert_cluster_left_down(launch, done, attempt=1)
     assert_cluster_left_down(launch, done, attempt=2)
     assert (launch.launched(done), launch.alive(done), launch.slots_used()) == (2, 0, 0)
-    fault_row(FaultRow(
-        scenario="`ray up` fails on attempt 1 (retried on a new cluster)", backend=BACKEND,
-        terminal_state=done.status.value, reason=done.reason_code or "", attempts=done.attempt,
-        cluster_seconds_after_fault=seconds_to_teardown(launch, launch.exits("up")[0]["t"], 1, done),
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    after = seconds_to_teardown(launch, launch.exits("up")[0]["t"], 1, done)
+    fault_row(launcher_row("`ray up` fails on attempt 1 (retried on a new cluster)", launch, done, after))
 
 
 def test_up_failing_on_every_attempt_fails_the_job_after_the_last(
@@ -329,11 +332,7 @@ def test_up_failing_on_every_attempt_fails_the_job_after_the_last(
     assert (launch.launched(done), launch.alive(done), launch.slots_used()) == (2, 0, 0)
     # the longest a failed attempt's cluster outlived its failure
     after = max(seconds_to_teardown(launch, up["t"], n, done) for n, up in enumerate(launch.exits("up"), start=1))
-    fault_row(FaultRow(
-        scenario="`ray up` fails on every attempt", backend=BACKEND, terminal_state=done.status.value,
-        reason=done.reason_code or "", attempts=done.attempt, cluster_seconds_after_fault=after,
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    fault_row(launcher_row("`ray up` fails on every attempt", launch, done, after))
 
 
 def test_up_hangs_past_the_provisioning_deadline(
@@ -352,12 +351,8 @@ def test_up_hangs_past_the_provisioning_deadline(
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
     deadline = parse_iso(done.phase_times[JobStatus.PROVISIONING.value]).timestamp() + 3
-    fault_row(FaultRow(
-        scenario="provisioning deadline passes (`ray up` hangs)", backend=BACKEND, terminal_state=done.status.value,
-        reason=done.reason_code or "", attempts=done.attempt,
-        cluster_seconds_after_fault=seconds_to_teardown(launch, deadline, 1, done),
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    after = seconds_to_teardown(launch, deadline, 1, done)
+    fault_row(launcher_row("provisioning deadline passes (`ray up` hangs)", launch, done, after))
 
 
 def test_job_past_the_run_deadline_is_stopped_and_torn_down(launch_factory: Callable[..., Launch]) -> None:
@@ -390,12 +385,8 @@ def test_down_fails_twice_then_succeeds(
     assert [r["rc"] for r in launch.exits("down")] == [1, 1, 0]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
-    fault_row(FaultRow(
-        scenario="`ray down` fails twice, then succeeds", backend=BACKEND, terminal_state=done.status.value,
-        reason=done.reason_code or "", attempts=done.attempt,
-        cluster_seconds_after_fault=seconds_to_teardown(launch, launch.exits("down")[0]["t"], 1, done),
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    after = seconds_to_teardown(launch, launch.exits("down")[0]["t"], 1, done)
+    fault_row(launcher_row("`ray down` fails twice, then succeeds", launch, done, after))
 
 
 def test_down_never_succeeds_is_teardown_failed(launch_factory: Callable[..., Launch]) -> None:
@@ -475,12 +466,8 @@ def test_cancel_while_provisioning(
     assert launch.commands() == ["up", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
-    fault_row(FaultRow(
-        scenario="cancel while provisioning", backend=BACKEND, terminal_state=done.status.value,
-        reason=done.reason_code or "", attempts=done.attempt,
-        cluster_seconds_after_fault=seconds_to_teardown(launch, cancelled_at, 1, done),
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    after = seconds_to_teardown(launch, cancelled_at, 1, done)
+    fault_row(launcher_row("cancel while provisioning", launch, done, after))
 
 
 def test_cancel_while_running(launch_factory: Callable[..., Launch], fault_row: Callable[[FaultRow], FaultRow]) -> None:
@@ -501,12 +488,7 @@ def test_cancel_while_running(launch_factory: Callable[..., Launch], fault_row: 
     assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)
-    fault_row(FaultRow(
-        scenario="cancel while running", backend=BACKEND, terminal_state=done.status.value,
-        reason=done.reason_code or "", attempts=done.attempt,
-        cluster_seconds_after_fault=seconds_to_teardown(launch, cancelled_at, 1, done),
-        clusters_left=launch.alive(done), objects_lost=0, objects_processed_twice=0,
-    ))  # fmt: skip
+    fault_row(launcher_row("cancel while running", launch, done, seconds_to_teardown(launch, cancelled_at, 1, done)))
 
 
 def test_cancelling_a_queued_job_ends_it_without_launching(launch_factory: Callable[..., Launch]) -> None:

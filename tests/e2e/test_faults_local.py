@@ -19,7 +19,7 @@ from raylauncher.local.shutdown import stop_unfinished_jobs
 from raylauncher.model import Job, JobStatus
 from raylauncher.wiring import build_watchdog
 from tests.e2e.test_local_flow import driver_process, project_with_job
-from tests.faults import FaultRow, input_accounting
+from tests.faults import FaultRow, input_accounting, manifest_inputs
 
 LEASE_S = 6  # the driver renews every 1 s; the watchdog sweeps every second here
 TIMEOUT_S = 300
@@ -67,9 +67,8 @@ def upload(system: LocalSystem, name: str) -> str:
     return f"{key}@{resp['VersionId']}"
 
 
-def manifest_inputs(system: LocalSystem, job: Job) -> list[str]:
-    manifest = system.objects.get_json(job.manifest_key or "")
-    return [f"{o['key']}@{o.get('version_id')}" for o in manifest["objects"]]
+def inputs_of(system: LocalSystem, job: Job) -> list[str]:
+    return manifest_inputs(system.objects.get_json(job.manifest_key or ""))
 
 
 def cluster_processes(run_id: str) -> list[psutil.Process]:
@@ -86,7 +85,7 @@ def wait_gone(run_ids: list[str], since: float) -> float:
 
 
 def row(system: LocalSystem, scenario: str, jobs: list[Job], uploaded: list[str], outlived_s: float) -> FaultRow:
-    manifests = {j.job_id: manifest_inputs(system, j) for j in jobs}
+    manifests = {j.job_id: inputs_of(system, j) for j in jobs}
     lost, twice = input_accounting(uploaded, manifests, {j.job_id for j in jobs if j.status == JobStatus.SUCCEEDED})
     procs = leftover_processes()
     left = len(procs)
@@ -182,7 +181,7 @@ def test_stopping_serve_tears_down_every_cluster_also_of_a_dead_driver(
         assert (jobs[first.job_id].status, jobs[first.job_id].reason_code, jobs[first.job_id].attempt) == (
             JobStatus.FAILED, "DRIVER_LOST", 1)  # fmt: skip
         outlived = wait_gone([first.run_id, second.run_id], stopped)
-        manifests = {j.job_id: manifest_inputs(system, j) for j in jobs.values()}
+        manifests = {j.job_id: inputs_of(system, j) for j in jobs.values()}
         lost, twice = input_accounting(uploaded, manifests, set())
         assert (lost, twice, len(leftover_processes())) == (0, 0, 0)
         fault_row(FaultRow("`serve` stopped with a live and a dead driver (2 jobs)", "local", "FAILED / CANCELLED",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from raylauncher.config import Settings
 from raylauncher.model import JobStatus
 from raylauncher.wiring import build_objects, build_store
-from tests.faults import FaultRow, input_accounting
+from tests.faults import FaultRow, input_accounting, manifest_inputs
 
 #: Nothing runs in these scenarios: a job's inputs count as processed once the job exists and
 #: is not FAILED/CANCELLED.
@@ -14,19 +14,12 @@ INTAKE_ONLY = "(intake only: inputs of a recorded, not failed job count as proce
 KEPT_BY_FAILED = "(intake only: inputs kept in the failed job's manifest count as not lost)"
 
 
-def inputs_of(manifest: dict) -> list[str]:
-    """Every write a manifest accounts for, as key@version (key@sequencer when unversioned):
-    the objects it reads, and the older writes it recorded as superseded by them."""
-    return [f"{o['key']}@{o.get('version_id') or o.get('sequencer')}"
-            for o in manifest["objects"] + manifest.get("superseded", [])]  # fmt: skip
-
-
 def intake_row(settings: Settings, scenario: str, uploaded: list[str], failed_jobs_keep_inputs: bool = False) -> FaultRow:
     """The row of an intake scenario: the jobs' states and reasons, their most attempts, and
     the uploaded writes (key@version) lost or processed twice over the recorded jobs."""
     objects = build_objects(settings)
     jobs = build_store(settings).list_jobs()
-    manifests = {j.job_id: inputs_of(objects.get_json(j.manifest_key)) for j in jobs}
+    manifests = {j.job_id: manifest_inputs(objects.get_json(j.manifest_key)) for j in jobs}
     ended_badly = set() if failed_jobs_keep_inputs else {JobStatus.FAILED, JobStatus.CANCELLED}
     lost, twice = input_accounting(uploaded, manifests, {j.job_id for j in jobs if j.status not in ended_badly})
     return FaultRow(

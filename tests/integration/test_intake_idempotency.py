@@ -125,18 +125,23 @@ def test_a_superseded_notification_delivered_again_makes_no_job(
     fault_row(row)
 
 
+def four_objects_per_job(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The intake with a pipeline of at most 4 objects per job; a claim whose job was never
+    recorded is retried, then taken over once 2 s old (300 s on AWS)."""
+    pipelines = tmp_path / "pipelines.yaml"
+    source = Path(settings.pipelines_file).read_text()
+    pipelines.write_text(source.replace("max_objects_per_job: 1000", "max_objects_per_job: 4"))
+    monkeypatch.setenv("RAYLAUNCHER_PIPELINES_FILE", str(pipelines))
+    monkeypatch.setenv("RAYLAUNCHER_CLAIM_STALE_AFTER_S", "2")
+    intake_handler.service.cache_clear()
+
+
 def test_a_burst_is_split_by_max_objects_per_job_and_every_object_lands_once(
     settings: Settings, intake_env: LocalResources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a pipeline that takes at most 4 objects per job, and 10 uploads delivered together,
     # some of them twice
-    pipelines = tmp_path / "pipelines.yaml"
-    source = Path(settings.pipelines_file).read_text()
-    pipelines.write_text(source.replace("max_objects_per_job: 1000", "max_objects_per_job: 4"))
-    monkeypatch.setenv("RAYLAUNCHER_PIPELINES_FILE", str(pipelines))
-    # (a claim whose job was never recorded is retried, then taken over once 2 s old; 300 s on AWS)
-    monkeypatch.setenv("RAYLAUNCHER_CLAIM_STALE_AFTER_S", "2")
-    intake_handler.service.cache_clear()
+    four_objects_per_job(settings, tmp_path, monkeypatch)
     s3 = aws.client("s3", settings)
     for i in range(10):
         s3.put_object(Bucket=settings.bucket, Key=f"incoming/sales/part-{i}.csv", Body=b"x")
@@ -166,13 +171,7 @@ def test_the_intake_crashing_mid_batch_then_redelivered_puts_every_object_in_exa
     # Given a pipeline that takes at most 4 objects per job, 10 uploads in one batch, and an
     # intake that dies after its first job was recorded: before claiming the second job's
     # objects, or after claiming them, while recording the job
-    pipelines = tmp_path / "pipelines.yaml"
-    source = Path(settings.pipelines_file).read_text()
-    pipelines.write_text(source.replace("max_objects_per_job: 1000", "max_objects_per_job: 4"))
-    monkeypatch.setenv("RAYLAUNCHER_PIPELINES_FILE", str(pipelines))
-    # (a claim whose job was never recorded is retried, then taken over once 2 s old; 300 s on AWS)
-    monkeypatch.setenv("RAYLAUNCHER_CLAIM_STALE_AFTER_S", "2")
-    intake_handler.service.cache_clear()
+    four_objects_per_job(settings, tmp_path, monkeypatch)
     s3 = aws.client("s3", settings)
     uploaded = [
         f"incoming/sales/part-{i}.csv@" + s3.put_object(Bucket=settings.bucket, Key=f"incoming/sales/part-{i}.csv", Body=b"x")["VersionId"]

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from raylauncher.errors import ConfigError, InvalidParams, UnknownPipeline
 
@@ -121,6 +121,25 @@ class RetryPolicy(_Strict):
     retry_application_failures: bool = Field(default=False, description="also RAY_JOB_FAILED / RUN_TIMEOUT")
 
 
+#: An IAM principal ARN pattern: `*` (any run of characters, `/` included) and `?` (one) are the
+#: only wildcards; the account is 12 digits or `*`. What API Gateway's IAM authorization reports
+#: as the caller: `arn:aws:iam::<account>:user/<name>`, `...:root`, or for a role session
+#: `arn:aws:sts::<account>:assumed-role/<role>/<session>` (raylauncher/authz.py matches those).
+PRINCIPAL_PATTERN = re.compile(r"^arn:aws(-[a-z]+)*:(iam|sts)::(\d{12}|\*):[A-Za-z0-9+=,.@_/*?-]+$")
+
+
+def _check_principal(value: str) -> str:
+    if not PRINCIPAL_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not an IAM principal ARN pattern: write arn:aws:iam::<12-digit account or *>:user/<name> "
+            "(or role/<name>, root), or arn:aws:sts::<account or *>:assumed-role/<role>/<session>; wildcards: * and ?"
+        )
+    return value
+
+
+PrincipalPattern = Annotated[str, AfterValidator(_check_principal)]
+
+
 class Pipeline(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     trigger: S3Trigger
@@ -135,6 +154,14 @@ class Pipeline(_Strict):
     max_objects_per_job: int = Field(default=1000, ge=1, le=100_000)
     batching_window_s: int = Field(default=30, ge=0, le=300)
     retry: RetryPolicy = RetryPolicy()
+    #: Who may start a run over the HTTP API (POST /jobs) and cancel its jobs, as IAM principal
+    #: ARN patterns (raylauncher/authz.py). None (the default): every principal IAM lets call the
+    #: API. Empty: nobody over HTTP (S3 and schedule triggers still run).
+    allowed_principals: tuple[PrincipalPattern, ...] | None = Field(
+        default=None,
+        description="IAM principal ARN patterns (wildcards * and ?) allowed to start runs over the API and cancel "
+        "them; null: every caller IAM lets call the API; []: nobody over HTTP",
+    )
 
     _output = field_validator("output_prefix")(_check_prefix)
 

@@ -137,3 +137,20 @@ class TeardownFailed(RayLauncherError):
     def __init__(self, message: str, attempts: int = 1) -> None:
         super().__init__(message)
         self.attempts = attempts
+
+
+class NotAllowed(RayLauncherError):
+    """The caller is not on the pipeline's `allowed_principals` (raylauncher/authz.py): it may not
+    start a run of it (or, with `job_id`, cancel that job of it). `principal` is None when the
+    request carried no IAM identity."""
+
+    def __init__(self, pipeline: str, principal: str | None, job_id: str | None = None) -> None:
+        who = f"principal {principal}" if principal else "a request without an IAM identity (unsigned)"
+        what = f"cancel job {job_id} of pipeline {pipeline!r}" if job_id else f"start a run of pipeline {pipeline!r}"
+        super().__init__(
+            f"{who} may not {what}: it is not on that pipeline's allowed_principals in pipelines.yaml; "
+            "add the principal's ARN (or a pattern matching it) there and deploy, or call as a principal on the list"
+        )
+        self.pipeline = pipeline
+        self.principal = principal
+        self.job_id = job_id

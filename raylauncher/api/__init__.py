@@ -11,7 +11,8 @@ the log of and cancel jobs; read the pipelines.
 
 Status codes: POST /jobs 202 (200 when an Idempotency-Key replays, 409 when reused with another
 body); POST /jobs/{job_id}/cancel 200 when the job is terminal afterwards, 202 when the driver
-still has to stop it. Errors: see errors.py.
+still has to stop it. Both answer 403 to a caller not on the pipeline's `allowed_principals`
+(raylauncher/authz.py; reads are governed by IAM alone). Errors: see errors.py.
 """
 
 from raylauncher.api import errors as _errors

@@ -14,6 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from pydantic import BaseModel
 
 from raylauncher.api.models import ErrorResponse
+from raylauncher.authz import Caller
 
 if TYPE_CHECKING:
     from raylauncher.api.services import ApiServices
@@ -62,8 +63,16 @@ def services() -> ApiServices:
     return app.context["services"]
 
 
+def caller() -> Caller:
+    """Who sent the current request: the ARN API Gateway's IAM authorization verified
+    (`requestContext.identity.userArn`; locally raylauncher/local/http_api.py fills it the same
+    way), or none for a request that carried no identity."""
+    return Caller(app.current_event.request_context.identity.user_arn or None)
+
+
 _ERROR_DESCRIPTIONS = {
     HTTPStatus.BAD_REQUEST: "undecodable input (JSON body, page token); `field` names it",
+    HTTPStatus.FORBIDDEN: "the caller is not on the pipeline's `allowed_principals`",
     HTTPStatus.NOT_FOUND: "no such job, pipeline or route",
     HTTPStatus.CONFLICT: "state or Idempotency-Key conflict",
     HTTPStatus.UNSUPPORTED_MEDIA_TYPE: "the body is not JSON",

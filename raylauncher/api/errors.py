@@ -1,7 +1,8 @@
 """THE mapping of errors to HTTP answers: every error leaves through `error_response`, with one
 body for all of them: `{"error": {"code": "...", "message": "...", "field": "..." | null}}` —
 machine-readable, never a stack trace. docs/architecture.md ("HTTP API") has the whole table:
-400 undecodable input (JSON, page token), 404 unknown job, pipeline or route, 409 state or
+400 undecodable input (JSON, page token), 403 a caller not on the pipeline's
+`allowed_principals` (POST /jobs, cancel), 404 unknown job, pipeline or route, 409 state or
 idempotency conflicts, 415 or 422 well-formed but invalid input (incl. an unknown pipeline in a
 submission, a bad `since` or log `offset`), 503 with Retry-After only when a backend fails.
 """
@@ -37,6 +38,7 @@ from raylauncher.errors import (
     InvalidQuery,
     JobAlreadyExists,
     JobNotFound,
+    NotAllowed,
     PipelineNotFound,
     RayLauncherError,
     StorageError,
@@ -112,6 +114,13 @@ def _pipeline_not_found(err: PipelineNotFound) -> Response:
     return error_response(
         HTTPStatus.NOT_FOUND, "PIPELINE_NOT_FOUND", f"no pipeline named {err.name!r}; known: {known}", "name"
     )
+
+
+@app.exception_handler(NotAllowed)
+def _not_allowed(err: NotAllowed) -> Response:
+    # The principal is the caller's own ARN (API Gateway verified it): naming it is no leak.
+    log.info("refused: %s may not trigger %s", err.principal, err.pipeline)
+    return error_response(HTTPStatus.FORBIDDEN, "FORBIDDEN", str(err), "job_id" if err.job_id else "pipeline")
 
 
 @app.exception_handler(InvalidParams)

@@ -9,8 +9,8 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 
-from raylauncher import control, queries
-from raylauncher.api.app import app, json_response, responses, services
+from raylauncher import queries
+from raylauncher.api.app import app, caller, json_response, responses, services
 from raylauncher.api.models import JobDetail, JobPage, JobView, LogChunk, PipelineList, SubmitJobRequest
 from raylauncher.api.views import job_view
 from raylauncher.config import NAME_PATTERN, Pipeline
@@ -29,10 +29,11 @@ JobIdParam = Annotated[
     summary="Start a run of a pipeline",
     description="Answers 202 with the new job (QUEUED/LAUNCHING; it never waits for a cluster). "
     "With an `Idempotency-Key` already used with the same body: 200 and that job, no new one "
-    "(`Idempotent-Replayed: true`); with another body: 409 IDEMPOTENCY_KEY_REUSED.",
+    "(`Idempotent-Replayed: true`); with another body: 409 IDEMPOTENCY_KEY_REUSED. A pipeline with "
+    "`allowed_principals` answers 403 FORBIDDEN to a caller not on it (before any key is used).",
     responses=responses(
         {202: "job accepted", 200: "replayed: the job made with this key"},
-        HTTPStatus.CONFLICT, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        HTTPStatus.FORBIDDEN, HTTPStatus.CONFLICT, HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
     ),  # fmt: skip
     tags=["jobs"],
 )
@@ -49,7 +50,7 @@ def submit_job(
 ) -> Response[JobView]:
     s = services()
     # Checked before the idempotency record is written: a refused request never holds a key.
-    s.pipelines.get(request.pipeline).validate_params(request.params)
+    s.check_submission(request, caller())
     job, replayed = s.submissions.submit(request, idempotency_key, app.lambda_context)
     headers = {"Location": f"/jobs/{job.job_id}"} | ({"Idempotent-Replayed": "true"} if replayed else {})
     status = HTTPStatus.OK if replayed else HTTPStatus.ACCEPTED
@@ -110,13 +111,16 @@ def get_job_logs(
     summary="Cancel a job",
     description="200 when the job is terminal afterwards: cancelled at once (no cluster existed yet) or "
     "already finished (returned as it is). 202 when the driver still has to stop the Ray job and tear the "
-    "cluster down (`cancel_requested` is true; poll GET /jobs/{job_id}).",
-    responses=responses({200: "terminal now", 202: "cancel requested"}, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT),
+    "cluster down (`cancel_requested` is true; poll GET /jobs/{job_id}). 403 FORBIDDEN when the job's pipeline "
+    "has `allowed_principals` and the caller is not on it.",
+    responses=responses(
+        {200: "terminal now", 202: "cancel requested"}, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT
+    ),
     tags=["jobs"],
 )
 def cancel_job(job_id: JobIdParam) -> Response[JobView]:
     s = services()
-    job = control.request_cancel(s.store, job_id, on_finished=s.on_finished)
+    job = s.cancel(job_id, caller())
     status = HTTPStatus.OK if job.is_terminal else HTTPStatus.ACCEPTED
     return json_response(status, job_view(job, s.bucket, pipelines=s.pipelines))
 

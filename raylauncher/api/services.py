@@ -10,9 +10,11 @@ from typing import Any
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 
+from raylauncher import control
 from raylauncher.admission import queue_position
 from raylauncher.api.models import InputsView, JobDetail, LogChunk, SubmitJobRequest
 from raylauncher.api.views import job_view, s3_uri
+from raylauncher.authz import Caller, authorize_trigger
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.errors import InvalidQuery, PipelineNotFound, RayLauncherError, UnknownPipeline
 from raylauncher.intake import IntakeService
@@ -84,6 +86,24 @@ class ApiServices:
     submissions: Submissions
     on_finished: Callable[[Job], object] = lambda job: None  # gives back a cancelled job's cluster slot
     objects: ObjectStore | None = None  # the data bucket: manifests and logs (None: not readable)
+
+    def check_submission(self, request: SubmitJobRequest, caller: Caller) -> None:
+        """What POST /jobs checks before anything is written (no Idempotency-Key is used by a
+        refused request): the pipeline exists, the caller may trigger it, the params fit.
+        Raises UnknownPipeline, NotAllowed, InvalidParams."""
+        pipeline = self.pipelines.get(request.pipeline)
+        authorize_trigger(pipeline, caller)
+        pipeline.validate_params(request.params)
+
+    def cancel(self, job_id: str, caller: Caller) -> Job:
+        """POST /jobs/{job_id}/cancel by a caller allowed to trigger the job's pipeline (a job of
+        a pipeline no longer configured has no list to check: IAM alone decides, as by default).
+        Raises JobNotFound, NotAllowed, TransitionConflict, StorageError."""
+        job = self.store.get(job_id)
+        pipeline = next((p for p in self.pipelines.pipelines if p.name == job.pipeline), None)
+        if pipeline is not None:
+            authorize_trigger(pipeline, caller, job_id)
+        return control.request_cancel(self.store, job_id, on_finished=self.on_finished)
 
     def job_detail(self, job_id: str) -> JobDetail:
         """GET /jobs/{job_id}. Raises JobNotFound, StorageError (the job table)."""

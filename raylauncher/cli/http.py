@@ -1,6 +1,8 @@
-"""The CLI's HTTP client for the raylauncher API: JSON in and out, SigV4-signed for a deployed
-stack (service `execute-api`, botocore's signer), plain for the local API. The CLI reads and
-changes jobs only through this client: the same API everyone else uses."""
+"""The CLI's HTTP client for the raylauncher API: JSON in and out, SigV4-signed (service
+`execute-api`, botocore's signer) with the caller's credentials: always for a deployed stack;
+for the local API when the process has credentials (it names the caller by them, for a
+pipeline's allowed_principals), plain otherwise. The CLI reads and changes jobs only through
+this client: the same API everyone else uses."""
 
 from __future__ import annotations
 

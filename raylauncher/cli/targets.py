@@ -32,7 +32,8 @@ class Target:
     bastion_id: str | None = None
     stack_name: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
-    #: botocore credentials that sign requests (stack only; the local API needs none)
+    #: botocore credentials that sign requests (SigV4, service execute-api). A stack needs them;
+    #: the local API resolves them to the caller (allowed_principals) and accepts none too.
     credentials: Any = None
 
     @property
@@ -100,7 +101,25 @@ def local_target(env: Mapping[str, str] = os.environ) -> Target:
         raise TargetError(f"no local system is running ({path} missing or stale): start one with `raylauncher serve` "
                           "in another shell, or pass --stack NAME for a deployed stack")  # fmt: skip
     return Target(kind="local", api_url=state.api_url.rstrip("/"), region=state.region, bucket=state.bucket,
-                  table=state.table)  # fmt: skip
+                  table=state.table, credentials=local_credentials(aws_session(state.region)))  # fmt: skip
+
+
+def local_credentials(session: Any) -> Any:
+    """The process's own AWS credentials (environment, profile), frozen, to sign requests to the
+    local API the way they would be signed for a stack: the local API names the caller by them
+    (a pipeline's allowed_principals). None when there are none (or they cannot be loaded, e.g.
+    an expired SSO session): the requests go unsigned, as a caller without an identity. Instance
+    and container roles are not asked (nothing to wait for on a laptop)."""
+    from botocore.exceptions import BotoCoreError
+
+    resolver = session.get_component("credential_provider")
+    for provider in ("container-role", "iam-role"):
+        resolver.remove(provider)
+    try:
+        credentials = session.get_credentials()
+        return credentials.get_frozen_credentials() if credentials is not None else None
+    except BotoCoreError:
+        return None
 
 
 def chosen_stack(target: str | None, stack: str | None, env: Mapping[str, str] = os.environ) -> str | None:

@@ -4,16 +4,27 @@ to the very same API Lambda handler, its answer back out.
 Like a REST API with a `/{proxy+}` resource and no binary media types: `path` stays
 percent-encoded, path and query parameters are decoded, the body is text. The handler runs one
 request at a time (one Lambda instance): Powertools keeps the current event on the app.
+
+Like IAM authorization, it says who called in `requestContext.identity` (`userArn`, `accessKey`,
+`accountId`, `caller`, `user`), when given `identities` (`StsIdentities`): the access key id of
+the SigV4 `Authorization` header, resolved to its principal by moto server's STS. Unlike API
+Gateway it checks no signature (moto checks none either) and lets unsigned requests through
+without an identity: a development stand-in, on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Callable
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote
@@ -29,6 +40,70 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 STAGE = "local"
 
 
+#: The access key id in a SigV4 Authorization header (AWS4-HMAC-SHA256 Credential=<key id>/<scope>, ...).
+_SIGV4_KEY_ID = re.compile(r"^AWS4-HMAC-SHA256\s+Credential=([A-Za-z0-9]{1,128})/")
+_STS_NS = {"sts": "https://sts.amazonaws.com/doc/2011-06-15/"}
+
+
+def access_key_id(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The access key id a SigV4-signed request names (the last Authorization header), if any."""
+    values = [v for k, v in headers if k.lower() == "authorization"]
+    match = _SIGV4_KEY_ID.match(values[-1]) if values else None
+    return match.group(1) if match else None
+
+
+class StsIdentities:
+    """`requestContext.identity` as API Gateway's IAM authorization fills it, locally: the
+    request's access key id resolved by moto server's STS GetCallerIdentity, sent over HTTP
+    with that key id (moto answers for the key it is given: an IAM user's key gives the user's
+    ARN, AssumeRole credentials the `assumed-role/ROLE/SESSION` ARN, a key it does not know its
+    default principal). Unsigned requests get no identity. A key id always names the same
+    principal, so each is asked once; the secret is never seen (only its signature arrives)."""
+
+    def __init__(self, endpoint_url: str, region: str, timeout_s: float = 5) -> None:
+        self.endpoint_url, self.region, self.timeout_s = endpoint_url.rstrip("/") + "/", region, timeout_s
+        self._known: dict[str, dict[str, str]] = {}
+
+    def __call__(self, headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+        key_id = access_key_id(headers)
+        if key_id is None:
+            return {}
+        if key_id not in self._known:
+            resolved = self._caller_identity(key_id)
+            if resolved is None:
+                return {"accessKey": key_id}  # no userArn: like a caller without an identity
+            self._known[key_id] = resolved
+        return self._known[key_id]
+
+    def _caller_identity(self, key_id: str) -> dict[str, str] | None:
+        now = datetime.now(UTC)
+        scope = f"{now:%Y%m%d}/{self.region}/sts/aws4_request"
+        request = urllib.request.Request(
+            self.endpoint_url, data=b"Action=GetCallerIdentity&Version=2011-06-15", method="POST",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+                "X-Amz-Date": f"{now:%Y%m%dT%H%M%SZ}",
+                # moto reads the key id from here and checks no signature: none can be made without the secret
+                "Authorization": f"AWS4-HMAC-SHA256 Credential={key_id}/{scope}, SignedHeaders=host;x-amz-date, "
+                                 f"Signature={'0' * 64}",
+            },
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - moto on 127.0.0.1
+                result = ET.fromstring(response.read()).find("sts:GetCallerIdentityResult", _STS_NS)
+        except (urllib.error.URLError, TimeoutError, ConnectionError, ET.ParseError) as err:
+            log.warning("cannot resolve access key %s with STS at %s: %s", key_id, self.endpoint_url, err)
+            return None
+        arn = result.findtext("sts:Arn", "", _STS_NS) if result is not None else ""
+        if not arn:
+            log.warning("STS at %s named no principal for access key %s", self.endpoint_url, key_id)
+            return None
+        assert result is not None
+        user_id = result.findtext("sts:UserId", "", _STS_NS)
+        account = result.findtext("sts:Account", "", _STS_NS)
+        return {"accessKey": key_id, "accountId": account, "caller": user_id, "user": user_id, "userArn": arn}
+
+
 def to_rest_event(
     method: str,
     target: str,
@@ -36,8 +111,10 @@ def to_rest_event(
     body: bytes,
     source_ip: str = "127.0.0.1",
     request_id: str | None = None,
+    identity: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One HTTP request as the proxy event an API Gateway REST API hands its Lambda."""
+    """One HTTP request as the proxy event an API Gateway REST API hands its Lambda; `identity`:
+    what IAM authorization adds to `requestContext.identity` (see StsIdentities)."""
     raw_path, _, raw_query = target.partition("?")
     path = raw_path or "/"
     multi_headers: dict[str, list[str]] = {}
@@ -68,7 +145,11 @@ def to_rest_event(
             "requestTimeEpoch": int(time.time() * 1000),
             "resourcePath": "/{proxy+}",
             "stage": STAGE,
-            "identity": {"sourceIp": source_ip, "userAgent": multi_headers.get("User-Agent", [None])[-1]},
+            "identity": {
+                "sourceIp": source_ip,
+                "userAgent": multi_headers.get("User-Agent", [None])[-1],
+                **(identity or {}),
+            },
         },
         # No binary media types configured: API Gateway hands the body over as text.
         "body": body.decode("utf-8", errors="replace") if body else None,
@@ -88,7 +169,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
-        event = to_rest_event(self.command, self.path, list(self.headers.items()), body, self.client_address[0])
+        headers = list(self.headers.items())
+        identities = self.server.identities
+        event = to_rest_event(self.command, self.path, headers, body, self.client_address[0],
+                              identity=identities(headers) if identities else None)  # fmt: skip
         context = LocalLambdaContext(function_name="raylauncher-api-local", aws_request_id=event["requestContext"]["requestId"])
         try:
             with self.server.handler_lock:
@@ -128,10 +212,19 @@ class LocalApiServer:
         daemon_threads = True
         lambda_handler: Handler
         handler_lock: threading.Lock
+        identities: Callable[[list[tuple[str, str]]], dict[str, str]] | None
 
-    def __init__(self, lambda_handler: Handler, port: int = 0) -> None:
+    def __init__(
+        self,
+        lambda_handler: Handler,
+        port: int = 0,
+        identities: Callable[[list[tuple[str, str]]], dict[str, str]] | None = None,
+    ) -> None:
+        """`identities`: who signed a request (`StsIdentities` on the local moto server); None:
+        no request has an identity (pipelines with `allowed_principals` then refuse every call)."""
         self._server = self._Server(("127.0.0.1", port), _RequestHandler)
         self._server.lambda_handler = lambda_handler
+        self._server.identities = identities
         self._server.handler_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 

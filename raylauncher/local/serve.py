@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from raylauncher.local.http_api import LocalApiServer
+from raylauncher.local.http_api import LocalApiServer, StsIdentities
 from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system
 from raylauncher.local.shutdown import WATCHDOG_EVERY_S, stop_unfinished_jobs, sweep
 from raylauncher.local.serve_state import ServeState, state_file, write_state
@@ -76,7 +76,9 @@ def run_serve(port: int) -> int:
         api_handler.services.cache_clear()  # settings changed: build the services anew
         try:
             try:
-                server = LocalApiServer(api_handler.handler, port)
+                # Who signed a request, as IAM authorization says (allowed_principals): moto's STS.
+                identities = StsIdentities(str(system.settings.endpoint_url), system.settings.region)
+                server = LocalApiServer(api_handler.handler, port, identities)
             except OSError as err:
                 print(f"cannot listen on 127.0.0.1:{port}: {err.strerror}; try --port 0 (any free port)", file=sys.stderr)
                 return 2

@@ -229,6 +229,9 @@ def run_synth(tmp_path: Path, context: dict) -> subprocess.CompletedProcess[str]
                         "private_subnet_ids": ["not-a-subnet"], "private_route_table_ids": ["rtb-0aaaaaaaaaaaaaaa1"]}},
          "context.raylauncher.vpc.private_subnet_ids"),
         (None, {"egress": "none"}, "context.raylauncher: egress: 'none' needs node_ami_id"),
+        ("pipelines:\n  - name: bad\n    trigger: {prefix: in/}\n    entrypoint: {script: jobs/x/main.py}\n"
+         "    output_prefix: out/\n    allowed_principals: ['arn:aws:iam::1234:user/alice']\n", {},
+         "pipelines.0.allowed_principals.0"),
     ],
 )  # fmt: skip
 def test_a_bad_config_fails_synth_with_the_path_of_the_bad_field(
@@ -247,6 +250,19 @@ def test_a_bad_config_fails_synth_with_the_path_of_the_bad_field(
     assert path in done.stderr.replace("\n  ", " "), done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "RayLauncher.template.json").exists()
+
+
+def test_allowed_principals_pass_synth_and_ship_with_the_api_lambda(tmp_path: Path) -> None:
+    # Given the shipped pipelines with an allowed_principals list on sales-summary
+    allowed = ["arn:aws:iam::123456789012:role/*operators", "arn:aws:iam::*:user/alice"]
+    listed = tmp_path / "pipelines.yaml"
+    listed.write_text((PROJECT_DIR / "pipelines.yaml").read_text() + f"    allowed_principals: {json.dumps(allowed)}\n")
+    # When the app is synthesized
+    done = run_synth(tmp_path, {"raylauncher": {"pipelines_file": str(listed)}})
+    # Then it succeeds, and the Lambda code asset carries the list in the pipelines the API reads
+    assert done.returncode == 0, done.stderr
+    shipped = [json.loads(p.read_text()) for p in (tmp_path / "out").glob(f"asset.*/{PIPELINES_JSON}")]
+    assert shipped and all(c["pipelines"][0]["allowed_principals"] == allowed for c in shipped)
 
 
 def test_synth_pinned_to_an_account_and_region_as_the_cdk_cli_does(tmp_path: Path, monkeypatch) -> None:

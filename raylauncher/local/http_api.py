@@ -94,13 +94,10 @@ class StsIdentities:
         except (urllib.error.URLError, TimeoutError, ConnectionError, ET.ParseError) as err:
             log.warning("cannot resolve access key %s with STS at %s: %s", key_id, self.endpoint_url, err)
             return None
-        arn = result.findtext("sts:Arn", "", _STS_NS) if result is not None else ""
-        if not arn:
+        if result is None or not result.findtext("sts:Arn", "", _STS_NS):
             log.warning("STS at %s named no principal for access key %s", self.endpoint_url, key_id)
             return None
-        assert result is not None
-        user_id = result.findtext("sts:UserId", "", _STS_NS)
-        account = result.findtext("sts:Account", "", _STS_NS)
+        arn, account, user_id = (result.findtext(f"sts:{name}", "", _STS_NS) for name in ("Arn", "Account", "UserId"))
         return {"accessKey": key_id, "accountId": account, "caller": user_id, "user": user_id, "userArn": arn}
 
 

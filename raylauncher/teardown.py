@@ -17,6 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
+from raylauncher.cluster_tokens import ClusterTokens, revoke_token
 from raylauncher.errors import TeardownFailed
 from raylauncher.model import Job
 from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
@@ -32,10 +33,19 @@ SPOT_INTERRUPTION_CODES = frozenset({"Server.SpotInstanceTermination", "Server.S
 
 
 class ClusterTeardown(ABC):
-    @abstractmethod
+    def __init__(self, tokens: ClusterTokens) -> None:
+        self._tokens = tokens
+
     def teardown(self, job: Job) -> None:
-        """Remove the cluster of the job's current attempt; TeardownFailed if it cannot be
-        verified gone. Safe when nothing was ever started."""
+        """Remove the cluster of the job's current attempt and delete its Ray token;
+        TeardownFailed if the cluster cannot be verified gone. Safe when nothing was ever started."""
+        try:
+            self._teardown(job)
+        finally:
+            revoke_token(self._tokens, job)
+
+    @abstractmethod
+    def _teardown(self, job: Job) -> None: ...
 
 
 class Ec2ClusterInstances:
@@ -78,12 +88,13 @@ def cluster_name_of(job: Job) -> str:
 
 
 class Ec2TagTeardown(ClusterTeardown):
-    def __init__(self, ec2_client: Any, attempts: int = 3, retry_delay_s: float = 2.0) -> None:
+    def __init__(self, ec2_client: Any, tokens: ClusterTokens, attempts: int = 3, retry_delay_s: float = 2.0) -> None:
+        super().__init__(tokens)
         self._instances = Ec2ClusterInstances(ec2_client)
         self._attempts = attempts
         self._retry_delay_s = retry_delay_s
 
-    def teardown(self, job: Job) -> None:
+    def _teardown(self, job: Job) -> None:
         name = cluster_name_of(job)
         problem = ""
         for attempt in range(1, self._attempts + 1):
@@ -105,10 +116,11 @@ class Ec2TagTeardown(ClusterTeardown):
 class LocalProcessTeardown(ClusterTeardown):
     """Local clusters: every process carrying the attempt's marker, and their sessions."""
 
-    def __init__(self, grace_s: float = 5.0) -> None:
+    def __init__(self, tokens: ClusterTokens, grace_s: float = 5.0) -> None:
+        super().__init__(tokens)
         self._grace_s = grace_s
 
-    def teardown(self, job: Job) -> None:
+    def _teardown(self, job: Job) -> None:
         from raylauncher.clusters.processes import stop_marked  # psutil: local mode only
 
         session = (job.cluster or {}).get("session_id")

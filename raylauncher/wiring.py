@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
     from raylauncher.api import ApiServices
+    from raylauncher.cluster_tokens import ClusterTokens
     from raylauncher.schedules import ScheduleRunner
     from raylauncher.watchdog import Watchdog
 
@@ -96,7 +97,8 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             if os.environ.get(key):
                 job_env[key] = os.environ[key]
-        backend: ClusterBackend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env)
+        backend: ClusterBackend = LocalRayBackend(Path(settings.state_dir) / "clusters", os.environ, job_env,
+                                                  build_cluster_tokens(settings))  # fmt: skip
     else:
         from raylauncher.clusters.ec2 import Ec2RayBackend
         from raylauncher.teardown import Ec2ClusterInstances
@@ -107,6 +109,7 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
             load_ec2_deployment(settings.ec2_deployment_file),
             Path(settings.state_dir) / "clusters",
             {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            build_cluster_tokens(settings),
             ray_bin=str(Path(sys.executable).with_name("ray")),
             dashboard_port=settings.dashboard_port,
             teardown_timeout_s=settings.teardown_timeout_s,
@@ -122,7 +125,7 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         objects=build_objects(settings),
         backend=backend,
         pipelines=launcher.pipelines,
-        jobs_client=JobSubmissionClient,
+        jobs_client=lambda address, headers: JobSubmissionClient(address, headers=headers),
         project_dir=Path(settings.project_dir),
         provisioning_timeout_s=settings.provisioning_timeout_s,
         poll_interval_s=settings.poll_interval_s,
@@ -131,6 +134,13 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         session_logs_timeout_s=settings.session_logs_timeout_s,
         requeue=launcher.requeue,
     )
+
+
+def build_cluster_tokens(settings: Settings) -> ClusterTokens:
+    """Where clusters' Ray tokens live: SSM SecureString parameters (moto's SSM locally)."""
+    from raylauncher.cluster_tokens import SsmClusterTokens
+
+    return SsmClusterTokens(aws.client("ssm", settings))
 
 
 def local_launcher_bin() -> str:
@@ -177,8 +187,10 @@ def build_watchdog(settings: Settings) -> Watchdog:
     store = build_store(settings)
     # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).
     reaper = Ec2Reaper(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else None
+    tokens = build_cluster_tokens(settings)
     teardown: ClusterTeardown = (
-        Ec2TagTeardown(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else LocalProcessTeardown()
-    )
+        Ec2TagTeardown(aws.client("ec2", settings), tokens) if settings.cluster_backend == "ec2"
+        else LocalProcessTeardown(tokens)
+    )  # fmt: skip
     return Watchdog(store, build_launcher(settings, store), reaper=reaper, teardown=teardown,
                     lease_s=settings.driver_lease_s)  # fmt: skip

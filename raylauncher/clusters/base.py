@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raylauncher.cluster_tokens import auth_headers
 from raylauncher.config import Pipeline
 from raylauncher.errors import ProvisioningCancelled, ProvisioningFailed, ProvisioningTimedOut
 from raylauncher.model import Job
@@ -28,6 +29,13 @@ class ClusterHandle:
     python: str  # the interpreter an entrypoint runs with on the head node
     job_env: dict[str, str] = field(default_factory=dict)  # env vars for the Ray job
     details: dict[str, Any] = field(default_factory=dict)  # stored on the job record, to find it again
+    #: The cluster's Ray auth token (raylauncher.cluster_tokens): kept in memory only, never
+    #: printed (repr) and never part of `details`.
+    auth_token: str = field(default="", repr=False, compare=False)
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return auth_headers(self.auth_token)
 
 
 class ClusterBackend(ABC):
@@ -64,29 +72,34 @@ class ClusterBackend(ABC):
         return None
 
 
-def jobs_api_answers(dashboard_url: str) -> bool:
+def _get(url: str, headers: dict[str, str]) -> Any:
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10)  # noqa: S310
+
+
+def jobs_api_answers(dashboard_url: str, headers: dict[str, str]) -> bool:
+    """True once the Jobs API answers 200 to a caller with the cluster's token."""
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=10) as resp:  # noqa: S310
+        with _get(f"{dashboard_url}/api/jobs/", headers) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError):
         return False
 
 
-def alive_nodes(dashboard_url: str) -> int | None:
+def alive_nodes(dashboard_url: str, headers: dict[str, str]) -> int | None:
     """How many nodes the cluster's state API reports ALIVE (None: no answer)."""
     try:
-        with urllib.request.urlopen(f"{dashboard_url}/api/v0/nodes?limit=1000", timeout=10) as resp:  # noqa: S310
+        with _get(f"{dashboard_url}/api/v0/nodes?limit=1000", headers) as resp:
             nodes = json.load(resp)["data"]["result"]["result"]
     except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
         return None
     return sum(1 for node in nodes if isinstance(node, dict) and node.get("state") == "ALIVE")
 
 
-def wait_for_nodes(dashboard_url: str, wanted: int, deadline: float, cancelled: Cancelled) -> int:
+def wait_for_nodes(dashboard_url: str, headers: dict[str, str], wanted: int, deadline: float, cancelled: Cancelled) -> int:
     """Wait until `wanted` nodes are ALIVE (the head plus the profile's min_workers, launched by
     the head's autoscaler). Raises ProvisioningTimedOut / ProvisioningCancelled."""
     while True:
-        alive = alive_nodes(dashboard_url) or 0
+        alive = alive_nodes(dashboard_url, headers) or 0
         if alive >= wanted:
             return alive
         if cancelled():
@@ -97,11 +110,11 @@ def wait_for_nodes(dashboard_url: str, wanted: int, deadline: float, cancelled: 
 
 
 def wait_for_jobs_api(
-    dashboard_url: str, deadline: float, cancelled: Cancelled, gave_up: Callable[[], str | None]
+    dashboard_url: str, headers: dict[str, str], deadline: float, cancelled: Cancelled, gave_up: Callable[[], str | None]
 ) -> None:
     """Poll the Jobs API until it answers. `gave_up()` returns a reason when the launcher died.
     Raises ProvisioningTimedOut / ProvisioningCancelled, or ProvisioningFailed via `gave_up`."""
-    while not jobs_api_answers(dashboard_url):
+    while not jobs_api_answers(dashboard_url, headers):
         reason = gave_up()
         if reason:
             raise ProvisioningFailed(reason)

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from raylauncher.cluster_tokens import ClusterTokens, auth_headers, issue_token, revoke_token
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api, wait_for_nodes
 from raylauncher.clusters.ec2_config import (
     cluster_name,
@@ -65,6 +66,7 @@ class Ec2RayBackend(ClusterBackend):
         deployment: Ec2Deployment,
         config_dir: Path,
         env: Mapping[str, str],
+        tokens: ClusterTokens,
         *,
         ray_bin: str = "ray",
         dashboard_port: int = 8265,
@@ -77,7 +79,9 @@ class Ec2RayBackend(ClusterBackend):
     ) -> None:
         self._deployment = deployment
         self._config_dir = config_dir
-        self._env = dict(env)
+        # The launcher itself needs no token; its own auth mode is explicit all the same.
+        self._env = {**{k: v for k, v in env.items() if not k.startswith("RAY_AUTH_")}, "RAY_AUTH_MODE": "disabled"}
+        self._tokens = tokens
         self._ray_bin = ray_bin
         self._dashboard_port = dashboard_port
         self._head_python = head_python
@@ -103,6 +107,7 @@ class Ec2RayBackend(ClusterBackend):
             raise ProvisioningFailed(f"the rendered cluster config is invalid: {err}") from None
         self._config_dir.mkdir(parents=True, exist_ok=True)
         path = write_cluster_config(config, self.config_path(job.run_id))
+        token = issue_token(self._tokens, job)  # after the config file: `down` runs from there
 
         up_started = time.monotonic()
         result = run_cli(
@@ -119,8 +124,9 @@ class Ec2RayBackend(ClusterBackend):
         ray_up_s = time.monotonic() - up_started
         ip = self._head_ip(path, deadline, job.run_id)
         dashboard_url = f"http://{ip}:{self._dashboard_port}"
-        wait_for_jobs_api(dashboard_url, deadline, cancelled, lambda: None)
-        nodes = wait_for_nodes(dashboard_url, 1 + pipeline.cluster.min_workers, deadline, cancelled)
+        headers = auth_headers(token)
+        wait_for_jobs_api(dashboard_url, headers, deadline, cancelled, lambda: None)
+        nodes = wait_for_nodes(dashboard_url, headers, 1 + pipeline.cluster.min_workers, deadline, cancelled)
         log.info("job %s: cluster %s is up, head %s, %d node(s)", job.job_id, config["cluster_name"], ip, nodes)
         return ClusterHandle(
             name=str(config["cluster_name"]),
@@ -129,6 +135,7 @@ class Ec2RayBackend(ClusterBackend):
             details={"backend": "ec2", "cluster_name": config["cluster_name"], "config_path": str(path), "head_ip": ip,
                      "nodes": nodes, "ray_up_s": round(ray_up_s, 1),
                      "nodes_joined_s": round(time.monotonic() - up_started, 1)},
+            auth_token=token,
         )
 
     def _head_ip(self, path: Path, deadline: float, job_id: str) -> str:
@@ -169,6 +176,12 @@ class Ec2RayBackend(ClusterBackend):
             return []
 
     def down(self, job: Job) -> int:
+        try:
+            return self._down(job)
+        finally:
+            revoke_token(self._tokens, job)
+
+    def _down(self, job: Job) -> int:
         path = self.config_path(job.run_id)
         if not path.exists():
             return 0  # `ray up` never ran for this job: nothing can exist

@@ -2,7 +2,8 @@
 
 The base is templates/cluster.yaml (plain YAML). Per-job values are filled into the parsed dict,
 so no value is ever parsed as YAML; the only values that reach a node's shell are the two
-package versions, each checked against a strict pattern first. Ray is imported only by
+package versions, each checked against a strict pattern first, and the name of the cluster's
+token parameter and the region (cluster_tokens.fetch_token_shell: checked and quoted). Ray is imported only by
 `validate_with_ray`, and neither that nor rendering calls AWS.
 """
 
@@ -16,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from raylauncher.cluster_tokens import fetch_token_shell
 from raylauncher.config import Ec2Deployment, Pipeline
 from raylauncher.errors import ConfigError
 from raylauncher.errors import InvalidJobId
@@ -118,6 +120,23 @@ def _setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool)
     ], []
 
 
+HEAD_START = (
+    "ray start --head --port=6379 --object-manager-port=8076 --autoscaling-config=~/ray_bootstrap_config.yaml "
+    "--dashboard-host=0.0.0.0 --disable-usage-stats"
+)
+WORKER_START = "ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats"
+
+
+def ray_start_commands(job: Job, region: str) -> tuple[list[str], list[str]]:
+    """(head_start_ray_commands, worker_start_ray_commands): each node reads the cluster's token
+    from SSM (its role may) and starts Ray in token mode with it; a node that cannot read it
+    fails its start command, so `ray up` (or the worker's launch) fails instead of starting an
+    open node."""
+    fetch = fetch_token_shell(job, region)
+    with_token = f'ulimit -n 65536; RAY_AUTH_TOKEN="$({fetch})" || exit 1; export RAY_AUTH_MODE=token RAY_AUTH_TOKEN; '
+    return ["ray stop", with_token + HEAD_START], ["ray stop", with_token + WORKER_START]
+
+
 def render_cluster_config(
     job: Job,
     pipeline: Pipeline,
@@ -164,6 +183,7 @@ def render_cluster_config(
     worker["node_config"] = _node_config(
         profile.worker_instance_type, deployment, profile.disk_gib, tags, name, spot=profile.spot_workers
     )
+    config["head_start_ray_commands"], config["worker_start_ray_commands"] = ray_start_commands(job, deployment.region)
     config["setup_commands"], config["head_setup_commands"] = _setup_commands(
         ray_version, boto3_version, preinstalled=deployment.ray_preinstalled
     )

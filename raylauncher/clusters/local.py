@@ -20,6 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+from raylauncher.cluster_tokens import ClusterTokens, auth_headers, issue_token, revoke_token, token_env
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
 from raylauncher.clusters.processes import marker_env, stop_processes
 from raylauncher.config import Pipeline
@@ -55,17 +56,17 @@ class LocalRayBackend(ClusterBackend):
         log_dir: Path,
         base_env: Mapping[str, str],
         job_env: Mapping[str, str],
+        tokens: ClusterTokens,
         ray_bin: str | None = None,
         stop_grace_s: float = 5.0,
     ) -> None:
         self._log_dir = log_dir
         self._env = {
-            **base_env,
+            **{k: v for k, v in base_env.items() if not k.startswith("RAY_AUTH_")},
             **LOOPBACK_ONLY_ENV,
-            # Token auth must never depend on files in a home directory (see shared NOTES).
-            "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
         }
+        self._tokens = tokens
         self._job_env = dict(job_env)
         self._ray_bin = ray_bin or str(Path(sys.executable).with_name("ray"))
         self._stop_grace_s = stop_grace_s
@@ -73,6 +74,7 @@ class LocalRayBackend(ClusterBackend):
 
     def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
         deadline = time.monotonic() + timeout_s
+        token = issue_token(self._tokens, job)
         temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX, dir="/tmp"))
         gcs_port, dashboard_port = free_port(), free_port()
         cmd = [
@@ -94,7 +96,7 @@ class LocalRayBackend(ClusterBackend):
         log_path = self._log_dir / f"{job.run_id}.ray-start.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                cmd, env={**self._env, **marker_env(job.run_id)}, stdin=subprocess.DEVNULL, stdout=out,
+                cmd, env={**self._env, **token_env(token), **marker_env(job.run_id)}, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self._clusters[job.run_id] = _LocalCluster(proc, proc.pid, temp_dir)
@@ -104,13 +106,14 @@ class LocalRayBackend(ClusterBackend):
         def died() -> str | None:
             return None if proc.poll() is None else f"ray start exited {proc.returncode}: {_tail(log_path)}"
 
-        wait_for_jobs_api(dashboard_url, deadline, cancelled, died)
+        wait_for_jobs_api(dashboard_url, auth_headers(token), deadline, cancelled, died)
         return ClusterHandle(
             name=f"local-{job.job_id}",
             dashboard_url=dashboard_url,
             python=sys.executable,  # the cluster's PATH may not have Ray's interpreter first
             job_env=self._job_env,
             details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir), "dashboard_url": dashboard_url},
+            auth_token=token,
         )
 
     def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
@@ -131,6 +134,12 @@ class LocalRayBackend(ClusterBackend):
         return None
 
     def down(self, job: Job) -> int:
+        try:
+            return self._down(job)
+        finally:
+            revoke_token(self._tokens, job)
+
+    def _down(self, job: Job) -> int:
         cluster = self._clusters.pop(job.run_id, None)
         if cluster is not None:
             session_id, temp_dir = cluster.session_id, cluster.temp_dir

@@ -61,7 +61,7 @@ class Driver:
         objects: ObjectStore,
         backend: ClusterBackend,
         pipelines: PipelinesConfig,
-        jobs_client: Callable[[str], JobsClient],
+        jobs_client: Callable[..., JobsClient],  # (address, headers=...) -> a Jobs SDK client
         project_dir: Path,
         provisioning_timeout_s: float,
         poll_interval_s: float = 2.0,
@@ -130,7 +130,7 @@ class Driver:
             )
             lease.check()
             job = self._write(lambda j: self._store.heartbeat(j, cluster=handle.details), job)
-            ray = self._jobs_client(handle.dashboard_url)
+            ray = self._jobs_client(handle.dashboard_url, headers=handle.auth_headers)
             client = TimedJobsClient(ray, self._api_timeout_s)
             shipper = self._log_shipper(job, TimedJobsClient(ray, min(self._api_timeout_s, LOG_FETCH_TIMEOUT_S)))
             self._submit_once(client, job, pipeline, handle)

@@ -40,6 +40,7 @@ from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, run_id
 from raylauncher.objects import S3ObjectStore
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE, DynamoJobStore
 from raylauncher.teardown import Ec2ClusterInstances as AliveByTag
+from tests.doubles import MemoryClusterTokens
 from tests.faults import FaultRow
 
 BACKEND = "ec2 (fake ray)"
@@ -58,7 +59,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle
         {"pipelines": [{"name": "head", "trigger": {"prefix": "in/"}, "entrypoint": {"script": "jobs/x.py"},
                         "cluster": {"local_num_cpus": 2}, "output_prefix": "out/"}]}
     )  # fmt: skip
-    backend = LocalRayBackend(tmp_path_factory.mktemp("head"), os.environ, job_env={})
+    backend = LocalRayBackend(tmp_path_factory.mktemp("head"), os.environ, job_env={}, tokens=MemoryClusterTokens())
     holder = Job.new("head", "s3")
     handle = backend.up(holder, config.pipelines[0], 90, lambda: False)
     yield handle
@@ -226,6 +227,7 @@ def launch_factory(
         }
         backend = Ec2RayBackend(
             deployment, tmp_path / "clusters", env,
+            MemoryClusterTokens(fixed=ray_head.auth_token),  # every "cluster" is the one real head
             ray_bin="ray",
             dashboard_port=int(ray_head.dashboard_url.rsplit(":", 1)[1]),
             head_python=sys.executable,
@@ -236,7 +238,7 @@ def launch_factory(
         launcher = Launcher(store, bastion, pipelines, ddb, settings.idempotency_table, settings.max_clusters_total)
         driver = Driver(
             store=store, objects=S3ObjectStore(s3, settings.bucket), backend=backend, pipelines=pipelines,
-            jobs_client=JobSubmissionClient, project_dir=tmp_path,
+            jobs_client=lambda url, headers: JobSubmissionClient(url, headers=headers), project_dir=tmp_path,
             provisioning_timeout_s=provisioning_timeout_s, poll_interval_s=0.3,
             requeue=launcher.requeue, on_finished=launcher.finished,  # as build_driver wires it
         )  # fmt: skip
@@ -257,7 +259,7 @@ def test_up_succeeds_job_runs_down_once(launch_factory: Callable[..., Launch]) -
     assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert done.teardown_attempts == 1
     assert done.cluster and done.cluster["cluster_name"] == cluster_name(job.job_id)
-    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url).get_job_logs(job.job_id)
+    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_logs(job.job_id)
     # and the rendered config that `ray up` got is this job's
     assert f"cluster_name: {cluster_name(job.job_id)}" in launch.backend.config_path(job.job_id).read_text()
     assert_cluster_left_down(launch, job)
@@ -302,7 +304,7 @@ def test_up_fails_once_and_the_retry_succeeds_on_a_new_cluster(
     ups = [r for r in launch.records() if r["argv"][0] == "up"]
     assert [Path(r["argv"][-1]).name for r in ups] == [f"{job.job_id}.yaml", f"{job.job_id}-a2.yaml"]
     assert ups[1]["t"] >= parse_iso(first["ended_at"]).timestamp() + 1 - 0.05
-    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url).get_job_logs(f"{job.job_id}-a2")
+    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_logs(f"{job.job_id}-a2")
     # and both clusters are gone (none of their instances alive in moto), the slot given back
     assert_cluster_left_down(launch, done, attempt=1)
     assert_cluster_left_down(launch, done, attempt=2)
@@ -363,7 +365,7 @@ def test_job_past_the_run_deadline_is_stopped_and_torn_down(launch_factory: Call
     done = launch.driver.run(job.job_id)
     # Then it is TIMED_OUT(RUN_TIMEOUT), Ray stopped the job, and the cluster went down
     assert (done.status, done.reason_code) == (JobStatus.TIMED_OUT, ReasonCode.RUN_TIMEOUT)
-    assert str(JobSubmissionClient(launch.head.dashboard_url).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
+    assert str(JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
     assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
 
@@ -484,7 +486,7 @@ def test_cancel_while_running(launch_factory: Callable[..., Launch], fault_row: 
     done = launch.store.get(job.job_id)
     assert (done.status, done.reason_code) == (JobStatus.CANCELLED, ReasonCode.CANCEL_REQUESTED)
     assert (done.attempt, done.attempts) == (1, [])
-    assert str(JobSubmissionClient(launch.head.dashboard_url).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
+    assert str(JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_status(job.job_id)) in {"STOPPED", "JobStatus.STOPPED"}
     assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert_cluster_left_down(launch, job)
     assert (launch.launched(done), launch.alive(done)) == (1, 0)

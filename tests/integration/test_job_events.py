@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.doubles import MemoryClusterTokens
 from raylauncher import aws
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.events import DETAIL_TYPE, PUBLISH_CLIENT_CONFIG, SOURCE, EventBridgeJobEvents, JobStateChange
@@ -106,7 +107,10 @@ def test_a_bus_that_refuses_or_cannot_be_reached_never_blocks_a_transition(
 
 
 class GoneAlready(ClusterTeardown):
-    def teardown(self, job: Job) -> None:
+    def __init__(self) -> None:
+        super().__init__(MemoryClusterTokens())
+
+    def _teardown(self, job: Job) -> None:
         """The lost driver's cluster is verified gone (what the EC2/local teardown reports)."""
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.doubles import MemoryClusterTokens
 from raylauncher.clusters.local import LocalRayBackend
 from raylauncher.clusters.processes import (
     CHECKOUT,
@@ -152,7 +153,7 @@ def test_every_process_of_a_real_local_cluster_carries_the_markers(tmp_path: Pat
         {"pipelines": [{"name": "probe", "trigger": {"prefix": "in/"}, "entrypoint": {"script": "jobs/x.py"},
                         "cluster": {"local_num_cpus": 1}, "output_prefix": "out/"}]}
     )  # fmt: skip
-    backend = LocalRayBackend(tmp_path, os.environ, job_env={})
+    backend = LocalRayBackend(tmp_path, os.environ, job_env={}, tokens=MemoryClusterTokens())
     job = Job.new("probe", "api")
     handle = backend.up(job, config.pipelines[0], 120, lambda: False)
     try:

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from tests.doubles import MemoryClusterTokens
 from raylauncher.admission import pipeline_slots_id
 from raylauncher.config import Settings, load_pipelines
 from raylauncher.local.stack import bootstrap
@@ -172,7 +173,7 @@ def test_a_lost_driver_is_taken_over_its_cluster_torn_down_and_a_second_sweep_ch
         clusters.append(cluster)
     first, last = jobs
     # When the watchdog sweeps
-    watchdog = Watchdog(store, launcher, teardown=LocalProcessTeardown(grace_s=2), lease_s=60)
+    watchdog = Watchdog(store, launcher, teardown=LocalProcessTeardown(MemoryClusterTokens(), grace_s=2), lease_s=60)
     report = watchdog.sweep()
     # Then both were taken over and their clusters are gone
     assert sorted(report.drivers_lost) == sorted(j.job_id for j in jobs)
@@ -209,7 +210,7 @@ def test_a_job_tearing_down_when_its_driver_died_keeps_its_outcome(settings: Set
                            cluster={"backend": "local", "session_id": cluster.pid})  # fmt: skip
     job = store.mark(job, heartbeat_at=iso(utc_now() - timedelta(minutes=5)))
     # When the watchdog sweeps
-    report = Watchdog(store, launcher, teardown=LocalProcessTeardown(grace_s=2), lease_s=60).sweep()
+    report = Watchdog(store, launcher, teardown=LocalProcessTeardown(MemoryClusterTokens(), grace_s=2), lease_s=60).sweep()
     # Then it finished the teardown and the job ends as its driver had decided: SUCCEEDED
     assert report.drivers_lost == [job.job_id]
     assert cluster.wait(timeout=10) is not None

@@ -131,7 +131,7 @@ class SucceedingRay:
 def driver_for(store: MemoryStore, backend: RecordingBackend, tmp_path: Path, ray: Any = None) -> Driver:
     (tmp_path / "jobs" / "probe").mkdir(parents=True)
     (tmp_path / "jobs" / "probe" / "main.py").write_text("print('ok')\n")
-    return Driver(store, MemoryObjects(), backend, PIPELINES, lambda url: ray or SucceedingRay(),  # type: ignore[arg-type]
+    return Driver(store, MemoryObjects(), backend, PIPELINES, lambda url, headers=None: ray or SucceedingRay(),  # type: ignore[arg-type]
                   tmp_path, provisioning_timeout_s=5, poll_interval_s=0.01)  # fmt: skip
 
 

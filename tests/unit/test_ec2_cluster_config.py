@@ -246,21 +246,53 @@ def test_no_ray_default_is_left_to_merge_in(sample: Pipeline, deployment: Ec2Dep
     assert not default_installs & {c for field in COMMAND_FIELDS for c in prepared[field]}
 
 
-def test_start_commands_are_the_launchers_usual_ones(sample: Pipeline, deployment: Ec2Deployment) -> None:
-    # Given a rendered config, Then nodes start Ray the usual way (these run on the nodes, not here),
-    # with Ray's auth mode set explicitly on every node
+def test_start_commands_are_the_launchers_usual_ones_in_token_mode(sample: Pipeline, deployment: Ec2Deployment) -> None:
+    # Given a rendered config, Then nodes start Ray the usual way (these run on the nodes, not here)
     config = render(sample, deployment)
-    template = yaml.safe_load((Path(ec2_config.__file__).parent / "templates" / "cluster.yaml").read_text())
+    job_id = config["cluster_name"].removeprefix("rl-")
     # the node-local reset the launcher always runs first on a fresh node (on the node, never here)
-    for field in ("head_start_ray_commands", "worker_start_ray_commands"):
-        assert config[field] == template[field] and config[field][0].split()[-1] == "stop"
-    assert config["head_start_ray_commands"][1] == (
-        "ulimit -n 65536; RAY_AUTH_MODE=disabled ray start --head --port=6379 --object-manager-port=8076 "
-        "--autoscaling-config=~/ray_bootstrap_config.yaml --dashboard-host=0.0.0.0 --disable-usage-stats"
+    for field, start in (("head_start_ray_commands", ec2_config.HEAD_START),
+                         ("worker_start_ray_commands", ec2_config.WORKER_START)):  # fmt: skip
+        stop, command = config[field]
+        assert stop == "ray stop"
+        # And Ray starts in token mode with the token its node reads from the cluster's parameter
+        assert command.startswith("ulimit -n 65536; RAY_AUTH_TOKEN=") and command.endswith(
+            "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN; " + start
+        )
+        assert f"/raylauncher/ray-auth/{job_id}/{job_id}" in command and deployment.region in command
+    assert "--head" in ec2_config.HEAD_START and "--dashboard-host=0.0.0.0" in ec2_config.HEAD_START
+    assert "--address=$RAY_HEAD_IP:6379" in ec2_config.WORKER_START
+
+
+@pytest.mark.parametrize("fetch_works", [True, False])
+def test_a_node_starts_ray_with_the_fetched_token_or_not_at_all(
+    sample: Pipeline, deployment: Ec2Deployment, tmp_path: Path, fetch_works: bool
+) -> None:
+    # Given the rendered head start command, run by bash with stand-ins for the node's `python`
+    # (the SSM read: prints a token, or fails as without permission) and `ray` (records its env)
+    config = render(sample, deployment)
+    command, job_id = config["head_start_ray_commands"][1], config["cluster_name"].removeprefix("rl-")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(
+        "#!/bin/sh\n" + ('echo "$3 $4" >&2; printf tok-123' if fetch_works else "echo AccessDenied >&2; exit 1") + "\n"
     )
-    assert config["worker_start_ray_commands"][1] == (
-        "ulimit -n 65536; RAY_AUTH_MODE=disabled ray start --address=$RAY_HEAD_IP:6379 --object-manager-port=8076 --disable-usage-stats"
-    )
+    (bin_dir / "ray").write_text(f'#!/bin/sh\necho "$RAY_AUTH_MODE $RAY_AUTH_TOKEN $*" > {tmp_path}/ray.out\n')
+    for tool in ("python", "ray"):
+        (bin_dir / tool).chmod(0o755)
+    # When the node runs it
+    done = subprocess.run(["bash", "-c", command], env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    # Then Ray started in token mode with the token, the parameter of this attempt was read ...
+    if fetch_works:
+        assert done.returncode == 0, done.stderr
+        assert (tmp_path / "ray.out").read_text().startswith("token tok-123 start --head")
+        job_id = render(sample, deployment)["cluster_name"].removeprefix("rl-")
+        assert done.stderr.splitlines()[-1] == f"/raylauncher/ray-auth/{job_id}/{job_id} {deployment.region}"
+    else:
+        # ... or, without the token, the command failed and no Ray started (no open node)
+        assert done.returncode == 1 and not (tmp_path / "ray.out").exists()
+
 
 
 def test_cluster_name_is_unique_per_job(sample: Pipeline, deployment: Ec2Deployment) -> None:

@@ -1,0 +1,157 @@
+"""Ray token authentication: one fresh random token per cluster, kept only where it must be.
+
+Every cluster the product launches runs with `RAY_AUTH_MODE=token` (Ray 2.60): its Jobs API,
+dashboard, GCS and agents refuse a caller without the token (401) or with another (403), and a
+node without it cannot join. The token is made by the driver right before the cluster starts
+and lives in an SSM SecureString parameter named after the job attempt:
+
+    /raylauncher/ray-auth/<job id>/<run id>
+
+readable only by the bastion's role (the driver) and the nodes' role (each node reads it when
+it starts Ray); deleted when the cluster is torn down, by the driver or by the watchdog that
+took a lost driver's cluster over. It never appears in the rendered cluster.yaml, the SSM
+command, a job record, an event or a log: nodes fetch it inside their start command
+(`fetch_token_shell`), and the driver hands it to Ray's Jobs SDK as an HTTP header.
+
+One port, one adapter: SSM (locally: moto's SSM, the same code).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import shlex
+from abc import ABC, abstractmethod
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from raylauncher.aws import error_code
+from raylauncher.errors import ProvisioningFailed, RayLauncherError
+from raylauncher.model import JOB_ID_PATTERN, RUN_ID_PATTERN, Job
+
+log = logging.getLogger(__name__)
+
+#: Every token parameter lives under this path (the IAM policies name it).
+TOKEN_PATH = "/raylauncher/ray-auth/"
+#: 256 random bits, hex: no character a shell, a URL or a YAML file would treat specially.
+TOKEN_BYTES = 32
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+
+
+class TokenUnavailable(RayLauncherError):
+    """The cluster's token could not be stored, read or deleted (`code`: the AWS error code)."""
+
+    def __init__(self, run_id: str, action: str, code: str) -> None:
+        super().__init__(f"the Ray token of {run_id} could not be {action}: {code}")
+        self.run_id = run_id
+        self.code = code
+
+
+class TokenNotFound(TokenUnavailable):
+    """No token exists for this attempt (never made, or already deleted at teardown)."""
+
+
+def token_parameter(job_id: str, run_id: str) -> str:
+    """The parameter of one attempt's token (both ids checked: they become a path)."""
+    if not (JOB_ID_PATTERN.fullmatch(job_id) and RUN_ID_PATTERN.fullmatch(run_id) and run_id.startswith(job_id)):
+        raise ValueError(f"not a job id and one of its run ids: {job_id!r}, {run_id!r}")
+    return f"{TOKEN_PATH}{job_id}/{run_id}"
+
+
+def new_token() -> str:
+    return secrets.token_hex(TOKEN_BYTES)
+
+
+def token_env(token: str) -> dict[str, str]:
+    """What every Ray process of a cluster starts with: token mode set explicitly (never left to
+    a token file in a home directory) and the cluster's token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    """What every HTTP call to the cluster's dashboard / Jobs API carries."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def fetch_token_shell(job: Job, region: str) -> str:
+    """A shell expression that prints the attempt's token on a node: boto3 (installed on every
+    node) with the node's instance-profile credentials. Only the parameter's name and the
+    region are in it, both checked, and quoted anyway."""
+    if not _REGION.fullmatch(region):
+        raise ValueError(f"region {region!r} is not an AWS region name")
+    script = (
+        "import sys, boto3; print(boto3.client('ssm', region_name=sys.argv[2]).get_parameter("
+        "Name=sys.argv[1], WithDecryption=True)['Parameter']['Value'])"
+    )
+    return f"python -c {shlex.quote(script)} {shlex.quote(token_parameter(job.job_id, job.run_id))} {shlex.quote(region)}"
+
+
+class ClusterTokens(ABC):
+    @abstractmethod
+    def issue(self, job: Job) -> str:
+        """A fresh token for the attempt's cluster, stored (replacing any older one); returns it."""
+
+    @abstractmethod
+    def read(self, job: Job) -> str:
+        """The attempt's token; TokenNotFound if there is none."""
+
+    @abstractmethod
+    def revoke(self, job: Job) -> None:
+        """Delete the attempt's token (nothing to do if there is none)."""
+
+
+class SsmClusterTokens(ClusterTokens):
+    """SecureString parameters (the account's `aws/ssm` KMS key)."""
+
+    def __init__(self, ssm_client: Any) -> None:
+        self._ssm = ssm_client
+
+    def issue(self, job: Job) -> str:
+        token = new_token()
+        try:
+            self._ssm.put_parameter(
+                Name=token_parameter(job.job_id, job.run_id), Value=token, Type="SecureString", Overwrite=True, Tier="Standard",
+                Description="Ray auth token of one raylauncher cluster; deleted at its teardown",
+            )  # fmt: skip
+        except (ClientError, BotoCoreError) as err:
+            raise TokenUnavailable(job.run_id, "stored", error_code(err)) from None
+        return token
+
+    def read(self, job: Job) -> str:
+        try:
+            answer = self._ssm.get_parameter(Name=token_parameter(job.job_id, job.run_id), WithDecryption=True)
+        except (ClientError, BotoCoreError) as err:
+            code = error_code(err)
+            if code == "ParameterNotFound":
+                raise TokenNotFound(job.run_id, "read", code) from None
+            raise TokenUnavailable(job.run_id, "read", code) from None
+        return str(answer["Parameter"]["Value"])
+
+    def revoke(self, job: Job) -> None:
+        try:
+            self._ssm.delete_parameter(Name=token_parameter(job.job_id, job.run_id))
+        except (ClientError, BotoCoreError) as err:
+            code = error_code(err)
+            if code == "ParameterNotFound":
+                return
+            raise TokenUnavailable(job.run_id, "deleted", code) from None
+        log.info("%s: Ray token deleted", job.run_id)
+
+
+def issue_token(tokens: ClusterTokens, job: Job) -> str:
+    """The cluster's fresh token; ProvisioningFailed (with the AWS error code) if it cannot be stored."""
+    try:
+        return tokens.issue(job)
+    except TokenUnavailable as err:
+        raise ProvisioningFailed(str(err)) from None
+
+
+def revoke_token(tokens: ClusterTokens, job: Job) -> None:
+    """Delete the cluster's token at teardown. A failure is logged, never raised: the token is
+    worthless once its cluster is gone, and the teardown's own outcome must stand."""
+    try:
+        tokens.revoke(job)
+    except TokenUnavailable as err:
+        log.warning("job %s: %s", job.job_id, err)

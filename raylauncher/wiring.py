@@ -176,9 +176,9 @@ def build_watchdog(settings: Settings) -> Watchdog:
 
     store = build_store(settings)
     # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).
-    reaper = Ec2Reaper(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else None
-    teardown: ClusterTeardown = (
-        Ec2TagTeardown(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else LocalProcessTeardown()
-    )
+    # In local mode its EC2 calls are signed as the watchdog's role (see aws.LOCAL_ACCESS_KEY_IDS).
+    ec2 = aws.client("ec2", settings, local_role="watchdog") if settings.cluster_backend == "ec2" else None
+    reaper = Ec2Reaper(ec2) if ec2 else None
+    teardown: ClusterTeardown = Ec2TagTeardown(ec2) if ec2 else LocalProcessTeardown()
     return Watchdog(store, build_launcher(settings, store), reaper=reaper, teardown=teardown,
                     lease_s=settings.driver_lease_s)  # fmt: skip

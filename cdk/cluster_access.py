@@ -1,10 +1,19 @@
 """Who may launch Ray nodes, and what the nodes may do.
 
 `ray up` on the bastion launches the head; the head's autoscaler launches the workers. Both
-therefore get `launcher_statements`: EC2 describes (IAM has no resource scoping for them),
+therefore get `launcher_statements`: DescribeInstances (IAM has no resource scoping for it),
 RunInstances only into our private subnets and cluster security group and only with the
-`ray-cluster-name` tag of one of our clusters, terminate/stop/tag only instances carrying that
-tag, key pairs only under Ray's own name, and PassRole only for the node role, only to EC2.
+`ray-cluster-name` tag of one of our clusters, tag/terminate only instances carrying that tag,
+and PassRole only for the node role, only to EC2. The bastion also gets `ray_up_statements`:
+what `ray up` alone asks while it resolves the cluster config (the head's autoscaler gets a
+config resolved already), and key pairs only under Ray's own name.
+
+Least privilege, checked where it runs: each EC2 action granted here is one the EC2 stand-in
+sees that role call (moto's call log: tests/e2e/test_ec2_standin.py holds the grants against it
+both ways), or one in EC2_GRANTED_UNSEEN, with the reason it must stay. Left out on purpose,
+because Ray 2.60 never calls them with our cluster config: DescribeImages and
+DescribeInstanceStatus (only with a CloudWatch config), DescribeAvailabilityZones, DeleteTags,
+Stop/StartInstances (cache_stopped_nodes is false: nodes are terminated, never stopped).
 """
 
 from __future__ import annotations
@@ -21,12 +30,35 @@ from cdk.storage import JOB_PREFIX, Storage
 from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
 from raylauncher.config import PipelinesConfig
 
-#: Ray names the key pairs it creates `ray-autoscaler_<n>_<region>`.
+#: Ray names the key pairs it creates `ray-autoscaler_<region>`, then `ray-autoscaler_<n>_<region>`.
 RAY_KEY_PAIR_PREFIX = "ray-autoscaler"
-DESCRIBE_ACTIONS = [
-    "ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "ec2:DescribeInstanceTypes", "ec2:DescribeImages",
-    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeKeyPairs", "ec2:DescribeAvailabilityZones",
-]  # fmt: skip
+#: What `ray up` (and `ray get-head-ip`, `ray down`: the same config bootstrap) asks before it
+#: launches: the instance types' vCPUs (asked even with explicit resources), the configured
+#: subnets and security group. The key pair actions are RAY_KEY_PAIR_ACTIONS.
+RAY_UP_DESCRIBE_ACTIONS = ["ec2:DescribeInstanceTypes", "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups"]
+#: Granted to the bastion although the stand-in never sees them called, and why.
+RAY_KEY_PAIR_ACTIONS = {
+    "ec2:DescribeKeyPairs": "`ray up` looks up its key pair (ray-autoscaler_<region>) because the cluster config of "
+                            "a deployment names no SSH key; the stand-in names its own key (deltas.config_overrides), "
+                            "so Ray skips the lookup there",
+    "ec2:CreateKeyPair": "`ray up` creates that key pair the first time the region has none; the stand-in names its "
+                         "own key, so Ray never creates one there",
+}  # fmt: skip
+#: Granted to the nodes although the stand-in never sees the head's autoscaler call it, and why.
+AUTOSCALER_TERMINATE = (
+    "the head's autoscaler terminates workers idle longer than idle_timeout_minutes above min_workers (a "
+    "pipeline with max_workers > min_workers) and workers whose setup failed; the stand-in's clusters run "
+    "min_workers = max_workers and set up cleanly, so there only `ray down` (the bastion) terminates"
+)
+#: EC2 actions a role is granted that the EC2 stand-in never sees it call, each with the reason
+#: it must stay (roles named as in raylauncher.aws.LOCAL_ACCESS_KEY_IDS; the watchdog's grant is
+#: in cdk/stack.py). Every other EC2 action granted to these roles is one the stand-in sees that
+#: role call; tests/infrastructure/test_least_privilege.py checks each reason stands beside a grant.
+EC2_GRANTED_UNSEEN: dict[str, dict[str, str]] = {
+    "bastion": RAY_KEY_PAIR_ACTIONS,
+    "nodes": {"ec2:TerminateInstances": AUTOSCALER_TERMINATE},
+    "watchdog": {},
+}
 
 
 #: How cdk-nag prints `ec2_arn("")` in finding ids.
@@ -52,7 +84,7 @@ def launcher_statements(
 ) -> list[iam.PolicyStatement]:
     ours = f"{CLUSTER_NAME_PREFIX}*"
     return [
-        iam.PolicyStatement(sid="DescribeForRayLauncher", actions=DESCRIBE_ACTIONS, resources=["*"]),
+        iam.PolicyStatement(sid="DescribeClusterNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
         iam.PolicyStatement(
             sid="RunTaggedNodes", actions=["ec2:RunInstances"],
             resources=[ec2_arn("instance/*"), ec2_arn("volume/*")],
@@ -71,18 +103,29 @@ def launcher_statements(
         ),  # fmt: skip
         iam.PolicyStatement(
             sid="ManageOurNodes",
-            # (no stop/start: clusters run with cache_stopped_nodes false, nodes are terminated)
-            actions=["ec2:CreateTags", "ec2:DeleteTags", "ec2:TerminateInstances"],
+            # (no stop/start: clusters run with cache_stopped_nodes false, nodes are terminated;
+            # no DeleteTags: Ray only sets tags)
+            actions=["ec2:CreateTags", "ec2:TerminateInstances"],
             resources=[ec2_arn("instance/*")],
             conditions={"StringLike": {f"aws:ResourceTag/{RAY_CLUSTER_TAG}": ours}},
         ),  # fmt: skip
         iam.PolicyStatement(
-            sid="RayKeyPairs", actions=["ec2:CreateKeyPair"], resources=[ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*")]
-        ),
-        iam.PolicyStatement(
             sid="PassNodeRoleToEc2", actions=["iam:PassRole"], resources=[node_role.role_arn],
             conditions={"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}},
         ),  # fmt: skip
+    ]
+
+
+def ray_up_statements() -> list[iam.PolicyStatement]:
+    """What `ray up` on the bastion asks besides `launcher_statements` (the head's autoscaler
+    works from the config `ray up` resolved, so the nodes need none of it)."""
+    return [
+        iam.PolicyStatement(
+            sid="DescribeForRayUp", actions=[*RAY_UP_DESCRIBE_ACTIONS, "ec2:DescribeKeyPairs"], resources=["*"]
+        ),
+        iam.PolicyStatement(
+            sid="RayKeyPairs", actions=["ec2:CreateKeyPair"], resources=[ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*")]
+        ),
     ]
 
 

@@ -19,7 +19,7 @@ from cdk.alerts import Alerts
 from cdk.api import HttpApi
 from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
 from cdk.bastion import Bastion, FixedLinuxImage
-from cdk.cluster_access import NAG_EC2_ARN, NodeRole, allow_launching, ec2_arn, launcher_statements
+from cdk.cluster_access import NAG_EC2_ARN, NodeRole, allow_launching, ec2_arn, launcher_statements, ray_up_statements
 from cdk.config import DeploymentConfig
 from cdk.events import JobEvents
 from cdk.functions import LambdaFactory, service_name
@@ -102,7 +102,7 @@ class RayLauncherStack(Stack):
             bundle_dir=stage_bastion_bundle(project_dir, pipelines), driver_env=driver_settings.to_env(),
             ec2_deployment_json=deployment.model_dump_json(indent=1),
         )  # fmt: skip
-        allow_launching(bastion.role, launching)
+        allow_launching(bastion.role, [*launching, *ray_up_statements()])
         job_events.allow_publishing(bastion.role)  # the driver's transitions
         for table in tables:
             table.grant_read_write_data(bastion.role)

@@ -19,16 +19,34 @@ _RETRIES = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeo
 #: (reading them is most of what making a client costs: a Lambda cold start makes several).
 _MODELS = botocore.loaders.create_loader()
 
+#: Local mode only: the access key id each role signs its calls with on the moto server (which
+#: accepts any key), so that the server's call log tells the roles apart and the IAM contract test
+#: can hold each role's EC2 calls against what the stack grants that role. The bastion's (the
+#: driver, `ray up`/`ray down`) are the local processes' own credentials (raylauncher.local);
+#: the nodes' are in their login environment (the EC2 stand-in); the watchdog's clients ask for
+#: theirs (`client(..., local_role="watchdog")`). On AWS credentials come from the roles.
+LOCAL_ACCESS_KEY_IDS = {"bastion": "local-bastion-role", "nodes": "local-node-role", "watchdog": "local-watchdog-role"}
+LOCAL_SECRET_ACCESS_KEY = "testing"
 
-def client(service: str, settings: Settings, config: Config | None = None) -> Any:
+
+def local_credentials(role: str) -> dict[str, str]:
+    """The environment variables that make boto3 sign as `role` on the moto server."""
+    return {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY_IDS[role], "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_ACCESS_KEY}
+
+
+def client(service: str, settings: Settings, config: Config | None = None, *, local_role: str | None = None) -> Any:
     """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1.
     Each client has its own session: credentials are resolved when it is made, as before.
-    `config` overrides the default retries and timeouts (e.g. for best-effort calls)."""
+    `config` overrides the default retries and timeouts (e.g. for best-effort calls).
+    `local_role`: in local mode only, sign as that role (LOCAL_ACCESS_KEY_IDS); ignored on AWS."""
     core = botocore.session.get_session()
     core.register_component("data_loader", _MODELS)
+    keys: dict[str, str] = {}
+    if local_role and settings.endpoint_url:
+        keys = {"aws_access_key_id": LOCAL_ACCESS_KEY_IDS[local_role], "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY}
     return boto3.session.Session(botocore_session=core).client(
         service, region_name=settings.region, endpoint_url=settings.endpoint_url,
-        config=_RETRIES.merge(config) if config else _RETRIES,
+        config=_RETRIES.merge(config) if config else _RETRIES, **keys,
     )
 
 

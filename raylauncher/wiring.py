@@ -136,11 +136,11 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
     )
 
 
-def build_cluster_tokens(settings: Settings) -> ClusterTokens:
+def build_cluster_tokens(settings: Settings, local_role: str | None = None) -> ClusterTokens:
     """Where clusters' Ray tokens live: SSM SecureString parameters (moto's SSM locally)."""
     from raylauncher.cluster_tokens import SsmClusterTokens
 
-    return SsmClusterTokens(aws.client("ssm", settings))
+    return SsmClusterTokens(aws.client("ssm", settings, local_role=local_role))
 
 
 def local_launcher_bin() -> str:
@@ -186,11 +186,10 @@ def build_watchdog(settings: Settings) -> Watchdog:
 
     store = build_store(settings)
     # EC2 clusters get a reaper; local clusters are processes (see raylauncher.local.leftovers).
-    reaper = Ec2Reaper(aws.client("ec2", settings)) if settings.cluster_backend == "ec2" else None
-    tokens = build_cluster_tokens(settings)
-    teardown: ClusterTeardown = (
-        Ec2TagTeardown(aws.client("ec2", settings), tokens) if settings.cluster_backend == "ec2"
-        else LocalProcessTeardown(tokens)
-    )  # fmt: skip
+    # In local mode its AWS calls are signed as the watchdog's role (see aws.LOCAL_ACCESS_KEY_IDS).
+    ec2 = aws.client("ec2", settings, local_role="watchdog") if settings.cluster_backend == "ec2" else None
+    reaper = Ec2Reaper(ec2) if ec2 else None
+    tokens = build_cluster_tokens(settings, local_role="watchdog")
+    teardown: ClusterTeardown = Ec2TagTeardown(ec2, tokens) if ec2 else LocalProcessTeardown(tokens)
     return Watchdog(store, build_launcher(settings, store), reaper=reaper, teardown=teardown,
                     lease_s=settings.driver_lease_s)  # fmt: skip

@@ -33,6 +33,7 @@ from moto.server import ThreadedMotoServer
 from werkzeug.serving import make_server
 
 from raylauncher import aws
+from raylauncher.aws import local_credentials
 from raylauncher.config import PipelinesConfig, Settings
 from raylauncher.events import EVENT_PATTERN
 from raylauncher.notifications import queue_notification_configuration
@@ -43,7 +44,9 @@ MAX_RECEIVE_COUNT = 3
 #: Local visibility timeout: short, so a failed record is retried within seconds.
 LOCAL_VISIBILITY_TIMEOUT_S = 2
 
-FAKE_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+#: Local mode's process credentials: the bastion role's (the driver and the `ray up`/`ray down` it
+#: runs sign with them); the nodes and the watchdog sign as their own roles (aws.LOCAL_ACCESS_KEY_IDS).
+FAKE_CREDENTIALS = local_credentials("bastion")
 
 
 class _AtomicDynamoDB:

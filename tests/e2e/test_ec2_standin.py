@@ -18,15 +18,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
-from fnmatch import fnmatch
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
+from raylauncher.aws import LOCAL_ACCESS_KEY_IDS
 from raylauncher.clusters.ec2_config import cluster_name
 from raylauncher.clusters.processes import leftover_processes
 from raylauncher.config import Settings
@@ -36,12 +37,14 @@ from raylauncher.local.ec2_standin import unavailable
 from raylauncher.local.ec2_standin.cleanup import leftovers
 from raylauncher.local.ec2_standin.forwarder import NODES_SOURCE
 from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, our_namespaces
+from raylauncher.local.ec2_standin.seed import KEY_NAME
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
-from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, run_id, utc_now
-from raylauncher.tags import RAY_CLUSTER_TAG
+from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
+from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 from raylauncher.wiring import build_driver, build_watchdog
 from tests.faults import FaultRow
+from tests.iam_contract import contract_roles, contract_violations, granted_ec2_actions, used_by_role
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"  # a region of its own on the process's moto (SendCommand, reaper tests)
@@ -241,39 +244,6 @@ def test_a_file_in_s3_runs_on_a_real_ray_up_of_head_and_two_workers_and_everythi
     assert all(any(ipaddress.ip_address(a) in n for n in allowed) for a in sockets.remote), sockets.remote
 
 
-def test_every_ec2_call_the_launcher_made_is_granted_by_the_stack(system: LocalSystem, tmp_path: Path) -> None:
-    # Given what the bastion (`ray up`/`ray down`, the teardown check) and the head's autoscaler
-    # (through the forwarder) asked of moto's EC2 in this module so far
-    if not any(j.pipeline == "sales-summary" and j.status == JobStatus.SUCCEEDED for j in system.store.list_jobs()):
-        pytest.skip("needs the e2e test's cluster (run the module)")
-    calls = system.moto.ec2_calls  # type: ignore[union-attr]
-    bastion = {action for (source, key, action) in calls if source == "127.0.0.1" and key != OBSERVER_KEY_ID}
-    head = {action for (source, key, action) in calls if source == NODES_SOURCE}
-    assert {"RunInstances", "DescribeInstances", "TerminateInstances"} <= bastion
-    assert "RunInstances" in head, "the head's autoscaler launched no worker"
-    # When the CDK app is synthesized
-    from tests.infrastructure.conftest import synthesize
-
-    stack = synthesize(tmp_path / "cdk")
-    # Then every one of those actions is allowed to the role that made it
-    for role, actions in ((stack.stack.bastion.role, bastion), (stack.stack.nodes.role, head)):
-        granted = allowed_actions(stack, role)
-        missing = sorted(a for a in actions if not any(fnmatch(f"ec2:{a}".lower(), g.lower()) for g in granted))
-        assert not missing, f"{role.node.path} lacks {missing} (granted: {sorted(granted)})"
-
-
-def allowed_actions(stack: Any, role: Any) -> set[str]:
-    role_ref = {"Ref": stack.stack.resolve(role.node.default_child.logical_id)}
-    granted: set[str] = set()
-    for policy in stack.resources("AWS::IAM::Policy").values():
-        if role_ref in policy["Properties"].get("Roles", []):
-            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-                if statement["Effect"] == "Allow":
-                    actions = statement["Action"]
-                    granted |= {actions} if isinstance(actions, str) else set(actions)
-    return granted
-
-
 def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: LocalSystem) -> None:
     bridge = system.standin.bridge
     # Given the stand-in's bridge: an address of its subnet routes via it
@@ -454,6 +424,60 @@ def test_a_failed_ray_up_is_retried_on_a_new_cluster_that_succeeds(
     fault_row(FaultRow("`ray up` failing (head without sshd); retried on a new cluster", "ec2 stand-in",
                        done.status.value, f"{attempt['reason_code']} → none", done.attempt,
                        attempt["cluster_seconds"], 0, 0, 0))  # fmt: skip  (the failed attempt's cluster time)
+
+
+def launch_expired_orphan(system: LocalSystem) -> tuple[str, str]:
+    """An instance of a cluster nobody tears down any more, past its expires-at (what a driver that
+    died with the bastion leaves behind), launched by the stand-in itself: (cluster, instance id)."""
+    deployment = system.standin.deployment
+    cluster = f"{CLUSTER_NAME_PREFIX}orphan-{uuid.uuid4().hex[:8]}"
+    expired_at = iso(utc_now() - timedelta(minutes=1))
+    tags = [{"Key": RAY_CLUSTER_TAG, "Value": cluster}, {"Key": EXPIRES_AT_TAG, "Value": expired_at}]
+    (instance,) = system.standin.client("ec2").run_instances(
+        ImageId=deployment.ami_id, InstanceType="t3.micro", MinCount=1, MaxCount=1, KeyName=KEY_NAME,
+        SubnetId=deployment.subnet_ids[0], SecurityGroupIds=list(deployment.security_group_ids),
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"]  # fmt: skip
+    return cluster, instance["InstanceId"]
+
+
+def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    # Given what each role asked of moto's EC2 in this module so far, told apart by its access key
+    # id: the bastion (driver, `ray up`/`ray down`), the nodes (the head's autoscaler), the watchdog
+    # (takeovers when the killed-driver tests ran before)
+    if not any(j.pipeline == "sales-summary" and j.status == JobStatus.SUCCEEDED for j in system.store.list_jobs()):
+        pytest.skip("needs the e2e test's cluster (run the module)")
+    # And an orphan past its expires-at, terminated by a watchdog sweep (the reaper)
+    cluster, orphan = launch_expired_orphan(system)
+    report = build_watchdog(system.settings).sweep()
+    assert f"{cluster}/{orphan}" in report.reaped, report
+    wait_until(lambda: orphan not in system.standin.materializer.nodes, 30, "the orphan's node to go")
+    calls = system.moto.ec2_calls  # type: ignore[union-attr]
+    used = used_by_role(calls, LOCAL_ACCESS_KEY_IDS)
+    # (each role's key came from where that role runs; no EC2 call was signed by anyone else)
+    sources = {role: {src for (src, key, _) in calls if key == key_id}
+               for role, key_id in LOCAL_ACCESS_KEY_IDS.items()}  # fmt: skip
+    assert sources == {"bastion": {"127.0.0.1"}, "nodes": {NODES_SOURCE}, "watchdog": {"127.0.0.1"}}, sources
+    assert {key for (_, key, _) in calls} <= {*LOCAL_ACCESS_KEY_IDS.values(), OBSERVER_KEY_ID}
+    assert {"ec2:RunInstances", "ec2:DescribeInstances", "ec2:TerminateInstances"} <= used["bastion"]
+    assert "ec2:RunInstances" in used["nodes"], "the head's autoscaler launched no worker"
+    assert {"ec2:DescribeInstances", "ec2:TerminateInstances"} <= used["watchdog"]
+    # When the CDK app is synthesized
+    from cdk.cluster_access import EC2_GRANTED_UNSEEN
+    from tests.infrastructure.conftest import synthesize
+
+    stack = synthesize(tmp_path / "cdk")
+    # Then each role is granted every EC2 action it called, and every EC2 action it is granted
+    # it called, or has a written reason beside the grant (cdk.cluster_access.EC2_GRANTED_UNSEEN)
+    problems = []
+    for role, logical_id in contract_roles(stack).items():
+        granted = granted_ec2_actions(stack.template_json, logical_id, used[role])
+        explained = EC2_GRANTED_UNSEEN[role]
+        print(f"\n{role}: used {sorted(used[role])}\n  granted {sorted(granted)}\n  explained {sorted(explained)}")
+        problems += contract_violations(role, used[role], granted, explained)
+    assert not problems, "\n".join(problems)
 
 
 def test_nothing_of_a_node_outlives_its_instance(system: LocalSystem) -> None:

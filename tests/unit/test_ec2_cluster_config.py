@@ -287,12 +287,10 @@ def test_a_node_starts_ray_with_the_fetched_token_or_not_at_all(
     if fetch_works:
         assert done.returncode == 0, done.stderr
         assert (tmp_path / "ray.out").read_text().startswith("token tok-123 start --head")
-        job_id = render(sample, deployment)["cluster_name"].removeprefix("rl-")
         assert done.stderr.splitlines()[-1] == f"/raylauncher/ray-auth/{job_id}/{job_id} {deployment.region}"
     else:
         # ... or, without the token, the command failed and no Ray started (no open node)
         assert done.returncode == 1 and not (tmp_path / "ray.out").exists()
-
 
 
 def test_cluster_name_is_unique_per_job(sample: Pipeline, deployment: Ec2Deployment) -> None:

@@ -8,8 +8,9 @@ The EC2 backend, the rendered cluster.yaml and the driver are the production one
    so that its sshd can know the public key before Ray connects.
 2. `instance_environment`: what a node's environment holds. On EC2 the head's autoscaler and
    the job get credentials from the instance profile and reach AWS's endpoints; here the
-   node's login profile points them at moto through the forwarder on the bridge, with moto's
-   fake keys. Ray auth is disabled explicitly (never left to a token file in a home directory).
+   node's login profile points them at moto through the forwarder on the bridge, with fake keys
+   of the node role's own (aws.LOCAL_ACCESS_KEY_IDS: moto's call log tells its calls apart).
+   Ray auth is disabled explicitly (never left to a token file in a home directory).
 3. The seeded ids (VPC, subnets, security group, AMI, instance profile) are moto's, written
    into the same `ec2-deployment.json` a stack writes onto the bastion (see seed.py).
 """
@@ -18,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from raylauncher.aws import local_credentials
 from raylauncher.clusters.ec2_config import HEAD_TYPE, WORKER_TYPE
 from raylauncher.config import PipelinesConfig
-from raylauncher.local.stack import FAKE_CREDENTIALS
 
 #: The SSH user of the stand-in's nodes: root in the node's own namespaces, with its own home.
 SSH_USER = "root"
@@ -36,7 +37,7 @@ def config_overrides(key_name: str, private_key_path: str) -> dict[str, Any]:
 
 def instance_environment(endpoint_url: str, region: str) -> dict[str, str]:
     return {
-        **FAKE_CREDENTIALS,
+        **local_credentials("nodes"),
         "AWS_ENDPOINT_URL": endpoint_url,
         "AWS_REGION": region,
         "AWS_DEFAULT_REGION": region,

@@ -27,6 +27,7 @@ from typing import Any
 
 import boto3
 
+from raylauncher.aws import LOCAL_SECRET_ACCESS_KEY
 from raylauncher.clusters.processes import CHECKOUT
 from raylauncher.config import Ec2Deployment
 from raylauncher.local.ec2_standin import cleanup, deltas
@@ -35,7 +36,6 @@ from raylauncher.local.ec2_standin.materializer import Materializer
 from raylauncher.local.ec2_standin.network import Bridge, NetworkError, free_subnet
 from raylauncher.local.ec2_standin.node import SSHD, NodeImage
 from raylauncher.local.ec2_standin.seed import KEY_NAME, seed
-from raylauncher.local.stack import FAKE_CREDENTIALS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Ec2StandIn:
         so moto's call log tells its calls from the launcher's."""
         return boto3.client(
             service, region_name=self.region, endpoint_url=self.moto_endpoint_url,
-            aws_access_key_id=OBSERVER_KEY_ID, aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            aws_access_key_id=OBSERVER_KEY_ID, aws_secret_access_key=LOCAL_SECRET_ACCESS_KEY,
         )  # fmt: skip
 
     @property

@@ -14,6 +14,12 @@ both ways), or one in EC2_GRANTED_UNSEEN, with the reason it must stay. Left out
 because Ray 2.60 never calls them with our cluster config: DescribeImages and
 DescribeInstanceStatus (only with a CloudWatch config), DescribeAvailabilityZones, DeleteTags,
 Stop/StartInstances (cache_stopped_nodes is false: nodes are terminated, never stopped).
+
+Each cluster's Ray auth token (raylauncher.cluster_tokens) is an SSM SecureString parameter under
+TOKEN_PATH: `allow_tokens` grants a role exactly the Parameter Store actions TOKEN_ACTIONS lists
+for it, on that path only. No KMS grant goes with them: the parameters use the AWS-managed
+`aws/ssm` key, whose key policy already lets every principal of the account decrypt through
+Parameter Store (docs/security.md, "Ray tokens").
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from constructs import Construct
 from cdk.nag import acknowledge
 from cdk.storage import JOB_PREFIX, Storage
 
+from raylauncher.cluster_tokens import TOKEN_PATH
 from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
 from raylauncher.config import PipelinesConfig
 
@@ -73,6 +80,38 @@ LAUNCHER_WILDCARDS = {
     f"IAM5[Resource::{NAG_EC2_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
     f"IAM5[Resource::{NAG_EC2_ARN}spot-instances-request/*]": "a spot request is created by RunInstances itself (spot workers), in the same call as the tagged instance",
 }  # fmt: skip
+
+
+#: Parameter Store actions on the Ray token parameters, per role (named as in EC2_GRANTED_UNSEEN):
+#: the driver on the bastion makes (PutParameter), reads, and deletes each attempt's token at
+#: teardown, and `raylauncher cluster-token JOB`, run there, reads a job's tokens (GetParametersByPath);
+#: each node reads its cluster's token in its Ray start command; the watchdog deletes the token
+#: of a cluster it tore down for a lost driver. No other role of the stack may touch them
+#: (tests/infrastructure/test_token_parameters.py).
+TOKEN_ACTIONS: dict[str, list[str]] = {
+    "bastion": ["ssm:PutParameter", "ssm:GetParameter", "ssm:GetParametersByPath", "ssm:DeleteParameter"],
+    "nodes": ["ssm:GetParameter"],
+    "watchdog": ["ssm:DeleteParameter"],
+}
+#: How cdk-nag prints `token_parameters_arn()` in finding ids.
+NAG_TOKEN_PARAMETERS_ARN = f"arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:parameter{TOKEN_PATH}*"
+TOKEN_WILDCARD_REASON = (
+    f"the Ray token parameters of every cluster, named {TOKEN_PATH}<job id>/<run id> when the driver starts "
+    "a cluster: the path is the only scope known in advance"
+)
+
+
+def token_parameters_arn() -> str:
+    """Every Ray token parameter of this account and region (TOKEN_PATH, and nothing else)."""
+    return f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:parameter{TOKEN_PATH}*"
+
+
+def allow_tokens(grantee: iam.IGrantable, scope: Construct, role: str) -> None:
+    """Give `grantee` the TOKEN_ACTIONS of `role` on the token parameters only, and acknowledge
+    the path wildcard on `scope` (the construct the role belongs to)."""
+    grantee.grant_principal.add_to_principal_policy(iam.PolicyStatement(
+        sid="RayTokenParameters", actions=TOKEN_ACTIONS[role], resources=[token_parameters_arn()]))  # fmt: skip
+    acknowledge(scope, f"IAM5[Resource::{NAG_TOKEN_PARAMETERS_ARN}]", TOKEN_WILDCARD_REASON)
 
 
 def ec2_arn(resource: str, *, account: bool = True) -> str:
@@ -141,6 +180,7 @@ class NodeRole(Construct):
         outputs = sorted({p.output_prefix for p in pipelines.pipelines})
         storage.allow_read(self.role, [*sorted({p.trigger.prefix for p in pipelines.pipelines}), JOB_PREFIX, *outputs])
         storage.allow_write(self.role, outputs)
+        allow_tokens(self.role, self, "nodes")  # each node reads its cluster's token when it starts Ray
 
     def allow_launching(self, statements: list[iam.PolicyStatement]) -> None:
         allow_launching(self.role, statements)

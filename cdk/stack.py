@@ -19,7 +19,15 @@ from cdk.alerts import Alerts
 from cdk.api import HttpApi
 from cdk.assets import PIPELINES_JSON, stage_bastion_bundle, stage_lambda_code
 from cdk.bastion import Bastion, FixedLinuxImage
-from cdk.cluster_access import NAG_EC2_ARN, NodeRole, allow_launching, ec2_arn, launcher_statements, ray_up_statements
+from cdk.cluster_access import (
+    NAG_EC2_ARN,
+    NodeRole,
+    allow_launching,
+    allow_tokens,
+    ec2_arn,
+    launcher_statements,
+    ray_up_statements,
+)
 from cdk.config import DeploymentConfig
 from cdk.events import JobEvents
 from cdk.functions import LambdaFactory, service_name
@@ -103,6 +111,7 @@ class RayLauncherStack(Stack):
             ec2_deployment_json=deployment.model_dump_json(indent=1),
         )  # fmt: skip
         allow_launching(bastion.role, [*launching, *ray_up_statements()])
+        allow_tokens(bastion.role, bastion, "bastion")  # each cluster's Ray token: made, read, deleted
         job_events.allow_publishing(bastion.role)  # the driver's transitions
         for table in tables:
             table.grant_read_write_data(bastion.role)
@@ -152,6 +161,8 @@ class RayLauncherStack(Stack):
         ))  # fmt: skip
         acknowledge(watchdog_fn, f"IAM5[Resource::{NAG_EC2_ARN}instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
+        # The takeover teardown deletes the lost driver's Ray token (ClusterTeardown.teardown).
+        allow_tokens(watchdog_fn, watchdog_fn, "watchdog")
         # A LAUNCHING job whose SSM command already failed is ended at once (Bastion.launch_failure).
         watchdog_fn.add_to_role_policy(iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]))
         # (no resource-level permissions: acknowledged with the others in cdk/functions.py)

@@ -64,11 +64,27 @@ def launcher_calls(settings: Settings) -> list[str]:
     return calls.read_text().splitlines() if calls.exists() else []
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the fault table from the rows this session's fault scenarios recorded."""
-    from tests.faults import write_table
+def pytest_sessionstart(session: pytest.Session) -> None:
+    from tests.secrets_hygiene import SESSION
 
-    write_table()
+    SESSION.install()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Scan this session's output for Ray tokens (any found fails the session), then write the
+    fault table from the rows this session's fault scenarios recorded, with the scan's summary."""
+    from tests.faults import write_table
+    from tests.secrets_hygiene import SESSION
+
+    temp_root = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
+    SESSION.finish(temp_root)
+    write_table(SESSION.summary())
+    if SESSION.findings or SESSION.errors:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["SECRETS HYGIENE: a Ray token leaked or the scan failed", *map(str, SESSION.findings), *SESSION.errors]
+        if reporter:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

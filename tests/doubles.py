@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from raylauncher.cluster_tokens import ClusterTokens, TokenNotFound, new_token
+from raylauncher.local.secrets_scan import TokenWitness
 from raylauncher.model import Job
 
 
@@ -20,6 +21,7 @@ class MemoryClusterTokens(ClusterTokens):
         token = self.fixed or new_token()
         self.tokens[job.run_id] = token
         self.issued.append(token)
+        TokenWitness.install().tokens.add(token)  # the session's secrets scan looks for it too
         return token
 
     def read(self, job: Job) -> str:

@@ -74,8 +74,9 @@ def _commit() -> str:
         return "?"
 
 
-def write_table() -> None:
-    """Merge this session's rows into docs/faults.json and render docs/faults.md."""
+def write_table(footer: str = "") -> None:
+    """Merge this session's rows into docs/faults.json and render docs/faults.md (`footer`: the
+    session's secrets-scan summary, kept with the run it comes from)."""
     if not _ROWS:
         return
     run = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC @ {_commit()}"
@@ -103,4 +104,6 @@ def write_table() -> None:
         after = "–" if r.cluster_seconds_after_fault is None else f"{r.cluster_seconds_after_fault:.1f}"
         lines.append(f"| {r.scenario} | {r.backend} | {r.terminal_state} | {r.reason or '–'} | {r.attempts} | "
                      f"{after} | {r.clusters_left} | {r.objects_lost} | {r.objects_processed_twice} | {r.run} |")  # fmt: skip
+    if footer:
+        lines += ["", f"{footer} ({run})"]
     MD_PATH.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -13,12 +13,14 @@ import io
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
 
 from raylauncher.local.runtime import PROJECT_DIR, Backend, LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.secrets_scan import TokenWitness, scan_files, scan_moto
 from raylauncher.local.sample_data import compare_aggregates, expected_aggregates, generate_sales_csv
 from raylauncher.model import Job, JobStatus
 
@@ -98,6 +100,18 @@ def check_standin_cluster(system: LocalSystem, job: Job) -> list[str]:
     return problems
 
 
+def secrets_scan(system: LocalSystem, state_dir: Path, tokens: set[str]) -> bool:
+    """No Ray token of this run in any record, event, object, SSM command or file of the run."""
+    found, items = scan_moto(system.settings.endpoint_url or "", tokens)
+    file_findings, files = scan_files(state_dir, tokens)
+    found += file_findings
+    print(f"secrets scan: {len(tokens)} Ray token(s) looked for in {items} records, events, objects and SSM "
+          f"entries and {files} files: {'none found' if not found else 'FOUND'}")
+    for finding in found:
+        print(f"  {finding}", file=sys.stderr)
+    return bool(tokens) and not found
+
+
 def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     started = time.monotonic()
@@ -109,6 +123,7 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
         if reason:
             print(f"cannot run the EC2 demo here: {reason}", file=sys.stderr)
             return 2
+    witness = TokenWitness.install()  # learns each cluster's Ray token as it is stored
     with local_system(state_dir, start_poller=False, backend=backend) as system:
         print(f"moto server (S3, SQS, DynamoDB, SSM{', EC2' if system.standin else ''}) at {system.settings.endpoint_url}")
         if system.standin:
@@ -171,6 +186,7 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
                     print(f"ran on {len((job.summary or {}).get('nodes_used') or [])} nodes "
                           f"{(job.summary or {}).get('nodes_used')}; every instance of {job.cluster['cluster_name']} "  # type: ignore[index]
                           "is terminated")  # fmt: skip
+        ok = secrets_scan(system, state_dir, witness.tokens) and ok
     if backend == "ec2":
         from raylauncher.local.ec2_standin.cleanup import leftovers
 

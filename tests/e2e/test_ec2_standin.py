@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -84,6 +87,13 @@ def _project(root: Path) -> tuple[Path, Path]:
     run_timeout_s: 15
     retry: {max_attempts: 1}
     output_prefix: outputs/probe-short/
+  - name: probe-workers
+    trigger: {prefix: incoming/probe-workers/}
+    entrypoint: {script: jobs/probe/main.py}
+    cluster: {min_workers: 2, max_workers: 2}
+    run_timeout_s: 600
+    retry: {max_attempts: 1}
+    output_prefix: outputs/probe-workers/
   - name: quick
     trigger: {prefix: incoming/quick/}
     entrypoint: {script: jobs/quick/main.py}
@@ -259,6 +269,108 @@ def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: Lo
     # And moto's default VPC (172.31.0.0/16, which would route out of the machine) is gone
     vpcs = system.standin.client("ec2").describe_vpcs()["Vpcs"]
     assert [v["CidrBlock"] for v in vpcs] == [str(bridge.subnet)]
+
+
+def http_status(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:  # noqa: S310
+            return int(resp.status)
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def try_to_join(system: LocalSystem, node: dict[str, Any], head_ip: str, headers: dict[str, str],
+                env: dict[str, str], tmp: Path, wait_s: float) -> tuple[int, str]:  # fmt: skip
+    """A second `ray start --address` on worker `node` (in its network namespace, from its
+    address), given `wait_s` to join, then stopped (its session and marker). Returns the most
+    ALIVE nodes the head reported meanwhile (asked with the cluster's token) and its output."""
+    from raylauncher.clusters.processes import marker_env, stop_processes
+
+    marker = f"join-probe-{uuid.uuid4().hex[:6]}"
+    netns = system.standin.bridge.netns_name(node["InstanceId"])
+    tmp.mkdir(parents=True, exist_ok=True)
+    out = tmp / "ray-start.out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, str(Path(sys.executable).with_name("ray")), "start", "--block",
+             f"--address={head_ip}:6379", f"--node-ip-address={node['PrivateIpAddress']}", "--num-cpus=1",
+             "--disable-usage-stats", f"--temp-dir={tmp}", "--node-manager-port=0", "--object-manager-port=0"],
+            env={**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_USAGE_STATS_ENABLED": "0", **env,
+                 **marker_env(marker)},
+            stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    most = 0
+    try:
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and most < 4:
+            most = max(most, len(alive_addresses(head_ip, headers, unique=False)))
+            time.sleep(1)
+    finally:
+        assert stop_processes(proc.pid, marker, 3) == []
+        proc.wait(10)
+    return most, out.read_text(errors="replace")[-1500:]
+
+
+def alive_addresses(head_ip: str, headers: dict[str, str], unique: bool = True) -> Any:
+    """The ALIVE nodes' addresses (a set; a list with `unique=False`: two nodes may share one)."""
+    request = urllib.request.Request(f"http://{head_ip}:8265/api/v0/nodes?limit=100", headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        nodes = json.load(resp)["data"]["result"]["result"]
+    alive = [n["node_ip"] for n in nodes if n["state"] == "ALIVE"]
+    return set(alive) if unique else alive
+
+
+def test_every_node_refuses_callers_without_the_clusters_token_and_a_worker_without_it_cannot_join(
+    system: LocalSystem, tmp_path: Path
+) -> None:
+    from raylauncher import aws
+    from raylauncher.cluster_tokens import SsmClusterTokens, auth_headers, new_token
+
+    # Given a job running on a head and two workers the head's autoscaler launched
+    job = new_job(system, "probe-workers")
+    thread, result = run_driver_in_thread(driver_settings(system), job)
+    wait_until(lambda: system.store.get(job.job_id).status == JobStatus.RUNNING, what="RUNNING")
+    job = system.store.get(job.job_id)
+    nodes = [i["PrivateIpAddress"] for i in instances_of(system, job) if i["State"]["Name"] == "running"]
+    head_ip = job.cluster["head_ip"]  # type: ignore[index]
+    assert len(nodes) == 3 and head_ip in nodes
+    for ip in nodes:
+        system.standin.check_route(ip)
+    token = SsmClusterTokens(aws.client("ssm", system.settings)).read(job)
+    good, wrong = auth_headers(token), auth_headers(new_token())
+    try:
+        # When the head's dashboard / Jobs API and every node's agent are called without the
+        # token, with another one, and with the cluster's (the driver's) token
+        head = {path: tuple(http_status(f"http://{head_ip}:8265{path}", h) for h in ({}, wrong, good))
+                for path in ("/api/jobs/", "/api/version", "/api/v0/nodes")}  # fmt: skip
+        agents = {ip: tuple(http_status(f"http://{ip}:52365/api/job_agent/jobs/{job.run_id}/logs", h)
+                            for h in ({}, wrong, good)) for ip in nodes}  # fmt: skip
+        # Then every one answers 401 without it, 403 with another, and accepts the cluster's
+        assert head == dict.fromkeys(head, (401, 403, 200))
+        assert all(no == 401 and bad == 403 and ok not in (401, 403) for no, bad, ok in agents.values()), agents
+        assert agents[head_ip][2] == 200  # the job's driver runs on the head: its agent has the logs
+        assert alive_addresses(head_ip, good) == set(nodes)
+        # And a Ray node started on a worker with a wrong token, or with token auth off, does not
+        # join in 20 s ...
+        worker = next(i for i in instances_of(system, job) if i["PrivateIpAddress"] != head_ip)
+        for label, env in (("wrong token", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": new_token()}),
+                           ("no token", {"RAY_AUTH_MODE": "disabled"})):  # fmt: skip
+            most, output = try_to_join(system, worker, head_ip, good, env, tmp_path / label.replace(" ", "-"), 20)
+            assert most == 3, f"a node with {label} joined the cluster: {output}"
+        # ... while the same start with the cluster's token does (the check can tell)
+        most, output = try_to_join(system, worker, head_ip, good, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                                   tmp_path / "right", 60)  # fmt: skip
+        assert most == 4, output
+    finally:
+        request_cancel(system.store, job.job_id)
+        done = finished(thread, result)
+    # And the cluster is gone with its token
+    assert done.status == JobStatus.CANCELLED, (done.reason_code, done.reason_message)
+    assert_cluster_gone(system, done)
+    from raylauncher.cluster_tokens import TokenNotFound
+
+    with pytest.raises(TokenNotFound):
+        SsmClusterTokens(aws.client("ssm", system.settings)).read(done)
 
 
 # -- the fault scenarios ------------------------------------------------------------------------------

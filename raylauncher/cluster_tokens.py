@@ -129,6 +129,31 @@ class SsmClusterTokens(ClusterTokens):
             raise TokenUnavailable(job.run_id, "read", code) from None
         return str(answer["Parameter"]["Value"])
 
+    def read_latest(self, job_id: str) -> tuple[str, str]:
+        """(run id, token) of the job's highest attempt that has a token, found by listing the
+        job's path (GetParametersByPath): for a reader that does not know the current attempt
+        (`raylauncher cluster-token` on the bastion). TokenNotFound if the job has none."""
+        token_parameter(job_id, job_id)  # the job id becomes a path: checked
+        prefix = f"{TOKEN_PATH}{job_id}/"
+        found: dict[int, tuple[str, str]] = {}
+        kwargs: dict[str, Any] = {"Path": prefix.rstrip("/"), "Recursive": False, "WithDecryption": True}
+        try:
+            while True:
+                answer = self._ssm.get_parameters_by_path(**kwargs)
+                for parameter in answer.get("Parameters", []):
+                    run = str(parameter["Name"]).removeprefix(prefix)
+                    attempt = _attempt_of(job_id, run) if str(parameter["Name"]).startswith(prefix) else None
+                    if attempt is not None:
+                        found[attempt] = (run, str(parameter["Value"]))
+                if not answer.get("NextToken"):
+                    break
+                kwargs["NextToken"] = answer["NextToken"]
+        except (ClientError, BotoCoreError) as err:
+            raise TokenUnavailable(job_id, "read", error_code(err)) from None
+        if not found:
+            raise TokenNotFound(job_id, "read", "ParameterNotFound")
+        return found[max(found)]
+
     def revoke(self, job: Job) -> None:
         try:
             self._ssm.delete_parameter(Name=token_parameter(job.job_id, job.run_id))
@@ -138,6 +163,14 @@ class SsmClusterTokens(ClusterTokens):
                 return
             raise TokenUnavailable(job.run_id, "deleted", code) from None
         log.info("%s: Ray token deleted", job.run_id)
+
+
+def _attempt_of(job_id: str, run_id: str) -> int | None:
+    """The attempt a run id of `job_id` names (`<job>` → 1, `<job>-a<n>` → n), None for another name."""
+    if run_id == job_id:
+        return 1
+    rest = run_id.removeprefix(f"{job_id}-a")
+    return int(rest) if rest != run_id and rest.isdigit() and RUN_ID_PATTERN.fullmatch(run_id) else None
 
 
 def issue_token(tokens: ClusterTokens, job: Job) -> str:

@@ -18,6 +18,7 @@ from raylauncher.cli.errors import Refused
 from raylauncher.cli.http import ApiError
 from raylauncher.cli.system import _job_id, add_system_commands
 from raylauncher.cli.targets import STACK_ENV, TargetError
+from raylauncher.config import BASTION_LAUNCHER
 from raylauncher.errors import ConfigError, JobNotFound
 
 TARGET_HELP = f"""targets: --stack NAME (or ${STACK_ENV}) reads the stack's CloudFormation outputs (ApiUrl, DataBucket,
@@ -121,11 +122,37 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:
                         "to the head's port 8265 through the bastion with SSM Session Manager\n"
                         f"({a.PORT_FORWARDING_DOCUMENT}; no SSH key, no open port), printing the\n"
                         "URL and the exact `aws ssm start-session` command it runs; Ctrl-C closes it.\n"
-                        "Needs the AWS CLI and the session-manager-plugin, and a job in SUBMITTED or RUNNING.",
+                        "Needs the AWS CLI and the session-manager-plugin, and a job in SUBMITTED or RUNNING.\n\n"
+                        "The cluster asks for its Ray token (paste it once; the browser keeps a cookie): how to\n"
+                        "get it is printed on stderr (and `token_command` with -o json); see cluster-token.",
                         both, epilog=TARGET_HELP)  # fmt: skip
     dashboard.add_argument("job_id", type=_job_id, metavar="JOB")
     dashboard.add_argument("--local-port", type=int, default=a.RAY_DASHBOARD_PORT,
                            help="local port of the tunnel (default %(default)s)")  # fmt: skip
+
+    token_output = argparse.ArgumentParser(add_help=False)
+    token_output.add_argument("-o", "--output", choices=["text", "json"], default="text",
+                              help="text: the token alone (default); json: job_id, run_id and token")  # fmt: skip
+    token = _parser(sub, "cluster-token", "tokens:cmd_cluster_token",
+                    "print a running cluster's Ray token (its dashboard and Jobs API ask for it)",
+                    "Print the Ray token of a job's running cluster, alone on stdout. Every cluster runs\n"
+                    "with Ray token authentication: its dashboard's page asks for the token (paste it once;\n"
+                    "the browser keeps a cookie); scripts send `Authorization: Bearer <token>`. A token\n"
+                    "exists only while its cluster is up: it is deleted at teardown.\n\n"
+                    "--target local: the job's current attempt from the API, its token from the local\n"
+                    "system. --stack NAME: the same from the stack, but only the bastion and the cluster's\n"
+                    "nodes may read tokens (not the operator role). No target (on the bastion, in a shell\n"
+                    "opened with `aws ssm start-session --target <bastion id>`):\n"
+                    f"  sudo {BASTION_LAUNCHER} cluster-token JOB\n"
+                    "reads it with the environment's credentials and region (the highest attempt's token).",
+                    [target, token_output],
+                    epilog=f"exit codes: 0 printed; {exits.ERROR} not allowed to read it (or another AWS error); "
+                           f"{exits.USAGE} bad arguments,\nno credentials or region; {exits.NOT_FOUND} no such job, or no "
+                           f"cluster up (no token); {exits.UNREACHABLE} the API or SSM did not answer.\n\n"
+                           + TARGET_HELP)  # fmt: skip
+    token.add_argument("job_id", type=_job_id, metavar="JOB")
+    token.add_argument("--attempt", type=a.attempt_number, metavar="N",
+                       help="this attempt's token (default: the job's current attempt; no target: the highest)")  # fmt: skip
 
     doctor = _parser(sub, "doctor", "doctor:cmd_doctor", "check this machine can operate the target (one line per check)",
                      "Checks, one line each: AWS credentials and region, the stack and its outputs, the\n"

@@ -56,3 +56,13 @@ def positive(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r}: a whole number of at least 1")
     return int(value)
+
+
+#: A job's attempts are numbered 1 to 999 (the run id's `-a<n>` suffix, model.RUN_ID_PATTERN).
+MAX_ATTEMPT = 999
+
+
+def attempt_number(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_ATTEMPT:
+        raise argparse.ArgumentTypeError(f"{value!r}: an attempt number from 1 to {MAX_ATTEMPT}")
+    return int(value)

@@ -1,6 +1,7 @@
 """The operator's commands: submit, jobs list/show/logs/cancel, pipelines, dashboard. Each reads
 its target, makes API calls through ApiClient and renders; none touches AWS resources directly
-except `dashboard`, which starts an SSM session (what the operator role allows)."""
+except `dashboard`, which starts an SSM session (what the operator role allows). `cluster-token`
+is in tokens.py (it also runs on the bastion, which has no rich)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from raylauncher.cli.arguments import POLL_INTERVAL_S, PORT_FORWARDING_DOCUMENT,
 from raylauncher.cli.errors import Refused
 from raylauncher.cli.http import ApiClient
 from raylauncher.cli.targets import Target, resolve_target
+from raylauncher.cli.tokens import bastion_shell_command, token_command, token_hint
 
 #: The statuses in which a job has a cluster that can answer.
 CLUSTER_RUNNING = ("SUBMITTED", "RUNNING")
@@ -237,7 +239,11 @@ def cmd_dashboard(args: argparse.Namespace, run: Runner = subprocess.call,
         url = cluster.get("dashboard_url")
         if not url:
             raise Refused(f"{job['job_id']}: the API reports no dashboard URL for its cluster yet; try again in a moment")
-        render.print_json({"url": url}) if wants_json(args) else print(url)
+        if wants_json(args):
+            render.print_json({"url": url, "token_command": token_command(target, job["job_id"])})
+        else:
+            print(url, flush=True)
+        print(token_hint(target, job["job_id"], url), file=sys.stderr, flush=True)
         return exits.OK
     head_ip = cluster.get("head_ip")
     if not head_ip:
@@ -249,10 +255,12 @@ def cmd_dashboard(args: argparse.Namespace, run: Runner = subprocess.call,
     command = port_forwarding_command(target, head_ip, args.local_port)
     url = f"http://127.0.0.1:{args.local_port}"
     if wants_json(args):
-        render.print_json({"url": url, "command": command})
+        render.print_json({"url": url, "command": command, "token_command": token_command(target, job["job_id"]),
+                           "token_shell": bastion_shell_command(target)})  # fmt: skip
     else:
         print(f"Ray dashboard of {job['job_id']}: {url}  (Ctrl-C closes the tunnel)")
         print("$ " + shlex.join(command), flush=True)
+    print(token_hint(target, job["job_id"], url), file=sys.stderr, flush=True)
     try:
         return run(command)
     except KeyboardInterrupt:

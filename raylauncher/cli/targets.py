@@ -35,6 +35,8 @@ class Target:
     #: botocore credentials that sign requests (SigV4, service execute-api). A stack needs them;
     #: the local API resolves them to the caller (allowed_principals) and accepts none too.
     credentials: Any = None
+    #: The local system's AWS endpoint (moto server); None for a stack (AWS itself).
+    endpoint_url: str | None = None
 
     @property
     def describe(self) -> str:
@@ -101,7 +103,8 @@ def local_target(env: Mapping[str, str] = os.environ) -> Target:
         raise TargetError(f"no local system is running ({path} missing or stale): start one with `raylauncher serve` "
                           "in another shell, or pass --stack NAME for a deployed stack")  # fmt: skip
     return Target(kind="local", api_url=state.api_url.rstrip("/"), region=state.region, bucket=state.bucket,
-                  table=state.table, credentials=local_credentials(aws_session(state.region)))  # fmt: skip
+                  table=state.table, credentials=local_credentials(aws_session(state.region)),
+                  endpoint_url=state.endpoint_url)  # fmt: skip
 
 
 def local_credentials(session: Any) -> Any:

@@ -87,6 +87,7 @@ def run_serve(port: int) -> int:
                 write_state(serve_state, ServeState(
                     api_url=server.base_url, pid=os.getpid(), bucket=system.settings.bucket,
                     table=system.settings.table, region=system.settings.region,
+                    endpoint_url=system.settings.endpoint_url,
                 ))  # fmt: skip
                 first = system.pipelines.pipelines[0]
                 print(usage(server.base_url, env_file, first.name, first.schedules[0].name if first.schedules else None))

@@ -23,6 +23,9 @@ class ServeState:
     bucket: str
     table: str
     region: str
+    #: The local AWS (moto server) the system runs on: `raylauncher cluster-token --target local`
+    #: reads a cluster's Ray token from its SSM. None in a file written before it was recorded.
+    endpoint_url: str | None = None
 
 
 def state_file(env: dict[str, str] | os._Environ[str] = os.environ) -> Path:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +75,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
             with LocalApiServer(api_handler.handler) as server:
                 state = root / "serve.json"
                 write_state(state, ServeState(api_url=server.base_url, pid=os.getpid(), bucket=system.settings.bucket,
-                                              table=system.settings.table, region=system.settings.region))  # fmt: skip
+                                              table=system.settings.table, region=system.settings.region,
+                                              endpoint_url=system.settings.endpoint_url))  # fmt: skip
                 os.environ[STATE_FILE_ENV] = str(state)  # local_system restores the environment on exit
                 os.environ.pop("RAYLAUNCHER_STACK", None)
                 yield system
@@ -160,7 +162,18 @@ def test_a_failed_job_exits_10_with_its_reason(served: LocalSystem, capsys: pyte
     assert (code, job["status"], job["reason_code"]) == (exits.JOB_OUTCOMES["FAILED"], "FAILED", "RAY_JOB_FAILED")
 
 
-def test_cancel_a_running_job_ends_its_wait_with_12_and_dashboard_while_it_ran(
+def jobs_api_status(dashboard_url: str, token: str | None) -> int:
+    """GET the cluster's Jobs API (what `ray job list` calls), with the token as a Bearer header or without."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(dashboard_url.rstrip("/") + "/api/jobs/", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_cancel_a_running_job_ends_its_wait_with_12_and_dashboard_and_token_while_it_ran(
     served: LocalSystem, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given a long job submitted and followed by another shell
@@ -168,13 +181,21 @@ def test_cancel_a_running_job_ends_its_wait_with_12_and_dashboard_while_it_ran(
     assert proc.stderr is not None
     job_id = proc.stderr.readline().split()[0]
     wait_for(capsys, job_id, {"RUNNING"})
-    # When the operator opens its dashboard (locally: the local cluster's URL, and it answers);
-    # waiting for i11-api (JobView.cluster) until it is merged
+    # When the operator opens its dashboard (locally: the local cluster's URL; stderr says the
+    # cluster asks for its Ray token and how to get it); waiting for i11-api (JobView.cluster)
     if CLUSTER_IN_VIEW:
-        code, url, _ = cli(capsys, "dashboard", job_id)
-        assert code == exits.OK and url.strip().startswith("http://127.0.0.1:")
-        with urllib.request.urlopen(url.strip() + "/api/version", timeout=10) as response:
-            assert response.status == 200
+        code, url, hint = cli(capsys, "dashboard", job_id)
+        url = url.strip()
+        assert code == exits.OK and url.startswith("http://127.0.0.1:")
+        assert f"raylauncher cluster-token {job_id} --target local" in hint
+        # and asks for the token as the hint says: printed alone; the cluster's Jobs API accepts
+        # it and refuses a call without it (or with another)
+        code, out, err = cli(capsys, "cluster-token", job_id, "--target", "local")
+        token = out.strip()
+        assert code == exits.OK and out == token + "\n" and len(token) == 64, err
+        assert jobs_api_status(url, token) == 200
+        assert jobs_api_status(url, None) == 401
+        assert jobs_api_status(url, "0" * 64) in (401, 403)
     # and cancels it with the old alias (through the API: serve is running)
     code, out, _ = cli(capsys, "cancel", job_id)
     assert code == exits.OK and "cancel requested" in out
@@ -183,6 +204,9 @@ def test_cancel_a_running_job_ends_its_wait_with_12_and_dashboard_while_it_ran(
     assert proc.returncode == exits.JOB_OUTCOMES["CANCELLED"], err
     code, out, err = cli(capsys, "dashboard", job_id)
     assert code == exits.ERROR and "CANCELLED: it has no running cluster" in err
+    # and its token is gone with its cluster (deleted at teardown): 3
+    code, out, err = cli(capsys, "cluster-token", job_id, "--target", "local", "--attempt", "1")
+    assert (code, out) == (exits.NOT_FOUND, "") and "deleted at teardown" in err
 
 
 @waiting_for_pipelines

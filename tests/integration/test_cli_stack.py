@@ -21,6 +21,7 @@ from lambdas.api import handler as api_handler
 from raylauncher import aws
 from raylauncher.cli import exits, main
 from raylauncher.cli.http import sign
+from raylauncher.cluster_tokens import new_token, token_parameter
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.stack import FAKE_CREDENTIALS
 from raylauncher.model import JobStatus
@@ -289,3 +290,61 @@ def test_pipelines_list_and_show(stack: DeployedStack, capsys: pytest.CaptureFix
     assert code == exits.OK and json.loads(out)["name"] == PIPELINE
     code, _, err = cli(capsys, "--stack", stack.name, "pipelines", "show", "no-such-pipeline")
     assert code == exits.NOT_FOUND
+
+
+# ---------------------------------------------------------------- cluster-token
+
+
+def put_token(stack: DeployedStack, job_id: str, run_id: str, token: str) -> None:
+    """What the driver does before the cluster starts: the attempt's token, a SecureString."""
+    aws.client("ssm", stack.api.settings).put_parameter(Name=token_parameter(job_id, run_id), Value=token,
+                                                        Type="SecureString", Overwrite=True)  # fmt: skip
+
+
+def test_cluster_token_reads_the_running_attempts_secure_string_through_the_stack(
+    stack: DeployedStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a RUNNING job whose cluster's token is in SSM (credentials allowed to read it)
+    job_id = running_job(stack, capsys)
+    token = new_token()
+    put_token(stack, job_id, job_id, token)
+    # When the token is asked for on the stack
+    code, out, err = cli(capsys, "--stack", stack.name, "cluster-token", job_id)
+    # Then stdout is the token alone (and nothing else anywhere has it); the job was read over the API
+    assert (code, out) == (exits.OK, token + "\n")
+    assert token not in err
+    assert stack.gateway.accepted[-1] == ("GET", f"/jobs/{job_id}") and stack.gateway.refused == []
+    code, out, _ = cli(capsys, "--stack", stack.name, "cluster-token", job_id, "-o", "json")
+    assert json.loads(out) == {"job_id": job_id, "run_id": job_id, "token": token}
+    # Given its token deleted (as at teardown): 3, saying so
+    aws.client("ssm", stack.api.settings).delete_parameter(Name=token_parameter(job_id, job_id))
+    code, out, err = cli(capsys, "--stack", stack.name, "cluster-token", job_id)
+    assert (code, out) == (exits.NOT_FOUND, "") and "deleted at teardown" in err
+    # Given a job that ended (cancelled): 3 as well
+    cancelled = submit(stack, capsys)
+    assert cli(capsys, "--stack", stack.name, "jobs", "cancel", cancelled)[0] == exits.OK
+    code, _, err = cli(capsys, "--stack", stack.name, "cluster-token", cancelled)
+    assert code == exits.NOT_FOUND and "is CANCELLED" in err
+
+
+def test_cluster_token_with_no_target_reads_the_highest_attempt_as_on_the_bastion(
+    stack: DeployedStack, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given no target (no serve, no stack named: on the bastion, with its credentials and region),
+    # and the tokens of a job's attempts 1 and 2 (attempt 1's teardown did not delete it)
+    monkeypatch.delenv("RAYLAUNCHER_STACK", raising=False)
+    job_id = f"sales-summary-20260101-000000-{uuid.uuid4().hex[:8]}"
+    first, second = new_token(), new_token()
+    put_token(stack, job_id, job_id, first)
+    put_token(stack, job_id, f"{job_id}-a2", second)
+    # When the token is asked for: the highest attempt's, with no API call
+    code, out, _ = cli(capsys, "cluster-token", job_id, "-o", "json")
+    assert code == exits.OK and json.loads(out) == {"job_id": job_id, "run_id": f"{job_id}-a2", "token": second}
+    code, out, _ = cli(capsys, "cluster-token", job_id, "--attempt", "1")
+    assert (code, out) == (exits.OK, first + "\n")
+    assert stack.gateway.accepted == []
+    # Given no token left for the job: 3
+    ssm = aws.client("ssm", stack.api.settings)
+    ssm.delete_parameters(Names=[token_parameter(job_id, job_id), token_parameter(job_id, f"{job_id}-a2")])
+    code, out, err = cli(capsys, "cluster-token", job_id)
+    assert (code, out) == (exits.NOT_FOUND, "") and f"no Ray token for any attempt of {job_id}" in err

@@ -69,7 +69,8 @@ def _run_id(settings: Settings, job_id: str) -> str:
 
 def cmd_driver_run(args: argparse.Namespace) -> int:
     """Run the driver in the foreground until the job is terminal."""
-    # Every Ray client and cluster we start sets auth explicitly (see shared NOTES).
+    # The driver's Ray clients send each cluster's own token as a header; the process's own auth
+    # mode is set explicitly so that no token file in a home directory decides (see shared NOTES).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     from raylauncher.wiring import build_driver
 

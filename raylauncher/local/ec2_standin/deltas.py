@@ -10,7 +10,7 @@ The EC2 backend, the rendered cluster.yaml and the driver are the production one
    the job get credentials from the instance profile and reach AWS's endpoints; here the
    node's login profile points them at moto through the forwarder on the bridge, with fake keys
    of the node role's own (aws.LOCAL_ACCESS_KEY_IDS: moto's call log tells its calls apart).
-   Ray auth is disabled explicitly (never left to a token file in a home directory).
+   Ray runs in token mode with each cluster's own token, read from moto's SSM as on EC2.
 3. The seeded ids (VPC, subnets, security group, AMI, instance profile) are moto's, written
    into the same `ec2-deployment.json` a stack writes onto the bastion (see seed.py).
 """

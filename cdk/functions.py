@@ -29,7 +29,7 @@ _MANAGED = "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/{}]"
 LAMBDA_ACKNOWLEDGED = {
     _MANAGED.format("AWSLambdaBasicExecutionRole"): "the AWS-maintained minimum for writing the function's own logs",
     _MANAGED.format("AWSLambdaVPCAccessExecutionRole"): "the AWS-maintained minimum for a function in a VPC (its ENIs)",
-    "IAM5[Resource::*]": "actions with no resource scoping: X-Ray PutTraceSegments/PutTelemetryRecords (active tracing); the watchdog also ec2:DescribeInstances and ssm:GetCommandInvocation (read-only: a command's status and output)",
+    "IAM5[Resource::*]": "actions with no resource scoping: X-Ray PutTraceSegments/PutTelemetryRecords (active tracing); the watchdog also ec2:DescribeInstances, ssm:GetCommandInvocation (read-only: a command's status and output) and ssm:DescribeParameters (names and dates of parameters, never values: to find orphaned Ray tokens)",
     "L1": "Python 3.12 on purpose: the Powertools layer is resolved from its python3.12 SSM parameter; "
           "RUNTIME and POWERTOOLS_LAYER_PARAMETER move together",
 }  # fmt: skip

@@ -161,8 +161,12 @@ class RayLauncherStack(Stack):
         ))  # fmt: skip
         acknowledge(watchdog_fn, f"IAM5[Resource::{NAG_EC2_ARN}instance/*]",
                     "the reaper terminates only instances tagged ray-cluster-name=rl-* (the statement's condition)")
-        # The takeover teardown deletes the lost driver's Ray token (ClusterTeardown.teardown).
+        # The takeover teardown deletes the lost driver's Ray token (ClusterTeardown.teardown); the
+        # sweep lists token parameters (names and dates, no values) to delete orphaned ones.
         allow_tokens(watchdog_fn, watchdog_fn, "watchdog")
+        watchdog_fn.add_to_role_policy(iam.PolicyStatement(
+            sid="ListTokenParameters", actions=["ssm:DescribeParameters"], resources=["*"]))  # fmt: skip
+        # (DescribeParameters has no resource-level permissions: acknowledged in cdk/functions.py)
         # A LAUNCHING job whose SSM command already failed is ended at once (Bastion.launch_failure).
         watchdog_fn.add_to_role_policy(iam.PolicyStatement(actions=["ssm:GetCommandInvocation"], resources=["*"]))
         # (no resource-level permissions: acknowledged with the others in cdk/functions.py)

@@ -23,6 +23,8 @@ import re
 import secrets
 import shlex
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -88,6 +90,15 @@ def fetch_token_shell(job: Job, region: str) -> str:
     return f"python -c {shlex.quote(script)} {shlex.quote(token_parameter(job.job_id, job.run_id))} {shlex.quote(region)}"
 
 
+@dataclass(frozen=True)
+class StoredToken:
+    """A token parameter as listed (its name and age only, never its value)."""
+
+    job_id: str
+    run_id: str
+    stored_at: datetime
+
+
 class ClusterTokens(ABC):
     @abstractmethod
     def issue(self, job: Job) -> str:
@@ -100,6 +111,14 @@ class ClusterTokens(ABC):
     @abstractmethod
     def revoke(self, job: Job) -> None:
         """Delete the attempt's token (nothing to do if there is none)."""
+
+    @abstractmethod
+    def stored(self) -> list[StoredToken]:
+        """Every token parameter that exists (metadata only), for the watchdog's sweep."""
+
+    @abstractmethod
+    def delete(self, token: StoredToken) -> None:
+        """Delete a listed token parameter (nothing to do if it is gone)."""
 
 
 class SsmClusterTokens(ClusterTokens):
@@ -155,14 +174,37 @@ class SsmClusterTokens(ClusterTokens):
         return found[max(found)]
 
     def revoke(self, job: Job) -> None:
+        self._delete(job.job_id, job.run_id)
+
+    def delete(self, token: StoredToken) -> None:
+        self._delete(token.job_id, token.run_id)
+
+    def _delete(self, job_id: str, run_id: str) -> None:
         try:
-            self._ssm.delete_parameter(Name=token_parameter(job.job_id, job.run_id))
+            self._ssm.delete_parameter(Name=token_parameter(job_id, run_id))
         except (ClientError, BotoCoreError) as err:
             code = error_code(err)
             if code == "ParameterNotFound":
                 return
-            raise TokenUnavailable(job.run_id, "deleted", code) from None
-        log.info("%s: Ray token deleted", job.run_id)
+            raise TokenUnavailable(run_id, "deleted", code) from None
+        log.info("%s: Ray token deleted", run_id)
+
+    def stored(self) -> list[StoredToken]:
+        """DescribeParameters under TOKEN_PATH: names and dates, no values (no decryption)."""
+        listed: list[StoredToken] = []
+        filters = [{"Key": "Path", "Option": "Recursive", "Values": [TOKEN_PATH.rstrip("/")]}]
+        try:
+            for page in self._ssm.get_paginator("describe_parameters").paginate(ParameterFilters=filters):
+                for meta in page.get("Parameters", []):
+                    job_id, _, run_id = str(meta["Name"]).removeprefix(TOKEN_PATH).partition("/")
+                    try:
+                        token_parameter(job_id, run_id)
+                    except ValueError:
+                        continue  # not one of ours
+                    listed.append(StoredToken(job_id, run_id, meta["LastModifiedDate"]))
+        except (ClientError, BotoCoreError) as err:
+            raise TokenUnavailable("(all)", "listed", error_code(err)) from None
+        return listed
 
 
 def _attempt_of(job_id: str, run_id: str) -> int | None:

@@ -15,6 +15,9 @@ Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locall
    "slot freed" event would otherwise leave them queued forever);
 3. terminates the nodes of clusters past their `raylauncher:expires-at` (raylauncher/reaper.py),
    when a reaper is given (on AWS);
+3b. deletes Ray token parameters whose cluster is gone (raylauncher/cluster_tokens.py) that a
+   driver and a takeover both failed to delete: the job ended, moved on to a later attempt,
+   or does not exist — never the token of a TEARDOWN_FAILED job (its cluster may still be up);
 4. reports jobs that need a person: TEARDOWN_FAILED in the last day (the cluster may still be
    up) and running jobs whose driver stopped sending heartbeats. The Lambda publishes the counts
    as CloudWatch metrics; the stack's alarms page whoever subscribed to its alerts topic.
@@ -30,7 +33,8 @@ from datetime import datetime, timedelta
 
 from raylauncher.admission import Launcher
 from raylauncher.bastion import LaunchFailure
-from raylauncher.errors import IllegalTransition, RayLauncherError, TeardownFailed, TransitionConflict
+from raylauncher.cluster_tokens import ClusterTokens, TokenUnavailable
+from raylauncher.errors import IllegalTransition, JobNotFound, RayLauncherError, TeardownFailed, TransitionConflict
 from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
 from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.retries import next_attempt
@@ -57,6 +61,7 @@ METRICS = {
     "reaper_failed": "ReaperFailed",
     "drivers_lost": "DriversLost",
     "retried": "JobsRetried",
+    "tokens_deleted": "OrphanTokensDeleted",
 }
 
 
@@ -71,6 +76,7 @@ class SweepReport:
     reaper_failed: list[str] = field(default_factory=list)  # why, when it could not look or act
     drivers_lost: list[str] = field(default_factory=list)  # taken over, cluster torn down
     retried: list[str] = field(default_factory=list)  # queued again for another attempt
+    tokens_deleted: list[str] = field(default_factory=list)  # "<job id>/<run id>" of orphaned tokens
 
     def as_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -89,6 +95,8 @@ class Watchdog:
         clock: Callable[[], datetime] = utc_now,
         teardown: ClusterTeardown | None = None,
         lease_s: float = 60,
+        tokens: ClusterTokens | None = None,
+        token_grace_s: float = 600,
     ) -> None:
         self._store = store
         self._launcher = launcher
@@ -99,6 +107,8 @@ class Watchdog:
         self._clock = clock
         self._teardown = teardown  # None: lost drivers are only reported (silent_drivers)
         self._lease = timedelta(seconds=lease_s)
+        self._tokens = tokens  # None: token parameters are left to the drivers and takeovers
+        self._token_grace = timedelta(seconds=token_grace_s)
 
     def sweep(self) -> SweepReport:
         now = self._clock()
@@ -127,11 +137,45 @@ class Watchdog:
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
+        if self._tokens:
+            report.tokens_deleted = self._delete_orphaned_tokens(now)
         changed = report.failed_unclaimed or report.drivers_lost
         report.launched = [j.job_id for j in self._launcher.launch_queued(None if changed else jobs)]
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report
+
+    def _delete_orphaned_tokens(self, now: datetime) -> list[str]:
+        """Tokens older than the grace (a driver that just stored one is never raced) whose job
+        ended (except TEARDOWN_FAILED), is on a later attempt, or does not exist."""
+        assert self._tokens is not None
+        try:
+            stored = self._tokens.stored()
+        except TokenUnavailable as err:
+            log.warning("could not list the Ray token parameters: %s", err)
+            return []
+        deleted = []
+        for token in stored:
+            if now - token.stored_at < self._token_grace:
+                continue
+            try:
+                job: Job | None = self._store.get(token.job_id)
+            except JobNotFound:
+                job = None
+            except RayLauncherError as err:  # the store cannot say now: the next sweep will
+                log.warning("token of %s kept for now: %s", token.run_id, err)
+                continue
+            if job and job.run_id == token.run_id and (not job.is_terminal or job.status == JobStatus.TEARDOWN_FAILED):
+                continue  # its cluster is (or may be) up
+            try:
+                self._tokens.delete(token)
+            except TokenUnavailable as err:
+                log.warning("orphaned Ray token of %s not deleted: %s", token.run_id, err)
+                continue
+            deleted.append(f"{token.job_id}/{token.run_id}")
+        if deleted:
+            log.info("deleted orphaned Ray tokens: %s", deleted)
+        return deleted
 
     def _jobs_to_sweep(self) -> list[Job]:
         """What a sweep looks at, from the job table's indexes, never a scan of its history:

@@ -192,4 +192,4 @@ def build_watchdog(settings: Settings) -> Watchdog:
     tokens = build_cluster_tokens(settings, local_role="watchdog")
     teardown: ClusterTeardown = Ec2TagTeardown(ec2, tokens) if ec2 else LocalProcessTeardown(tokens)
     return Watchdog(store, build_launcher(settings, store), reaper=reaper, teardown=teardown,
-                    lease_s=settings.driver_lease_s)  # fmt: skip
+                    lease_s=settings.driver_lease_s, tokens=tokens)  # fmt: skip

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raylauncher.cluster_tokens import ClusterTokens, TokenNotFound, new_token
+from raylauncher.cluster_tokens import ClusterTokens, StoredToken, TokenNotFound, new_token
 from raylauncher.local.secrets_scan import TokenWitness
 from raylauncher.model import Job
 
@@ -32,3 +32,9 @@ class MemoryClusterTokens(ClusterTokens):
     def revoke(self, job: Job) -> None:
         if self.tokens.pop(job.run_id, None) is not None:
             self.revoked.append(job.run_id)
+
+    def stored(self) -> list[StoredToken]:
+        return []  # tests of the sweep use the SSM adapter on moto
+
+    def delete(self, token: StoredToken) -> None:
+        self.tokens.pop(token.run_id, None)

@@ -242,3 +242,45 @@ def test_a_launch_whose_ssm_command_failed_ends_at_once_not_after_the_grace(sett
     assert report.failed_unclaimed == [job.job_id]
     assert (done.status, done.reason_code, done.slot_held) == (JobStatus.FAILED, ReasonCode.DRIVER_NOT_STARTED, False)
     assert "ended Failed" in (done.reason_message or "") and "command not found" in (done.reason_message or "")
+
+
+def test_orphaned_ray_tokens_are_deleted_once_their_cluster_is_gone_and_no_other(settings: Settings, system) -> None:
+    from raylauncher import aws
+    from raylauncher.cluster_tokens import SsmClusterTokens, TokenNotFound
+
+    store, launcher = system
+    tokens = SsmClusterTokens(aws.client("ssm", settings))
+    # Given token parameters a driver and a takeover both failed to delete — of a job that
+    # SUCCEEDED, of a job that is not in the table, of a job's earlier attempt — and the tokens
+    # of a running job and of a job whose teardown failed (its cluster may still be up)
+    def job_in(*path: JobStatus, attempt: int = 1) -> Job:
+        job = store.create(Job.new("sales-summary", "api"))
+        job = store.mark(job, attempt=attempt) if attempt > 1 else job
+        for status in path:
+            job = store.transition(job, status)
+        return job
+
+    ended = job_in(JobStatus.LAUNCHING, JobStatus.PROVISIONING, JobStatus.TEARING_DOWN, JobStatus.SUCCEEDED)
+    unknown = Job.new("sales-summary", "api")
+    retried = job_in(JobStatus.LAUNCHING, JobStatus.PROVISIONING, attempt=2)
+    earlier_attempt = retried.model_copy(update={"attempt": 1})
+    running = job_in(JobStatus.LAUNCHING, JobStatus.PROVISIONING)
+    stuck = job_in(JobStatus.LAUNCHING, JobStatus.PROVISIONING, JobStatus.TEARING_DOWN, JobStatus.TEARDOWN_FAILED)
+    for job in (ended, unknown, earlier_attempt, retried, running, stuck):
+        tokens.issue(job)
+    watchdog = Watchdog(store, launcher, tokens=tokens, token_grace_s=600)
+    # When the watchdog sweeps now, Then no token is touched: each is younger than the grace
+    assert watchdog.sweep().tokens_deleted == []
+    # When it sweeps 11 minutes later
+    later = utc_now() + timedelta(minutes=11)
+    report = Watchdog(store, launcher, tokens=tokens, token_grace_s=600, clock=lambda: later).sweep()
+    # Then the orphans are deleted and reported, the others kept
+    orphans = [ended, unknown, earlier_attempt]
+    assert {f"{j.job_id}/{j.run_id}" for j in orphans} <= set(report.tokens_deleted)
+    for job in orphans:
+        with pytest.raises(TokenNotFound):
+            tokens.read(job)
+    for job in (retried, running, stuck):
+        assert tokens.read(job)
+    # And the listing never carried a token's value
+    assert all(not hasattr(t, "value") for t in tokens.stored())

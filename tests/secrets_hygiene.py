@@ -53,7 +53,10 @@ class Hygiene:
             original_stop(server)
 
         MotoServer.stop = stop  # type: ignore[method-assign]
-        logging.getLogger().addHandler(self._log)
+        root = logging.getLogger()
+        root.addHandler(self._log)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)  # the drivers, watchdogs and launchers of this process log at INFO
 
     @property
     def tokens(self) -> set[str]:

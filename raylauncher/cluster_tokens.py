@@ -23,15 +23,16 @@ import re
 import secrets
 import shlex
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
 from raylauncher.errors import ProvisioningFailed, RayLauncherError
-from raylauncher.model import JOB_ID_PATTERN, RUN_ID_PATTERN, Job
+from raylauncher.model import JOB_ID_PATTERN, Job, attempt_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class TokenNotFound(TokenUnavailable):
 
 def token_parameter(job_id: str, run_id: str) -> str:
     """The parameter of one attempt's token (both ids checked: they become a path)."""
-    if not (JOB_ID_PATTERN.fullmatch(job_id) and RUN_ID_PATTERN.fullmatch(run_id) and run_id.startswith(job_id)):
+    if not (JOB_ID_PATTERN.fullmatch(job_id) and attempt_of(job_id, run_id) is not None):
         raise ValueError(f"not a job id and one of its run ids: {job_id!r}, {run_id!r}")
     return f"{TOKEN_PATH}{job_id}/{run_id}"
 
@@ -161,7 +162,7 @@ class SsmClusterTokens(ClusterTokens):
                 answer = self._ssm.get_parameters_by_path(**kwargs)
                 for parameter in answer.get("Parameters", []):
                     run = str(parameter["Name"]).removeprefix(prefix)
-                    attempt = _attempt_of(job_id, run) if str(parameter["Name"]).startswith(prefix) else None
+                    attempt = attempt_of(job_id, run) if str(parameter["Name"]).startswith(prefix) else None
                     if attempt is not None:
                         found[attempt] = (run, str(parameter["Value"]))
                 if not answer.get("NextToken"):
@@ -207,14 +208,6 @@ class SsmClusterTokens(ClusterTokens):
         return listed
 
 
-def _attempt_of(job_id: str, run_id: str) -> int | None:
-    """The attempt a run id of `job_id` names (`<job>` → 1, `<job>-a<n>` → n), None for another name."""
-    if run_id == job_id:
-        return 1
-    rest = run_id.removeprefix(f"{job_id}-a")
-    return int(rest) if rest != run_id and rest.isdigit() and RUN_ID_PATTERN.fullmatch(run_id) else None
-
-
 def issue_token(tokens: ClusterTokens, job: Job) -> str:
     """The cluster's fresh token; ProvisioningFailed (with the AWS error code) if it cannot be stored."""
     try:
@@ -224,9 +217,22 @@ def issue_token(tokens: ClusterTokens, job: Job) -> str:
 
 
 def revoke_token(tokens: ClusterTokens, job: Job) -> None:
-    """Delete the cluster's token at teardown. A failure is logged, never raised: the token is
-    worthless once its cluster is gone, and the teardown's own outcome must stand."""
+    """Delete the cluster's token. A failure is logged, never raised: the token is worthless
+    once its cluster is gone (the watchdog deletes it later), and the teardown's own outcome
+    must stand."""
     try:
         tokens.revoke(job)
     except TokenUnavailable as err:
         log.warning("job %s: %s", job.job_id, err)
+
+
+T = TypeVar("T")
+
+
+def down_then_revoke(tokens: ClusterTokens, job: Job, teardown: Callable[[], T]) -> T:
+    """Run `teardown`; only when it returns (the cluster verified gone) delete the token. A
+    teardown that raised (TeardownFailed: the cluster may still be up) keeps it: whoever looks
+    into the cluster, and a worker its autoscaler still starts, need it."""
+    result = teardown()
+    revoke_token(tokens, job)
+    return result

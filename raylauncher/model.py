@@ -124,6 +124,14 @@ def run_id(job_id: str, attempt: int) -> str:
     return job_id if attempt <= 1 else f"{job_id}-a{attempt}"
 
 
+def attempt_of(job_id: str, run: str) -> int | None:
+    """The inverse of `run_id`: the attempt `run` names for `job_id` (None: not a run of it)."""
+    if run == job_id:
+        return 1
+    rest = run.removeprefix(f"{job_id}-a")
+    return int(rest) if rest != run and rest.isdigit() and RUN_ID_PATTERN.fullmatch(run) else None
+
+
 def attempt_cluster_seconds(phase_times: dict[str, str], now: datetime | None = None) -> float:
     """PROVISIONING → the attempt's end (a terminal status, or QUEUED again for a retry) or `now`."""
     started = phase_times.get(JobStatus.PROVISIONING.value)

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from raylauncher.aws import error_code
-from raylauncher.cluster_tokens import ClusterTokens, revoke_token
+from raylauncher.cluster_tokens import ClusterTokens, down_then_revoke
 from raylauncher.errors import TeardownFailed
 from raylauncher.model import Job
 from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
@@ -37,12 +37,10 @@ class ClusterTeardown(ABC):
         self._tokens = tokens
 
     def teardown(self, job: Job) -> None:
-        """Remove the cluster of the job's current attempt and delete its Ray token;
-        TeardownFailed if the cluster cannot be verified gone. Safe when nothing was ever started."""
-        try:
-            self._teardown(job)
-        finally:
-            revoke_token(self._tokens, job)
+        """Remove the cluster of the job's current attempt, then delete its Ray token;
+        TeardownFailed (token kept) if the cluster cannot be verified gone. Safe when nothing
+        was ever started."""
+        down_then_revoke(self._tokens, job, lambda: self._teardown(job))
 
     @abstractmethod
     def _teardown(self, job: Job) -> None: ...

@@ -137,10 +137,13 @@ class Watchdog:
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
-        if self._tokens:
-            report.tokens_deleted = self._delete_orphaned_tokens(now)
         changed = report.failed_unclaimed or report.drivers_lost
         report.launched = [j.job_id for j in self._launcher.launch_queued(None if changed else jobs)]
+        if self._tokens:  # last: nothing here may keep a queued job from launching
+            try:
+                report.tokens_deleted = self._delete_orphaned_tokens(now)
+            except Exception:  # noqa: BLE001 - the next sweep tries again; the rest stands
+                log.exception("the orphaned-token sweep failed")
         if report.teardown_failed or report.silent_drivers or report.reaped or report.reaper_failed:
             log.warning("jobs need attention: %s", report.as_dict())
         return report

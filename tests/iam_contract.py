@@ -20,20 +20,27 @@ from typing import Any
 EC2 = "ec2:"
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def _policy_documents(template: Mapping[str, Any], role_logical_id: str) -> list[Mapping[str, Any]]:
-    """Every policy document the template attaches to the role: the role's own inline policies,
-    and AWS::IAM::Policy / AWS::IAM::ManagedPolicy resources naming it."""
+def stack_documents(template: Mapping[str, Any], role_logical_id: str) -> list[Mapping[str, Any]]:
+    """Every policy document of this stack that applies to the role: its inline policies,
+    AWS::IAM::Policy / AWS::IAM::ManagedPolicy resources naming it, and the stack's managed
+    policies in its ManagedPolicyArns (each once). AWS-managed policy ARNs are not documents
+    of the template: callers that must count them look them up themselves."""
     role_ref = {"Ref": role_logical_id}
     resources = template["Resources"]
-    documents = [p["PolicyDocument"] for p in resources[role_logical_id]["Properties"].get("Policies", [])]
+    role = resources[role_logical_id]["Properties"]
+    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
     for resource in resources.values():
         attached = resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
         if attached and role_ref in resource["Properties"].get("Roles", []):
             documents.append(resource["Properties"]["PolicyDocument"])
+    for arn in role.get("ManagedPolicyArns", []):
+        if isinstance(arn, dict) and set(arn) == {"Ref"} and arn["Ref"] in resources:
+            if role_ref not in resources[arn["Ref"]]["Properties"].get("Roles", []):  # not counted twice
+                documents.append(resources[arn["Ref"]]["Properties"]["PolicyDocument"])
     return documents
 
 
@@ -44,13 +51,13 @@ def granted_ec2_actions(template: Mapping[str, Any], role_logical_id: str, seen:
     any grant nobody uses it needs a written reason."""
     seen = {_qualified(a) for a in seen}
     granted: set[str] = set()
-    for document in _policy_documents(template, role_logical_id):
-        for statement in _as_list(document["Statement"]):
+    for document in stack_documents(template, role_logical_id):
+        for statement in as_list(document["Statement"]):
             if statement["Effect"] != "Allow":
                 continue
             if "NotAction" in statement:
                 raise ValueError(f"{role_logical_id}: an Allow with NotAction cannot be held against a call log")
-            for action in _as_list(statement["Action"]):
+            for action in as_list(statement["Action"]):
                 if not (action.lower().startswith(EC2) or action == "*"):
                     continue
                 if "*" in action or "?" in action:

@@ -67,7 +67,10 @@ def caller() -> Caller:
     """Who sent the current request: the ARN API Gateway's IAM authorization verified
     (`requestContext.identity.userArn`; locally raylauncher/local/http_api.py fills it the same
     way), or none for a request that carried no identity."""
-    return Caller(app.current_event.request_context.identity.user_arn or None)
+    try:
+        return Caller(app.current_event.request_context.identity.user_arn or None)
+    except (KeyError, TypeError):  # an event without an identity block: no identity
+        return Caller(None)
 
 
 _ERROR_DESCRIPTIONS = {

@@ -71,7 +71,7 @@ def cmd_driver_run(args: argparse.Namespace) -> int:
     """Run the driver in the foreground until the job is terminal."""
     # The driver's Ray clients send each cluster's own token as a header; the process's own auth
     # mode is set explicitly so that no token file in a home directory decides (see shared NOTES).
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     from raylauncher.wiring import build_driver
 
     job = build_driver(_settings()).run(args.job_id)

@@ -21,11 +21,14 @@ from raylauncher.cli import exits
 from raylauncher.cli.http import ApiClient
 from raylauncher.cli.targets import Target, TargetError, aws_session, resolve_target, session_region
 from raylauncher.config import BASTION_LAUNCHER
+from raylauncher.model import JobStatus
 
 #: Statuses in which the current attempt has a token: it is issued right before its cluster
-#: starts (PROVISIONING) and deleted when the cluster is torn down (end of TEARING_DOWN).
-TOKEN_STATUSES = ("PROVISIONING", "SUBMITTED", "RUNNING", "TEARING_DOWN")
-NOT_STARTED = ("QUEUED", "LAUNCHING")
+#: starts (PROVISIONING) and deleted once the cluster is verified gone — kept after a failed
+#: teardown (TEARDOWN_FAILED: the cluster may still be up, and whoever looks into it needs it).
+TOKEN_STATUSES = tuple(s.value for s in (JobStatus.PROVISIONING, JobStatus.SUBMITTED, JobStatus.RUNNING,
+                                         JobStatus.TEARING_DOWN, JobStatus.TEARDOWN_FAILED))  # fmt: skip
+NOT_STARTED = (JobStatus.QUEUED.value, JobStatus.LAUNCHING.value)
 DENIED_CODES = {"AccessDeniedException", "AccessDenied"}
 #: botocore's exceptions when SSM did not answer (TokenUnavailable.code is their class name).
 UNREACHABLE_CODES = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}

@@ -77,10 +77,17 @@ def _get(url: str, headers: dict[str, str]) -> Any:
 
 
 def jobs_api_answers(dashboard_url: str, headers: dict[str, str]) -> bool:
-    """True once the Jobs API answers 200 to a caller with the cluster's token."""
+    """True once the Jobs API answers 200 to a caller with the cluster's token. A 401/403 is
+    no "not up yet": the cluster runs with another token (or none), and waiting cannot help."""
     try:
         with _get(f"{dashboard_url}/api/jobs/", headers) as resp:
             return bool(resp.status == 200)
+    except urllib.error.HTTPError as err:
+        if err.code in (401, 403):
+            raise ProvisioningFailed(
+                f"the cluster's Jobs API refused the driver's Ray token (HTTP {err.code}): it runs with another token"
+            ) from None
+        return False
     except (urllib.error.URLError, OSError):
         return False
 

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from raylauncher.cluster_tokens import ClusterTokens, auth_headers, issue_token, revoke_token
+from raylauncher.cluster_tokens import ClusterTokens, auth_headers, down_then_revoke, issue_token
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api, wait_for_nodes
 from raylauncher.clusters.ec2_config import (
     cluster_name,
@@ -176,10 +176,7 @@ class Ec2RayBackend(ClusterBackend):
             return []
 
     def down(self, job: Job) -> int:
-        try:
-            return self._down(job)
-        finally:
-            revoke_token(self._tokens, job)
+        return down_then_revoke(self._tokens, job, lambda: self._down(job))
 
     def _down(self, job: Job) -> int:
         path = self.config_path(job.run_id)

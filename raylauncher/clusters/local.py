@@ -20,7 +20,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
-from raylauncher.cluster_tokens import ClusterTokens, auth_headers, issue_token, revoke_token, token_env
+from raylauncher.cluster_tokens import ClusterTokens, auth_headers, down_then_revoke, issue_token, token_env
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
 from raylauncher.clusters.processes import marker_env, stop_processes
 from raylauncher.config import Pipeline
@@ -134,10 +134,7 @@ class LocalRayBackend(ClusterBackend):
         return None
 
     def down(self, job: Job) -> int:
-        try:
-            return self._down(job)
-        finally:
-            revoke_token(self._tokens, job)
+        return down_then_revoke(self._tokens, job, lambda: self._down(job))
 
     def _down(self, job: Job) -> int:
         cluster = self._clusters.pop(job.run_id, None)

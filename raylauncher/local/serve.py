@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from raylauncher.local.http_api import LocalApiServer, StsIdentities
+from raylauncher.local.http_api import LocalApiServer
+from raylauncher.local.identities import StsIdentities
 from raylauncher.local.runtime import PROJECT_DIR, LocalSystem, local_system
 from raylauncher.local.shutdown import WATCHDOG_EVERY_S, stop_unfinished_jobs, sweep
 from raylauncher.local.serve_state import ServeState, state_file, write_state

@@ -22,6 +22,7 @@ import pytest
 
 from cdk.cluster_access import TOKEN_ACTIONS
 from raylauncher.cluster_tokens import TOKEN_PATH, token_parameter
+from tests.iam_contract import as_list, stack_documents
 from tests.infrastructure.conftest import Synthesized
 
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012"}
@@ -74,10 +75,6 @@ AWS_MANAGED_PARAMETER_ACCESS: dict[str, list[dict[str, Any]]] = {
 _AWS_MANAGED_PREFIX = ":iam::aws:policy/"
 
 
-def _as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 def arn_pattern(value: Any) -> str:
     """A CloudFormation string as the IAM pattern it becomes: pseudo parameters as PSEUDO, and
     any other reference (`Ref` of a resource, `Fn::GetAtt`, anything else) as `*`: the template
@@ -123,13 +120,13 @@ def allows(statement: Mapping[str, Any], action: str, resource: str | Under) -> 
     if statement.get("Effect") != "Allow":
         return False
     if "Action" in statement:
-        action_ok = any(fnmatchcase(action.lower(), a.lower()) for a in _as_list(statement["Action"]))
+        action_ok = any(fnmatchcase(action.lower(), a.lower()) for a in as_list(statement["Action"]))
     else:
-        action_ok = not any(fnmatchcase(action.lower(), a.lower()) for a in _as_list(statement["NotAction"]))
+        action_ok = not any(fnmatchcase(action.lower(), a.lower()) for a in as_list(statement["NotAction"]))
     if "Resource" in statement:
-        resource_ok = any(matches_some(arn_pattern(r), resource) for r in _as_list(statement["Resource"]))
+        resource_ok = any(matches_some(arn_pattern(r), resource) for r in as_list(statement["Resource"]))
     else:  # allowed unless every ARN meant is excluded
-        resource_ok = not any(matches_all(arn_pattern(r), resource) for r in _as_list(statement["NotResource"]))
+        resource_ok = not any(matches_all(arn_pattern(r), resource) for r in as_list(statement["NotResource"]))
     return action_ok and resource_ok
 
 
@@ -159,17 +156,10 @@ def role_documents(template: Mapping[str, Any], role_id: str, *, aws_managed: bo
     AWS_MANAGED_PARAMETER_ACCESS, KeyError naming one that is not there; left out with
     `aws_managed=False`). References to the stack's own SSM parameters become their names."""
     resources = template["Resources"]
-    role = resources[role_id]["Properties"]
-    documents = [p["PolicyDocument"] for p in role.get("Policies", [])]
-    for resource in resources.values():
-        if resource["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy") and \
-                {"Ref": role_id} in resource["Properties"].get("Roles", []):  # fmt: skip
-            documents.append(resource["Properties"]["PolicyDocument"])
-    for arn in role.get("ManagedPolicyArns", []):
+    documents = list(stack_documents(template, role_id))
+    for arn in resources[role_id]["Properties"].get("ManagedPolicyArns", []):
         if isinstance(arn, dict) and set(arn) == {"Ref"} and arn["Ref"] in resources:
-            if {"Ref": role_id} not in resources[arn["Ref"]]["Properties"].get("Roles", []):  # not counted twice
-                documents.append(resources[arn["Ref"]]["Properties"]["PolicyDocument"])
-            continue
+            continue  # the stack's own: in stack_documents
         rendered = arn_pattern(arn)
         if _AWS_MANAGED_PREFIX not in rendered:
             raise KeyError(f"{role_id}: managed policy {arn} is neither in the template nor AWS-managed")
@@ -196,7 +186,7 @@ def paths_above(prefix: str) -> list[str]:
 def may_read(documents: Iterable[Mapping[str, Any]], resource: str | Under = TOKENS) -> bool:
     """Whether the documents let read the value of the parameter (or of some parameter of the
     set): a read action on it, or GetParametersByPath on a path holding it (recursive)."""
-    statements = [st for doc in documents for st in _as_list(doc["Statement"])]
+    statements = [st for doc in documents for st in as_list(doc["Statement"])]
     by_path = [resource, *paths_above(resource.prefix if isinstance(resource, Under) else resource + "/")]
     return any(allows(st, a, resource) for st in statements for a in READ_ACTIONS) or \
         any(allows(st, READ_BY_PATH, path) for st in statements for path in by_path)  # fmt: skip
@@ -204,7 +194,7 @@ def may_read(documents: Iterable[Mapping[str, Any]], resource: str | Under = TOK
 
 def may(documents: Iterable[Mapping[str, Any]], actions: Iterable[str], resource: str | Under = TOKENS) -> bool:
     actions = tuple(actions)
-    return any(allows(st, a, resource) for doc in documents for st in _as_list(doc["Statement"]) for a in actions)
+    return any(allows(st, a, resource) for doc in documents for st in as_list(doc["Statement"]) for a in actions)
 
 
 def roles(template: Mapping[str, Any]) -> list[str]:

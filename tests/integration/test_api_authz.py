@@ -24,7 +24,8 @@ from raylauncher import aws
 from raylauncher.cli import exits, main
 from raylauncher.cli.http import sign
 from raylauncher.config import PipelinesConfig, Settings, load_pipelines, pipelines_json
-from raylauncher.local.http_api import LocalApiServer, StsIdentities
+from raylauncher.local.http_api import LocalApiServer
+from raylauncher.local.identities import StsIdentities
 from raylauncher.local.serve_state import STATE_FILE_ENV, ServeState, write_state
 from raylauncher.model import JobStatus
 from tests.conftest import PROJECT_DIR, launcher_calls

@@ -1,6 +1,7 @@
 """The local API server's events look like an API Gateway REST API's (proxy, payload 1.0)."""
 
-from raylauncher.local.http_api import StsIdentities, access_key_id, to_rest_event
+from raylauncher.local.http_api import to_rest_event
+from raylauncher.local.identities import StsIdentities, access_key_id
 
 
 def test_a_request_becomes_a_rest_proxy_event() -> None:

@@ -176,6 +176,16 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return exits.OK
 
 
+def cmd_jobs_release(args: argparse.Namespace) -> int:
+    """`jobs release JOB`: end the debug hold of the cluster a failed job left up."""
+    job = client_of(args).release(args.job_id).body
+    if wants_json(args):
+        render.print_json(job)
+    else:
+        print(f"{job['job_id']} {job['status']} (hold released: its cluster is torn down)")
+    return exits.OK
+
+
 def cmd_cancel_alias(args: argparse.Namespace) -> int:
     """`raylauncher cancel JOB`: through the API when there is a target, else straight on the job
     table the environment names (`source .local/state/serve.env`, or on the bastion)."""

@@ -130,9 +130,11 @@ class Driver:
             lease = Lease(self._store, job_id, owner, self._heartbeat_s)
             with lease.held():
                 job = self._attempt(job, guard, lease)
-            self._after_attempt(job, guard)
-            if self._kept is not None:  # the job ended, its cluster stays up: hold it
+            if self._kept is not None:  # the job ended, its cluster stays up: hold it (signals still ours)
+                self._after_attempt(job, guard)
                 self._hold(guard, owner)
+                return job
+        self._after_attempt(job, guard)
         return job
 
     def _after_attempt(self, job: Job, guard: SignalGuard) -> None:
@@ -458,6 +460,7 @@ class Driver:
         it down when its time runs out, a release is asked for, or a signal arrives."""
         assert self._kept is not None and self._clusters is not None
         lease = ClusterLease(self._clusters, self._kept.key, owner, self._heartbeat_s)
+        unreadable_since: float | None = None
         with lease.held():
             while self._kept is not None:
                 if lease.lost:
@@ -466,7 +469,14 @@ class Driver:
                     break
                 try:
                     record = self._clusters.get(self._kept.key)
+                    unreadable_since = None
                 except RayLauncherError:
+                    unreadable_since = unreadable_since or time.monotonic()
+                    if time.monotonic() - unreadable_since > self._lease_s:  # our lease lapses: never hold blind
+                        log.error("cluster %s: the store is unreachable for a lease; tearing it down", self._kept.key)
+                        self._down_quietly(self._kept.origin)
+                        self._kept = None
+                        break
                     time.sleep(self._warm_poll_s)
                     continue
                 if record.owner != owner or record.status not in _HELD_STATES:
@@ -545,12 +555,7 @@ class Driver:
         log.info("cluster %s: tearing down (%s, idle %.1fs)", record.key, record.status, idle)
         if record.status != ClusterStatus.ACTIVE:
             self._note_kept_seconds(record.last_job, idle)
-        try:
-            self._backend.down(self._kept.origin)
-            ok = True
-        except Exception:  # noqa: BLE001 - TEARDOWN_FAILED: the reaper and a person act
-            log.exception("cluster %s: TEARDOWN FAILED", record.key)
-            ok = False
+        ok = self._down_quietly(self._kept.origin)
         self._kept = None
         end_cluster(self._clusters, going, ClusterStatus.TORN_DOWN if ok else ClusterStatus.TEARDOWN_FAILED,
                     self._release_slot_items(record.pipeline))  # fmt: skip
@@ -560,6 +565,14 @@ class Driver:
             self._launch_queued()
         except Exception:  # noqa: BLE001 - the watchdog launches them at its next sweep
             log.exception("could not launch queued jobs after the teardown of %s", record.key)
+
+    def _down_quietly(self, origin: Job) -> bool:
+        try:
+            self._backend.down(origin)
+            return True
+        except Exception:  # noqa: BLE001 - TEARDOWN_FAILED: the reaper and a person act
+            log.exception("cluster of %s: TEARDOWN FAILED", origin.run_id)
+            return False
 
     def _requeue_assigned(self, job_id: str, key: str) -> None:
         """A job assigned to a cluster that went down before it was claimed: QUEUED again."""

@@ -53,6 +53,8 @@ class KeptClusterView(BaseModel):
                         "TEARDOWN_FAILED")
     name: str
     created_at: str
+    origin_job_id: str = Field(description="the job whose run brought the cluster up (its Ray token is that run's)")
+    origin_attempt: int = 1
     jobs_served: list[str] = Field(description="the jobs that ran on it, in order")
     idle_since: str | None = Field(default=None, description="idle (warm or held) since")
     idle_until: str | None = Field(default=None, description="WARM: torn down after this unless a job arrives")

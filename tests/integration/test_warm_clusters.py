@@ -356,3 +356,33 @@ def test_the_reapers_expiry_tag_is_moved_on_the_clusters_instances_only(settings
 
 def _unused() -> Iterator[None]:  # keeps imports honest for type checkers
     yield None
+
+
+def held_job(store: DynamoJobStore) -> tuple[Job, ClusterRecord]:
+    job = store.create(Job.new("sales-summary", "api"))
+    job = store.transition(store.transition(job, JobStatus.LAUNCHING), JobStatus.CANCELLED)  # any terminal job
+    now = utc_now()
+    record = store.clusters.create(ClusterRecord(
+        key=cluster_key(job.run_id), name="rl-x", pipeline="sales-summary", profile="x", status=ClusterStatus.HELD,
+        owner="driver:x:1", heartbeat_at=iso(now), created_at=iso(now), origin_job_id=job.job_id, last_job=job.job_id,
+        jobs_served=[job.job_id], idle_since=iso(now), held_until=iso(now + timedelta(hours=1)),
+    ))  # fmt: skip
+    return store.mark(job, cluster_key=record.key, kept="held"), record
+
+
+def test_release_over_the_api_ends_the_hold_and_the_job_shows_its_kept_cluster(api: Any) -> None:
+    store = build_store(api.settings)
+    job, record = held_job(store)
+    # Given a job whose cluster is held: GET shows the hold
+    shown = api.call("GET", f"/jobs/{job.job_id}").body
+    assert shown["kept"] == "held" and shown["kept_cluster"]["status"] == "HELD"
+    assert shown["kept_cluster"]["held_until"] == record.held_until
+    # When it is released, Then the record asks its holder to tear it down now
+    response = api.call("POST", f"/jobs/{job.job_id}/release")
+    assert response.status == 200 and response.body["job_id"] == job.job_id
+    after = store.clusters.get(record.key)
+    assert after.release_requested and after.deadline() is not None and after.deadline() <= utc_now()
+    # And a job with no held cluster is a conflict
+    other = store.create(Job.new("sales-summary", "api"))
+    assert api.call("POST", f"/jobs/{other.job_id}/release").status == 409
+    assert api.call("POST", "/jobs/sales-summary-20260101-000000-00000000/release").status == 404

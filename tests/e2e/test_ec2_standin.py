@@ -653,6 +653,11 @@ def cluster_status(system: LocalSystem, job: Job) -> str:
         return "-"
 
 
+def expiry_of(system: LocalSystem, job: Job) -> str:
+    (head,) = instances_of(system, job)
+    return {t["Key"]: t["Value"] for t in head["Tags"]}[EXPIRES_AT_TAG]
+
+
 def holder_of(job: Job) -> psutil.Process:
     for proc in psutil.process_iter(["cmdline"]):
         if (proc.info["cmdline"] or [])[-3:] == ["driver", "run", job.job_id]:
@@ -667,6 +672,9 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     first = launched(system, "warm")
     first = ended(system, first)
     assert (first.status, first.kept) == (JobStatus.SUCCEEDED, "warm"), (first.reason_code, first.reason_message)
+    # (the reaper's expiry now bounds the warm time: keep 20 s + lease + margin, not the run deadline)
+    kept_until = parse_iso(expiry_of(system, first))
+    assert kept_until - parse_iso(first.phase_times["SUCCEEDED"]) < timedelta(seconds=20 + 10 + 900 + 60)
     # When a second job arrives within the window
     second = ended(system, launched(system, "warm"))
     # Then it ran on the same cluster: one `ray up` (instances of the first job's cluster only)
@@ -679,8 +687,8 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     record_bench("ec2-standin", {"cold_created_to_running_s": cold, "warm_created_to_running_s": warm})
     assert warm * 10 <= cold, (cold, warm)
     # And the reaper's expiry was moved forward when it was reused
-    tags = {t["Key"]: t["Value"] for t in instances_of(system, first)[0]["Tags"]}
-    assert parse_iso(tags[EXPIRES_AT_TAG]) > parse_iso(second.phase_times["RUNNING"])
+    reused_until = parse_iso(expiry_of(system, first))
+    assert reused_until > kept_until and reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1)
     # And once idle for 20 s it is torn down once: every instance terminated
     wait_until(lambda: cluster_status(system, first) == "TORN_DOWN", 180, "the idle teardown")
     assert_cluster_gone(system, first)

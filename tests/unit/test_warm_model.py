@@ -55,3 +55,14 @@ def test_a_changed_cluster_profile_is_another_profile() -> None:
     a, b = pipeline(), parse_pipelines({"pipelines": [{"name": "probe", "trigger": {"prefix": "in/"}, "entrypoint": {
         "script": "jobs/x/main.py"}, "output_prefix": "out/", "cluster": {"min_workers": 1}}]}).get("probe")  # fmt: skip
     assert profile_of(a) == profile_of(pipeline(keep_warm_seconds=5)) != profile_of(b)
+
+
+def test_jobs_show_says_whether_the_job_ran_warm_and_how_long_its_cluster_stayed_up() -> None:
+    from raylauncher.cli.render import kept_line
+
+    job = {"job_id": "probe-1", "kept": "held", "kept_seconds": 75.0,
+           "kept_cluster": {"status": "HELD", "jobs_served": ["probe-1"], "held_until": "2026-11-28T12:00:00.000Z",
+                            "warm_seconds": 0, "held_seconds": 75}}  # fmt: skip
+    line = kept_line(job)
+    assert line and "held 1m15s after the job" in line and "raylauncher jobs release probe-1" in line
+    assert kept_line({"job_id": "probe-2"}) is None

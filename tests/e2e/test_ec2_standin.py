@@ -44,7 +44,7 @@ from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, 
 from raylauncher.local.ec2_standin.seed import KEY_NAME
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
+from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 from raylauncher.wiring import build_driver, build_watchdog
 from tests.faults import FaultRow
@@ -676,7 +676,10 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     kept_until = parse_iso(expiry_of(system, first))
     assert kept_until - parse_iso(first.phase_times["SUCCEEDED"]) < timedelta(seconds=20 + 10 + 900 + 60)
     # When a second job arrives within the window
-    second = ended(system, launched(system, "warm"))
+    second = launched(system, "warm")
+    wait_until(lambda: system.store.get(second.job_id).status in (JobStatus.RUNNING, *TERMINAL), JOB_TIMEOUT_S, "RUNNING")
+    reused_until = parse_iso(expiry_of(system, first))  # while it runs: the run deadline's bound again
+    second = ended(system, second)
     # Then it ran on the same cluster: one `ray up` (instances of the first job's cluster only)
     assert (second.status, second.warm) == (JobStatus.SUCCEEDED, True), (second.reason_code, second.reason_message)
     assert instances_of(system, second) == [] and len(instances_of(system, first)) == 1
@@ -687,8 +690,8 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     record_bench("ec2-standin", {"cold_created_to_running_s": cold, "warm_created_to_running_s": warm})
     assert warm * 10 <= cold, (cold, warm)
     # And the reaper's expiry was moved forward when it was reused
-    reused_until = parse_iso(expiry_of(system, first))
-    assert reused_until > kept_until and reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1)
+    assert reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1) > kept_until
+    assert parse_iso(expiry_of(system, first)) < reused_until  # kept warm again after it: the keep bound
     # And once idle for 20 s it is torn down once: every instance terminated
     wait_until(lambda: cluster_status(system, first) == "TORN_DOWN", 180, "the idle teardown")
     assert_cluster_gone(system, first)

@@ -185,6 +185,19 @@ def test_a_failed_jobs_cluster_is_held_then_released(tmp_path: Path, how: str) -
         assert (system.store.get(failed.job_id).kept_seconds or 0) > 0
 
 
+def test_stopping_the_local_system_tears_down_its_warm_clusters(tmp_path: Path) -> None:
+    project, pipelines = warm_project(tmp_path, SLEEPY, "    keep_warm_seconds: 600")
+    with local_system(tmp_path / "state", pipelines, project) as system:
+        drop(system, "one")
+        first = nth_job(system, 0, lambda j: j.is_terminal)
+        record = live_cluster(system, ClusterStatus.WARM)
+        holder = holder_process(first.job_id)
+    # When the system stops (as `serve` does on Ctrl-C), Then the warm cluster is torn down and
+    # its holder, no longer owning it, ends
+    until(lambda: cluster_gone(record), 30, "processes gone")
+    holder.wait(timeout=30)
+
+
 @pytest.fixture(autouse=True)
 def _no_cluster_left_behind() -> Iterator[None]:
     yield

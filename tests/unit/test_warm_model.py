@@ -66,3 +66,16 @@ def test_jobs_show_says_whether_the_job_ran_warm_and_how_long_its_cluster_stayed
     line = kept_line(job)
     assert line and "held 1m15s after the job" in line and "raylauncher jobs release probe-1" in line
     assert kept_line({"job_id": "probe-2"}) is None
+
+
+def test_the_idle_cost_of_a_kept_cluster_becomes_a_metric_of_its_pipeline() -> None:
+    from raylauncher.events import state_change
+    from raylauncher.job_metrics import state_change_metrics
+
+    job = Job.new("probe", "api").model_copy(update={"status": JobStatus.SUCCEEDED, "kept": "warm"})
+    noted = job.model_copy(update={"kept_seconds": 42.5})
+    change = state_change(job, noted)
+    assert (change.kept, change.kept_seconds, change.from_, change.to) == ("warm", 42.5, JobStatus.SUCCEEDED,
+                                                                           JobStatus.SUCCEEDED)  # fmt: skip
+    points = state_change_metrics(change)
+    assert [(p.name, p.value, p.dimensions) for p in points] == [("WarmIdleSeconds", 42.5, {"pipeline": "probe"})]

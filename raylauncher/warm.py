@@ -22,7 +22,6 @@ THE cluster state machine (every change a conditional update on status and versi
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from datetime import datetime
 from enum import StrEnum
@@ -33,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from raylauncher.aws import error_code
 from raylauncher.config import Pipeline
-from raylauncher.errors import JobNotFound, RayLauncherError, StorageError, TransitionConflict
+from raylauncher.errors import JobNotFound, StorageError, TransitionConflict
 from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
 
 log = logging.getLogger(__name__)
@@ -321,13 +320,9 @@ def seconds_between(start: str | None, end: datetime) -> float:
     return max(0.0, (end - parse_iso(start)).total_seconds()) if start else 0.0
 
 
-def as_json(record: ClusterRecord) -> str:
-    return json.dumps(record.model_dump(mode="json"), sort_keys=True)
-
-
 __all__ = [
-    "CLUSTER_TRANSITIONS", "ClusterRecord", "ClusterRecords", "ClusterStatus", "RayLauncherError", "cluster_key",
-    "keep_mode", "origin_of", "profile_of",
+    "CLUSTER_TRANSITIONS", "ClusterRecord", "ClusterRecords", "ClusterStatus", "cluster_key", "end_cluster", "keep_mode",
+    "origin_of", "profile_of",
 ]  # fmt: skip
 
 

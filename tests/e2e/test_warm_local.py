@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from raylauncher.clusters.processes import leftover_processes, processes_of
-from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
+from raylauncher.local.runtime import LocalSystem, local_system
 from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso
 from raylauncher.warm import ClusterRecord, ClusterStatus
 from raylauncher.wiring import build_watchdog

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -352,10 +352,6 @@ def test_the_reapers_expiry_tag_is_moved_on_the_clusters_instances_only(settings
 
     assert expiry(ours) == iso(until) and expiry(other) == "2026-01-01T00:00:00.000Z"
     ec2.terminate_instances(InstanceIds=[ours, other])
-
-
-def _unused() -> Iterator[None]:  # keeps imports honest for type checkers
-    yield None
 
 
 def held_job(store: DynamoJobStore) -> tuple[Job, ClusterRecord]:

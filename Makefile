@@ -55,6 +55,7 @@ synth: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/warm_clusters.py
 	@$(MAKE) --no-print-directory standin-deps && $(BIN)/python bench/ec2_standin.py || echo "EC2 stand-in bench skipped"
 
 clean:

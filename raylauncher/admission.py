@@ -20,6 +20,7 @@ from raylauncher.errors import BastionUnavailable, RayLauncherError, Transaction
 from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso, utc_now
 from raylauncher.retries import next_attempt
 from raylauncher.store import SLOT_POOL, DynamoJobStore, JobQuery, JobStore, created_key
+from raylauncher.warm import ClusterStatus, profile_of
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,16 @@ class Launcher:
             update["ConditionExpression"] = "used > :zero"
         return {"Update": update}
 
+    def slot_release_items(self, pipeline: str) -> list[dict[str, Any]]:
+        """The two updates that give back one cluster slot of `pipeline` (for a transaction)."""
+        return [self._slot(pipeline_slots_id(pipeline), -1, None), self._slot(TOTAL_SLOTS_ID, -1, None)]
+
     def try_launch(self, job: Job) -> Job:
-        """Take a slot and launch `job`, or leave it QUEUED when the caps are reached.
-        Raises TransitionConflict if the job moved on meanwhile."""
+        """Hand `job` to a warm cluster of its pipeline, else take a slot and launch it, or leave
+        it QUEUED when the caps are reached. Raises TransitionConflict if the job moved on meanwhile."""
+        warm = self._assign_warm(job)
+        if warm is not None:
+            return warm
         cap = self._pipelines.get(job.pipeline).max_concurrent_clusters
         slots = [self._slot(pipeline_slots_id(job.pipeline), +1, cap), self._slot(TOTAL_SLOTS_ID, +1, self._total)]
         try:
@@ -107,6 +115,34 @@ class Launcher:
         self._on_launched(job)
         return job
 
+    def _assign_warm(self, job: Job) -> Job | None:
+        """QUEUED -> LAUNCHING onto a WARM cluster of the job's pipeline and profile, in one
+        transaction with the cluster's WARM -> ASSIGNED (raylauncher/warm.py). The cluster keeps
+        its slot; no driver is started: the cluster's holder claims the job. None if no warm
+        cluster took it."""
+        pipeline = self._pipelines.get(job.pipeline)
+        if pipeline.keep_warm_seconds <= 0:
+            return None
+        clusters = self._store.clusters
+        try:
+            warm = clusters.live(job.pipeline, ClusterStatus.WARM)
+        except RayLauncherError:
+            return None
+        now = utc_now()
+        for record in sorted(warm, key=lambda r: r.idle_since or ""):
+            deadline = record.deadline()
+            if record.profile != profile_of(pipeline) or (deadline is not None and deadline <= now):
+                continue
+            assign = clusters.update_params(record, ClusterStatus.ASSIGNED, assigned_job=job.job_id)
+            params = self._store.transition_params(job, JobStatus.LAUNCHING, cluster_key=record.key, warm=True)
+            try:
+                launched = self._store.transact(job, params, [{"Update": assign}])
+            except TransactionRefused:  # the cluster went on meanwhile: the next one, or a slot
+                continue
+            log.info("job %s: assigned to warm cluster %s", job.job_id, record.name)
+            return launched
+        return None
+
     def launch_failure(self, job: Job) -> LaunchFailure | None:
         """How the job's launch failed on the bastion, if it has (see Bastion.launch_failure)."""
         return self._bastion.launch_failure(job.launch_ref) if job.launch_ref else None
@@ -114,12 +150,11 @@ class Launcher:
     def requeue(self, job: Job, fields: dict[str, Any]) -> Job:
         """Back to QUEUED for the next attempt (fields from retries.next_attempt), giving back
         the job's slot in the same transaction. Raises TransitionConflict if the job moved on."""
-        fields = {**fields, "slot_held": False}
+        fields = {**fields, "slot_held": False, "cluster_key": None, "warm": False}  # a new cluster (or warm one)
         if not job.slot_held:
             return self._store.transition(job, JobStatus.QUEUED, **fields)
         params = self._store.transition_params(job, JobStatus.QUEUED, **fields)
-        slots = [self._slot(pipeline_slots_id(job.pipeline), -1, None), self._slot(TOTAL_SLOTS_ID, -1, None)]
-        return self._store.transact(job, params, slots)
+        return self._store.transact(job, params, self.slot_release_items(job.pipeline))
 
     def release(self, job: Job) -> bool:
         """Give back the slot of a terminal job (once: guarded by its slot_held flag)."""

@@ -154,6 +154,12 @@ class Pipeline(_Strict):
     max_objects_per_job: int = Field(default=1000, ge=1, le=100_000)
     batching_window_s: int = Field(default=30, ge=0, le=300)
     retry: RetryPolicy = RetryPolicy()
+    #: Warm clusters (raylauncher/warm.py): after a job ends SUCCEEDED (or FAILED for an
+    #: application reason) its cluster stays up this long for the pipeline's next job. 0: never.
+    keep_warm_seconds: int = Field(default=0, ge=0, le=24 * 3600)
+    #: Debug holds: a job that FAILED for an application reason keeps its cluster this long (or
+    #: until `raylauncher jobs release JOB`). 0: never.
+    keep_failed_cluster_seconds: int = Field(default=0, ge=0, le=7 * 24 * 3600)
     #: Who may start a run over the HTTP API (POST /jobs) and cancel its jobs, as IAM principal
     #: ARN patterns (raylauncher/authz.py). None (the default): every principal IAM lets call the
     #: API. Empty: nobody over HTTP (S3 and schedule triggers still run).

@@ -74,6 +74,17 @@ class JobStateChange(BaseModel):
     phase_times: dict[str, str] = Field(description="status -> when the current attempt entered it (ISO 8601, UTC)")
     cluster_seconds: float = Field(ge=0, description="seconds clusters of this job were up, all attempts, so far")
     time: str = Field(description="when the change was written (ISO 8601, UTC): the event's time too")
+    cluster_key: str | None = Field(
+        default=None, description="the kept cluster's record this attempt ran on or left (warm clusters, holds)"
+    )
+    warm: bool = Field(default=False, description="the attempt ran on a warm cluster (no `ray up`)")
+    kept: Literal["warm", "held"] | None = Field(
+        default=None, description="the cluster stayed up after the job: warm for the next job, or held for debugging"
+    )
+    kept_seconds: float | None = Field(
+        default=None, ge=0, description="how long it stayed up idle or held after the job (set when that ended; "
+        "announced as a same-status event)"
+    )
 
 
 def _clip(text: str | None) -> str | None:
@@ -122,6 +133,10 @@ def state_change(before: Job | None, after: Job) -> JobStateChange:
         phase_times=dict(after.phase_times),
         cluster_seconds=round(after.cluster_seconds(parse_iso(after.updated_at)), 3),
         time=after.updated_at,
+        cluster_key=after.cluster_key,
+        warm=after.warm,
+        kept=after.kept,
+        kept_seconds=after.kept_seconds,
     )
 
 

@@ -45,7 +45,8 @@ def state_change_metrics(change: JobStateChange) -> list[MetricPoint]:
     JobsSucceeded, JobsFailed (every other final status, also by reason), JobsRetried (by
     reason), QueueWaitSeconds (QUEUED -> LAUNCHING), ProvisioningSeconds (PROVISIONING ->
     SUBMITTED), RunSeconds (SUBMITTED -> TEARING_DOWN), ClusterSeconds (all attempts, when the
-    job is final). Alarmed, without dimensions: DriverLost (the watchdog took the job over),
+    job is final), WarmIdleSeconds / HeldClusterSeconds (how long a kept cluster stayed up idle
+    or held after the job). Alarmed, without dimensions: DriverLost (the watchdog took the job over),
     TeardownFailed, RetriesExhausted.
     """
     pipeline = {"pipeline": change.pipeline}
@@ -61,7 +62,10 @@ def state_change_metrics(change: JobStateChange) -> list[MetricPoint]:
 
     if change.to == S.TEARING_DOWN and change.driven_by == "watchdog":
         count("DriverLost", {})  # the watchdog took the job over (into TEARING_DOWN, or already there)
-    if change.from_ == change.to:  # a takeover: the status (and what it measures) did not change
+    if change.from_ == change.to:  # a takeover, or a kept cluster's idle time: the status did not change
+        if change.kept and change.kept_seconds is not None:  # the idle cost of a warm/held cluster
+            name = "WarmIdleSeconds" if change.kept == "warm" else "HeldClusterSeconds"
+            points.append(MetricPoint(name, "Seconds", change.kept_seconds, pipeline))
         return points
     if change.from_ is None:
         count("JobsCreated", pipeline)

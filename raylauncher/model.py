@@ -194,6 +194,11 @@ class Job(BaseModel):
     retry_at: str | None = None  # a QUEUED retry is not launched before this time
     owner: str | None = None  # who drives the job now: a driver's token, or "watchdog"
     launch_ref: str | None = None  # the bastion's handle of the current launch (SSM command id)
+    # Warm clusters and debug holds (raylauncher/warm.py):
+    cluster_key: str | None = None  # the cluster record (`cluster#<run id>`) this attempt ran on, if kept/reused
+    warm: bool = False  # this attempt ran on a warm cluster (no `ray up`)
+    kept: Literal["warm", "held"] | None = None  # the cluster stayed up after this job: warm or held
+    kept_seconds: float | None = None  # how long it stayed up idle (warm) or held after this job
 
     @property
     def is_terminal(self) -> bool:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from itertools import islice
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -22,6 +22,9 @@ from raylauncher.aws import error_code
 from raylauncher.errors import JobAlreadyExists, JobNotFound, StorageError, TransactionRefused, TransitionConflict
 from raylauncher.events import JobEvents, NullJobEvents
 from raylauncher.model import TERMINAL, Job, JobStatus, check_transition, iso, utc_now
+
+if TYPE_CHECKING:
+    from raylauncher.warm import ClusterRecords
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +227,13 @@ class DynamoJobStore(JobStore):
     def table_name(self) -> str:
         return self._table
 
+    @property
+    def clusters(self) -> ClusterRecords:
+        """The warm/held cluster records, kept in the same table (raylauncher/warm.py)."""
+        from raylauncher.warm import ClusterRecords
+
+        return ClusterRecords(self._ddb, self._table)
+
     def create(self, job: Job) -> Job:
         item = job_item(job)
         try:
@@ -252,7 +262,8 @@ class DynamoJobStore(JobStore):
         jobs = []
         try:
             for page in self._ddb.get_paginator("scan").paginate(TableName=self._table, ConsistentRead=True):
-                jobs += [Job.model_validate(_from_dynamo(item)) for item in page.get("Items", [])]
+                jobs += [Job.model_validate(_from_dynamo(item)) for item in page.get("Items", [])
+                         if item.get(KIND, {}).get("S", KIND_JOB) == KIND_JOB]  # not the cluster records
         except (ClientError, BotoCoreError) as err:
             raise StorageError("cannot list jobs", error_code(err)) from err
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)
@@ -381,6 +392,12 @@ class DynamoJobStore(JobStore):
         names = {"#status": "status"}
         values = {":from": _to_dynamo(job.status.value), ":now": _to_dynamo(iso(utc_now()))}
         return self._update(job, self._update_params(job, fields, names, values, ["updated_at = :now"], "#status = :from"))
+
+    def note(self, job: Job, **fields: Any) -> Job:
+        """`mark`, announced as a same-status event (e.g. a kept cluster's idle seconds)."""
+        noted = self.mark(job, **fields)
+        self._events.job_changed(job, noted)
+        return noted
 
     def renew_lease(self, job_id: str, owner: str) -> None:
         terminal = [s.value for s in JobStatus if s in TERMINAL]

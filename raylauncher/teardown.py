@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -19,8 +20,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from raylauncher.aws import error_code
 from raylauncher.cluster_tokens import ClusterTokens, down_then_revoke
 from raylauncher.errors import TeardownFailed
-from raylauncher.model import Job
-from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
+from raylauncher.model import Job, iso
+from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,14 @@ class Ec2ClusterInstances:
             i["InstanceId"] for page in pages for r in page["Reservations"] for i in r["Instances"]
             if (i.get("StateReason") or {}).get("Code") in SPOT_INTERRUPTION_CODES
         ]  # fmt: skip
+
+    def set_expiry(self, name: str, until: datetime) -> list[str]:
+        """Move the reaper's `raylauncher:expires-at` of the cluster's live instances to `until`
+        (a warm cluster reused, or a cluster held): one CreateTags."""
+        ids = self(name)
+        if ids:
+            self._ec2.create_tags(Resources=ids, Tags=[{"Key": EXPIRES_AT_TAG, "Value": iso(until)}])
+        return ids
 
     def terminate(self, name: str) -> list[str]:
         """Terminate every instance of the cluster that is not terminated; returns their ids."""

@@ -40,6 +40,7 @@ from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.retries import next_attempt
 from raylauncher.store import DynamoJobStore, JobQuery
 from raylauncher.teardown import ClusterTeardown
+from raylauncher.warm import ClusterRecord, ClusterStatus, end_cluster, origin_of
 
 #: The owner of a job the watchdog took over.
 WATCHDOG_OWNER = "watchdog"
@@ -62,6 +63,7 @@ METRICS = {
     "drivers_lost": "DriversLost",
     "retried": "JobsRetried",
     "tokens_deleted": "OrphanTokensDeleted",
+    "clusters_torn_down": "KeptClustersTornDown",
 }
 
 
@@ -77,6 +79,7 @@ class SweepReport:
     drivers_lost: list[str] = field(default_factory=list)  # taken over, cluster torn down
     retried: list[str] = field(default_factory=list)  # queued again for another attempt
     tokens_deleted: list[str] = field(default_factory=list)  # "<job id>/<run id>" of orphaned tokens
+    clusters_torn_down: list[str] = field(default_factory=list)  # warm/held clusters: lease lapsed or time out
 
     def as_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.__dict__.items()}
@@ -131,13 +134,14 @@ class Watchdog:
                     report.teardown_failed.append(job.job_id)
             elif job.status in _DRIVEN and now - parse_iso(job.heartbeat_at or job.updated_at) > self._heartbeat_grace:
                 report.silent_drivers.append(job.job_id)
+        self._sweep_clusters(now, report)
         if self._reaper:  # before launching: an error there must not keep orphans running
             try:
                 report.reaped = [f"{r.cluster}/{r.instance_id}" for r in self._reaper.reap(now)]
             except ReaperError as err:  # the rest of the sweep stands; the alarm tells a person
                 log.exception("reaper failed")
                 report.reaper_failed = [str(err)]
-        changed = report.failed_unclaimed or report.drivers_lost
+        changed = report.failed_unclaimed or report.drivers_lost or report.clusters_torn_down
         report.launched = [j.job_id for j in self._launcher.launch_queued(None if changed else jobs)]
         if self._tokens:  # last: nothing here may keep a queued job from launching
             try:
@@ -157,9 +161,16 @@ class Watchdog:
         except TokenUnavailable as err:
             log.warning("could not list the Ray token parameters: %s", err)
             return []
+        try:  # a kept (warm/held) cluster's token belongs to its first job, which has ended
+            kept = {(r.origin_job_id, r.origin_run_id) for r in self._store.clusters.live()}
+            kept |= {(r.origin_job_id, r.origin_run_id) for r in self._store.clusters.live(
+                status=ClusterStatus.TEARDOWN_FAILED)}  # fmt: skip
+        except RayLauncherError as err:
+            log.warning("Ray tokens kept for now: the cluster records cannot be read: %s", err)
+            return []
         deleted = []
         for token in stored:
-            if now - token.stored_at < self._token_grace:
+            if now - token.stored_at < self._token_grace or (token.job_id, token.run_id) in kept:
                 continue
             try:
                 job: Job | None = self._store.get(token.job_id)
@@ -241,7 +252,7 @@ class Watchdog:
         report.drivers_lost.append(job.job_id)
         assert self._teardown is not None
         try:
-            self._teardown.teardown(job)
+            self._teardown.teardown(origin_of(job))  # a job on a kept cluster: that cluster
         except (TeardownFailed, RayLauncherError) as err:
             log.error("job %s: teardown after a lost driver failed: %s", job.job_id, err)
             return self._end(job, JobStatus.TEARDOWN_FAILED, ReasonCode.TEARDOWN_FAILED,
@@ -257,6 +268,66 @@ class Watchdog:
             report.retried.append(job.job_id)
             return queued
         return self._end(job, final, reason, job.reason_message or message)
+
+    def _sweep_clusters(self, now: datetime, report: SweepReport) -> None:
+        """Warm/held clusters (raylauncher/warm.py) whose holder's lease lapsed, or whose time ran
+        out a lease ago (a holder that is stuck), are torn down from their record; their slot is
+        given back and a job assigned to one is queued again."""
+        if self._teardown is None:
+            return
+        try:
+            records = self._store.clusters.live()
+        except RayLauncherError as err:
+            log.warning("cluster records not swept: %s", err)
+            return
+        for record in records:
+            lapsed = now - parse_iso(record.heartbeat_at or record.created_at) > self._lease
+            deadline = record.deadline()
+            late = deadline is not None and now - deadline > self._lease
+            if (lapsed or late) and self.tear_down_cluster(record, now, "lease lapsed" if lapsed else "time ran out"):
+                report.clusters_torn_down.append(record.key)
+
+    def tear_down_cluster(self, record: ClusterRecord, now: datetime, why: str) -> bool:
+        assert self._teardown is not None
+        clusters = self._store.clusters
+        idle = record.idle_seconds(now)
+        totals: dict[str, float] = {}
+        if record.status in (ClusterStatus.WARM, ClusterStatus.ASSIGNED):
+            totals = {"warm_seconds": round(record.warm_seconds + idle, 3)}
+        elif record.status == ClusterStatus.HELD:
+            totals = {"held_seconds": round(record.held_seconds + idle, 3)}
+        try:
+            if record.status == ClusterStatus.TEARING_DOWN:
+                going = clusters.update(record, None, owner=WATCHDOG_OWNER, heartbeat_at=iso(now))
+            else:
+                going = clusters.update(record, ClusterStatus.TEARING_DOWN, owner=WATCHDOG_OWNER,
+                                        heartbeat_at=iso(now), **totals)  # fmt: skip
+        except (TransitionConflict, RayLauncherError):
+            return False  # its holder wrote meanwhile: alive
+        log.warning("cluster %s (%s, holder %s): %s; torn down by the watchdog", record.key, record.status,
+                    record.owner, why)  # fmt: skip
+        target = ClusterStatus.TORN_DOWN
+        try:
+            self._teardown.teardown(record.origin_job())
+        except (TeardownFailed, RayLauncherError) as err:
+            log.error("cluster %s: teardown failed: %s", record.key, err)
+            target = ClusterStatus.TEARDOWN_FAILED
+        end_cluster(clusters, going, target, self._launcher.slot_release_items(record.pipeline))
+        if record.last_job and record.status in (ClusterStatus.WARM, ClusterStatus.ASSIGNED, ClusterStatus.HELD):
+            try:
+                last = self._store.get(record.last_job)
+                if last.kept:
+                    self._store.note(last, kept_seconds=round(idle, 3))
+            except RayLauncherError:
+                pass
+        if record.status == ClusterStatus.ASSIGNED and record.assigned_job:
+            try:
+                job = self._store.get(record.assigned_job)
+                if job.status == JobStatus.LAUNCHING and job.cluster_key == record.key:
+                    self._store.transition(job, JobStatus.QUEUED, cluster_key=None, warm=False)
+            except (TransitionConflict, IllegalTransition, RayLauncherError):
+                pass
+        return True
 
     def _end(self, job: Job, status: JobStatus, reason: ReasonCode | None, message: str) -> Job | None:
         try:

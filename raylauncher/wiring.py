@@ -133,6 +133,10 @@ def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the
         log_flush_interval_s=settings.log_flush_interval_s,
         session_logs_timeout_s=settings.session_logs_timeout_s,
         requeue=launcher.requeue,
+        clusters=store.clusters,
+        release_slot_items=launcher.slot_release_items,
+        launch_queued=launcher.launch_queued,
+        lease_s=settings.driver_lease_s,
     )
 
 

@@ -46,6 +46,25 @@ class ClusterView(BaseModel):
     )
 
 
+class KeptClusterView(BaseModel):
+    """The cluster a job left up (warm for the pipeline's next job, or held for debugging)."""
+
+    status: str = Field(description="the cluster record's status: ACTIVE, WARM, ASSIGNED, HELD, TEARING_DOWN, TORN_DOWN, "
+                        "TEARDOWN_FAILED")
+    name: str
+    created_at: str
+    origin_job_id: str = Field(description="the job whose run brought the cluster up (its Ray token is that run's)")
+    origin_attempt: int = 1
+    jobs_served: list[str] = Field(description="the jobs that ran on it, in order")
+    idle_since: str | None = Field(default=None, description="idle (warm or held) since")
+    idle_until: str | None = Field(default=None, description="WARM: torn down after this unless a job arrives")
+    held_until: str | None = Field(default=None, description="HELD: torn down after this (or at `jobs release`)")
+    torn_down_at: str | None = None
+    warm_seconds: float = Field(description="seconds it was up idle, waiting for a job")
+    held_seconds: float = Field(description="seconds it was held for debugging")
+    cluster_seconds: float | None = Field(default=None, description="created -> torn down")
+
+
 class CostView(BaseModel):
     cluster_seconds: float = Field(description="seconds clusters of this job were (or are) up, every attempt")
     estimate_usd: float | None = Field(
@@ -82,6 +101,12 @@ class JobView(BaseModel):
     cluster_seconds: float = Field(description="seconds clusters of this job were (or are) up, every attempt")
     cluster: ClusterView | None = Field(default=None, description="the current attempt's cluster, once it was up")
     cost: CostView
+    cluster_key: str | None = Field(default=None, description="the kept cluster's record this job ran on or left")
+    warm: bool = Field(default=False, description="the job ran on a warm cluster (no `ray up`)")
+    kept: Literal["warm", "held"] | None = Field(
+        default=None, description="its cluster stayed up after it: warm (for the next job) or held (debugging)"
+    )
+    kept_seconds: float | None = Field(default=None, description="how long its cluster stayed up idle/held after it")
     queue_position: int | None = Field(
         default=None, description="QUEUED jobs (GET /jobs/{job_id}): 1 = launched next when a cluster slot frees"
     )
@@ -96,6 +121,9 @@ class JobDetail(JobView):
     """GET /jobs/{job_id}: the listing's view and what needs one more read."""
 
     inputs: InputsView | None = Field(description="the manifest's objects; null when it cannot be read")
+    kept_cluster: KeptClusterView | None = Field(
+        default=None, description="the warm or held cluster the job ran on or left up, as its record has it"
+    )
 
 
 class JobPage(BaseModel):

@@ -125,6 +125,21 @@ def cancel_job(job_id: JobIdParam) -> Response[JobView]:
     return json_response(status, job_view(job, s.bucket, pipelines=s.pipelines))
 
 
+@app.post(
+    "/jobs/<job_id>/release",
+    summary="End the debug hold of a failed job's cluster",
+    description="A job that FAILED for its own reason in a pipeline with `keep_failed_cluster_seconds` keeps its "
+    "cluster up for debugging; this ends the hold at once (the cluster is torn down within seconds; `kept_cluster` "
+    "in GET /jobs/{job_id} follows it). 409 STATE_CONFLICT when no cluster is held for the job. 403 FORBIDDEN like "
+    "a cancel.",
+    responses=responses({200: "release requested"}, HTTPStatus.FORBIDDEN, HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT),
+    tags=["jobs"],
+)
+def release_job(job_id: JobIdParam) -> JobView:
+    s = services()
+    return job_view(s.release(job_id, caller()), s.bucket, pipelines=s.pipelines)
+
+
 @app.get(
     "/pipelines",
     summary="The pipelines this deployment runs (its pipelines.yaml)",

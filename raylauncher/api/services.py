@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePer
 
 from raylauncher import control
 from raylauncher.admission import queue_position
-from raylauncher.api.models import InputsView, JobDetail, LogChunk, SubmitJobRequest
+from raylauncher.api.models import InputsView, JobDetail, KeptClusterView, LogChunk, SubmitJobRequest
 from raylauncher.api.views import job_view, s3_uri
 from raylauncher.authz import Caller, authorize_trigger
 from raylauncher.config import Pipeline, PipelinesConfig
@@ -105,11 +105,33 @@ class ApiServices:
             authorize_trigger(pipeline, caller, job_id)
         return control.request_cancel(self.store, job_id, on_finished=self.on_finished)
 
+    def release(self, job_id: str, caller: Caller) -> Job:
+        """POST /jobs/{job_id}/release: end the hold of the cluster a failed job left up, at once
+        (its holder, or the watchdog, tears it down). Authorized like a cancel. Raises
+        JobNotFound, NotAllowed, TransitionConflict (no cluster is held for this job)."""
+        job = self.store.get(job_id)
+        pipeline = next((p for p in self.pipelines.pipelines if p.name == job.pipeline), None)
+        if pipeline is not None:
+            authorize_trigger(pipeline, caller, job_id)
+        self.store.clusters.request_release(job)  # type: ignore[attr-defined]
+        return self.store.get(job_id)
+
     def job_detail(self, job_id: str) -> JobDetail:
         """GET /jobs/{job_id}. Raises JobNotFound, StorageError (the job table)."""
         job = self.store.get(job_id)
         view = job_view(job, self.bucket, queue_position(job, self.store), self.pipelines)
-        return JobDetail(**dict(view), inputs=self.inputs_of(job))
+        return JobDetail(**dict(view), inputs=self.inputs_of(job), kept_cluster=self.kept_cluster_of(job))
+
+    def kept_cluster_of(self, job: Job) -> KeptClusterView | None:
+        """The job's warm/held cluster record (best-effort, like the inputs)."""
+        clusters = getattr(self.store, "clusters", None)
+        if not job.cluster_key or clusters is None:
+            return None
+        try:
+            record = clusters.get(job.cluster_key)
+        except RayLauncherError:
+            return None
+        return KeptClusterView(**{k: v for k, v in record.model_dump(mode="json").items() if k in KeptClusterView.model_fields})
 
     def inputs_of(self, job: Job) -> InputsView | None:
         """The manifest's object count and first keys; None when it cannot be read (best-effort:

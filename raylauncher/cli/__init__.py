@@ -78,7 +78,7 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:
 
     jobs = sub.add_parser("jobs", help="list, show, read the logs of and cancel jobs",
                           description="Jobs: list, show, logs, cancel.")  # fmt: skip
-    actions = jobs.add_subparsers(dest="action", required=True, metavar="{list,show,logs,cancel}")
+    actions = jobs.add_subparsers(dest="action", required=True, metavar="{list,show,logs,cancel,release}")
     listing = _parser(actions, "list", "commands:cmd_jobs_list", "jobs, newest first",
                       "Jobs, newest first, read page by page from the API up to --limit.", both, epilog=TARGET_HELP)  # fmt: skip
     listing.add_argument("--status", type=str.upper, help="only jobs in this status (e.g. RUNNING, FAILED)")
@@ -102,6 +102,12 @@ def add_operator_commands(sub: argparse._SubParsersAction) -> None:
                      "Cancel a job: at once if no cluster was started yet, else its driver stops the Ray\n"
                      "job and tears the cluster down (the job ends CANCELLED).", both, epilog=TARGET_HELP)  # fmt: skip
     cancel.add_argument("job_id", type=_job_id, metavar="JOB")
+
+    release = _parser(actions, "release", "commands:cmd_jobs_release", "end the debug hold of a failed job's cluster",
+                      "A job that FAILED for its own reason in a pipeline with keep_failed_cluster_seconds\n"
+                      "keeps its cluster up for debugging (`raylauncher dashboard JOB` works on it); this\n"
+                      "ends the hold at once: the cluster is torn down.", both, epilog=TARGET_HELP)  # fmt: skip
+    release.add_argument("job_id", type=_job_id, metavar="JOB")
 
     alias = _parser(sub, "cancel", "commands:cmd_cancel_alias", "cancel a job (alias of `jobs cancel`)",
                     "Alias of `jobs cancel`. With no target (no --stack, no running serve) it cancels\n"

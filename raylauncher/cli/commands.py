@@ -176,6 +176,16 @@ def cmd_jobs_cancel(args: argparse.Namespace) -> int:
     return exits.OK
 
 
+def cmd_jobs_release(args: argparse.Namespace) -> int:
+    """`jobs release JOB`: end the debug hold of the cluster a failed job left up."""
+    job = client_of(args).release(args.job_id).body
+    if wants_json(args):
+        render.print_json(job)
+    else:
+        print(f"{job['job_id']} {job['status']} (hold released: its cluster is torn down)")
+    return exits.OK
+
+
 def cmd_cancel_alias(args: argparse.Namespace) -> int:
     """`raylauncher cancel JOB`: through the API when there is a target, else straight on the job
     table the environment names (`source .local/state/serve.env`, or on the bastion)."""
@@ -227,12 +237,17 @@ def port_forwarding_command(target: Target, head_ip: str, local_port: int) -> li
     ]  # fmt: skip
 
 
+#: Statuses of a kept cluster record (raylauncher/warm.py) whose cluster is up.
+KEPT_UP = frozenset({"HELD", "WARM", "ASSIGNED"})
+
+
 def cmd_dashboard(args: argparse.Namespace, run: Runner = subprocess.call,
                   which: Callable[[str], str | None] = shutil.which) -> int:  # fmt: skip
     target = target_of(args)
     job = ApiClient(target).job(args.job_id)
     cluster = job.get("cluster") or {}
-    if job["status"] not in CLUSTER_RUNNING:
+    kept_up = (job.get("kept_cluster") or {}).get("status") in KEPT_UP  # a warm or held cluster (debugging)
+    if job["status"] not in CLUSTER_RUNNING and not kept_up:
         raise Refused(f"{job['job_id']} is {job['status']}: it has no running cluster (a dashboard exists only while "
                       f"the job is {' or '.join(CLUSTER_RUNNING)}); its log: raylauncher jobs logs {job['job_id']}")  # fmt: skip
     if target.kind == "local":

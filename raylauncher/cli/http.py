@@ -93,6 +93,9 @@ class ApiClient:
     def cancel(self, job_id: str) -> Response:
         return self.request("POST", f"/jobs/{quote(job_id)}/cancel")
 
+    def release(self, job_id: str) -> Response:
+        return self.request("POST", f"/jobs/{quote(job_id)}/release")
+
     def pipelines(self) -> Any:
         return self.request("GET", "/pipelines").body
 

@@ -138,6 +138,24 @@ def cost_line(job: dict[str, Any]) -> str:
     return text + (f", about ${estimate:.2f}" if isinstance(estimate, int | float) else "")
 
 
+def kept_line(job: dict[str, Any]) -> str | None:
+    """What happened to the cluster after the job: kept warm or held, for how long (idle cost)."""
+    if not job.get("kept"):
+        return None
+    kept = job.get("kept_cluster") or {}
+    text = f"cluster kept {job['kept']}"
+    if job.get("kept_seconds") is not None:
+        text += f" {duration(job['kept_seconds'])} after the job"
+    if kept:
+        text += f"; cluster {kept.get('status')}, served {len(kept.get('jobs_served') or [])} job(s)"
+        if kept.get("status") == "HELD" and kept.get("held_until"):
+            text += f", held until {kept['held_until']} (raylauncher jobs release {job['job_id']})"
+        elif kept.get("status") in ("WARM", "ASSIGNED") and kept.get("idle_until"):
+            text += f", warm until {kept['idle_until']}"
+        text += f"; idle {duration(kept.get('warm_seconds'))}, held {duration(kept.get('held_seconds'))}"
+    return text
+
+
 def job_detail(job: dict[str, Any]) -> Group:
     """`jobs show`: the record, the timeline, attempts, inputs, outputs, logs, cluster and cost."""
     inputs = job.get("inputs") or {}
@@ -157,6 +175,8 @@ def job_detail(job: dict[str, Any]) -> Group:
         ("log", job.get("log_location")), ("session logs", job.get("session_logs_location")),
         ("cluster", ", ".join(f"{k} {v}" for k, v in cluster.items() if v not in (None, "")) or None),
         ("cost", cost_line(job)),
+        ("warm cluster", f"ran on {job.get('cluster_key')} (no `ray up`)" if job.get("warm") else None),
+        ("kept", kept_line(job)),
         ("summary", json.dumps(job["summary"]) if job.get("summary") else None),
     ])  # fmt: skip
     parts: list[Any] = [header, Text(""), Text("Timeline", style="bold"), timeline(job)]

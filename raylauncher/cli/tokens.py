@@ -77,6 +77,10 @@ def token_hint(target: Target, job_id: str, url: str) -> str:
 # ---------------------------------------------------------------- cluster-token
 
 
+#: Kept cluster records (raylauncher/warm.py) whose cluster is up.
+KEPT_LIVE = frozenset({"ACTIVE", "WARM", "ASSIGNED", "HELD"})
+
+
 def cmd_cluster_token(args: argparse.Namespace, ssm_client: Any = None) -> int:
     """Through the target's API when there is one (the job's current attempt, and whether its
     cluster is up), else straight from SSM with the environment's credentials (the bastion)."""
@@ -93,7 +97,10 @@ def cmd_cluster_token(args: argparse.Namespace, ssm_client: Any = None) -> int:
     attempt = args.attempt
     if target is not None:
         job = ApiClient(target).job(job_id)
-        if attempt is None:
+        kept = job.get("kept_cluster") or {}
+        if attempt is None and kept.get("status") in KEPT_LIVE:  # a warm/held cluster: its first run's token
+            job_id, attempt = kept["origin_job_id"], int(kept.get("origin_attempt") or 1)
+        elif attempt is None:
             attempt = int(job.get("attempt") or 1)
             if job["status"] not in TOKEN_STATUSES:
                 return _no_token(f"{job_id} is {job['status']}: " + (

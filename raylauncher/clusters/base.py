@@ -9,6 +9,7 @@ import urllib.request
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,12 @@ class ClusterBackend(ABC):
         Safe to call when `up` failed half-way or never ran. Raises TeardownFailed if the
         cluster cannot be verified gone.
         """
+
+    def extend_expiry(self, job: Job, until: datetime) -> None:
+        """Move the reaper's expiry (`raylauncher:expires-at`) of the job's cluster to `until`:
+        done when (and only when) a cluster is kept for another job or held. Nothing to do
+        where there is no reaper (local clusters). May raise: then the cluster is not kept."""
+        return None
 
     def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:
         """Copy the head's Ray session logs (`session_latest/logs`: raylet, GCS, dashboard,

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +58,9 @@ class ClusterInstances(Protocol):
 
     def interrupted(self, name: str) -> list[str]:
         """Ids of the cluster's instances EC2 took away (spot interruption)."""
+
+    def set_expiry(self, name: str, until: datetime) -> list[str]:
+        """Tag every live instance of the cluster with `raylauncher:expires-at` = `until`."""
 
 
 class Ec2RayBackend(ClusterBackend):
@@ -165,6 +168,13 @@ class Ec2RayBackend(ClusterBackend):
         if not result.ok:
             log.warning("job %s: `ray rsync-down` of the session logs %s", job.job_id, result.describe())
         return dest if any(p.is_file() for p in dest.rglob("*")) else None  # a partial copy is kept too
+
+    def extend_expiry(self, job: Job, until: datetime) -> None:
+        """CreateTags on the cluster's live instances (the bastion's role may tag rl-* instances)."""
+        if self._instances is None:
+            raise TeardownFailed("no EC2 client to move the cluster's expiry with", 0)
+        ids = self._instances.set_expiry(cluster_name(job.run_id), until)
+        log.info("job %s: expiry of %s moved to %s (%d instance(s))", job.job_id, cluster_name(job.run_id), until, len(ids))
 
     def lost_nodes(self, job: Job) -> list[str]:
         if self._instances is None:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 from raylauncher.errors import RayLauncherError, TransitionConflict
 from raylauncher.store import JobStore
+from raylauncher.warm import ClusterRecords
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +39,16 @@ class Lease:
     def _run(self) -> None:
         while not self._stop.wait(self._interval_s):
             try:
-                self._store.renew_lease(self._job_id, self.owner)
+                self._renew()
             except TransitionConflict:
                 log.warning("job %s: lease lost (taken over or finished elsewhere); leaving it alone", self._job_id)
                 self.lost = True
                 return
             except RayLauncherError:  # the store is unreachable: try again at the next beat
                 log.warning("job %s: could not renew the lease", self._job_id, exc_info=True)
+
+    def _renew(self) -> None:
+        self._store.renew_lease(self._job_id, self.owner)
 
     def check(self) -> None:
         """Raise JobTakenOver if the lease was lost (called at the driver's safe points)."""
@@ -60,3 +64,15 @@ class Lease:
         finally:
             self._stop.set()
             thread.join(timeout=5)
+
+
+class ClusterLease(Lease):
+    """The lease of whoever holds a warm or held cluster (raylauncher/warm.py): the cluster
+    record's heartbeat, renewed iff this holder still owns it."""
+
+    def __init__(self, clusters: ClusterRecords, key: str, owner: str, interval_s: float) -> None:
+        super().__init__(None, key, owner, interval_s)  # type: ignore[arg-type]
+        self._clusters = clusters
+
+    def _renew(self) -> None:
+        self._clusters.renew_lease(self._job_id, self.owner)

@@ -124,8 +124,8 @@ def local_system(
 
 def _end_unfinished(system: LocalSystem) -> None:
     """No cluster outlives the moto server its driver reports to (see raylauncher.local.shutdown)."""
-    if all(j.is_terminal for j in system.store.list_jobs()):
-        return
+    if all(j.is_terminal for j in system.store.list_jobs()) and not system.store.clusters.live():
+        return  # (kept clusters, raylauncher/warm.py, outlive their jobs: they are stopped too)
     from raylauncher.local.shutdown import stop_unfinished_jobs
     from raylauncher.wiring import build_watchdog
 

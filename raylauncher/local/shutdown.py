@@ -11,6 +11,7 @@ import time
 from raylauncher.control import request_cancel
 from raylauncher.errors import RayLauncherError
 from raylauncher.local.runtime import LocalSystem, wait_for_jobs
+from raylauncher.model import utc_now
 from raylauncher.watchdog import Watchdog
 
 SHUTDOWN_TIMEOUT_S = 120
@@ -22,6 +23,7 @@ def stop_unfinished_jobs(system: LocalSystem, watchdog: Watchdog, timeout_s: flo
     drivers are taken over); then take over what is left. True if every job ended."""
     unfinished = [j for j in system.store.list_jobs() if not j.is_terminal]
     if not unfinished:
+        stop_kept_clusters(system, watchdog)
         return True
     print(f"cancelling {len(unfinished)} unfinished job(s) and waiting for their clusters to go…")
     for job in unfinished:
@@ -44,12 +46,29 @@ def stop_unfinished_jobs(system: LocalSystem, watchdog: Watchdog, timeout_s: flo
             watchdog.take_over(job)
         except RayLauncherError as err:
             print(f"  could not take over {job.job_id}: {err}", file=sys.stderr)
+    stop_kept_clusters(system, watchdog)
     left = [j.job_id for j in system.store.list_jobs() if not j.is_terminal]
     if left:
         print(f"still not finished: {', '.join(left)}", file=sys.stderr)
     else:
         print("every job has ended")
     return not left
+
+
+def stop_kept_clusters(system: LocalSystem, watchdog: Watchdog) -> None:
+    """Warm and held clusters (raylauncher/warm.py) outlive their jobs: the watchdog takes each
+    over from its holder and tears it down (the holder finds it is no longer its own)."""
+    try:
+        kept = system.store.clusters.live()
+    except RayLauncherError as err:
+        print(f"could not list the kept clusters: {err}", file=sys.stderr)
+        return
+    for record in kept:
+        print(f"  tearing down kept cluster {record.name} ({record.status})")
+        try:
+            watchdog.tear_down_cluster(record, utc_now(), "the local system is stopping")
+        except RayLauncherError as err:
+            print(f"  could not tear down {record.name}: {err}", file=sys.stderr)
 
 
 def sweep(watchdog: Watchdog) -> None:

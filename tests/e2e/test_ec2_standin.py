@@ -44,7 +44,7 @@ from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, 
 from raylauncher.local.ec2_standin.seed import KEY_NAME
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
+from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 from raylauncher.wiring import build_driver, build_watchdog
 from tests.faults import FaultRow
@@ -72,6 +72,10 @@ def _project(root: Path) -> tuple[Path, Path]:
     (project / "jobs" / "probe" / "main.py").write_text(PROBE)
     (project / "jobs" / "quick").mkdir(parents=True)
     (project / "jobs" / "quick" / "main.py").write_text('print("quick: done", flush=True)\n')
+    (project / "jobs" / "slowish").mkdir(parents=True)  # runs long enough to be seen RUNNING
+    (project / "jobs" / "slowish" / "main.py").write_text('import time\ntime.sleep(3)\nprint("slowish: done")\n')
+    (project / "jobs" / "failing").mkdir(parents=True)
+    (project / "jobs" / "failing" / "main.py").write_text('import sys\nprint("failing: on purpose")\nsys.exit(1)\n')
     pipelines = project / "pipelines.yaml"
     pipelines.write_text((PROJECT_DIR / "pipelines.yaml").read_text() + """
   - name: probe
@@ -95,6 +99,20 @@ def _project(root: Path) -> tuple[Path, Path]:
     run_timeout_s: 600
     retry: {max_attempts: 1}
     output_prefix: outputs/probe-workers/
+  - name: warm
+    trigger: {prefix: incoming/warm/}
+    entrypoint: {script: jobs/slowish/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    retry: {max_attempts: 1}
+    keep_warm_seconds: 20
+    output_prefix: outputs/warm/
+  - name: held
+    trigger: {prefix: incoming/held/}
+    entrypoint: {script: jobs/failing/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    retry: {max_attempts: 1}
+    keep_failed_cluster_seconds: 600
+    output_prefix: outputs/held/
   - name: quick
     trigger: {prefix: incoming/quick/}
     entrypoint: {script: jobs/quick/main.py}
@@ -605,3 +623,120 @@ def test_nothing_of_a_node_outlives_its_instance(system: LocalSystem) -> None:
     assert not running
     wait_until(lambda: not system.standin.materializer.nodes, 10, "the materializer")
     assert all(not namespace_pids(ns) for ns in our_namespaces(system.standin.id))
+
+
+# -- warm clusters and debug holds (raylauncher/warm.py) --------------------------------------------
+
+
+def launched(system: LocalSystem, pipeline: str) -> Job:
+    """A job launched as intake launches it: admission (a warm cluster, or a slot + a driver)."""
+    from raylauncher.wiring import build_launcher
+
+    return build_launcher(system.settings, system.store).try_launch(system.store.create(Job.new(pipeline, "api")))
+
+
+def ended(system: LocalSystem, job: Job) -> Job:
+    wait_until(lambda: system.store.get(job.job_id).is_terminal, JOB_TIMEOUT_S, f"{job.job_id} to end")
+    return system.store.get(job.job_id)
+
+
+def to_running_s(job: Job) -> float:
+    return (parse_iso(job.phase_times["RUNNING"]) - parse_iso(job.created_at)).total_seconds()
+
+
+def cluster_status(system: LocalSystem, job: Job) -> str:
+    from raylauncher.warm import cluster_key
+
+    try:
+        return system.store.clusters.get(cluster_key(job.run_id)).status.value
+    except Exception:  # noqa: BLE001 - no record (yet)
+        return "-"
+
+
+def expiry_of(system: LocalSystem, job: Job) -> str:
+    (head,) = instances_of(system, job)
+    return {t["Key"]: t["Value"] for t in head["Tags"]}[EXPIRES_AT_TAG]
+
+
+def holder_of(job: Job) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline"]):
+        if (proc.info["cmdline"] or [])[-3:] == ["driver", "run", job.job_id]:
+            return proc
+    raise AssertionError(f"no driver process for {job.job_id}")
+
+
+def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder(
+    system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    # Given a pipeline keeping its clusters warm for 20 s, and its first job (a real `ray up`)
+    first = launched(system, "warm")
+    first = ended(system, first)
+    assert (first.status, first.kept) == (JobStatus.SUCCEEDED, "warm"), (first.reason_code, first.reason_message)
+    # (the reaper's expiry now bounds the warm time: keep 20 s + lease + margin, not the run deadline)
+    kept_until = parse_iso(expiry_of(system, first))
+    assert kept_until - parse_iso(first.phase_times["SUCCEEDED"]) < timedelta(seconds=20 + 10 + 900 + 60)
+    # When a second job arrives within the window
+    second = launched(system, "warm")
+    wait_until(lambda: system.store.get(second.job_id).status in (JobStatus.RUNNING, *TERMINAL), JOB_TIMEOUT_S, "RUNNING")
+    reused_until = parse_iso(expiry_of(system, first))  # while it runs: the run deadline's bound again
+    second = ended(system, second)
+    # Then it ran on the same cluster: one `ray up` (instances of the first job's cluster only)
+    assert (second.status, second.warm) == (JobStatus.SUCCEEDED, True), (second.reason_code, second.reason_message)
+    assert instances_of(system, second) == [] and len(instances_of(system, first)) == 1
+    cold, warm = to_running_s(first), to_running_s(second)
+    print(f"\nstand-in: object created -> RUNNING cold {cold:.1f} s, warm {warm:.1f} s")
+    from tests.e2e.test_warm_local import record_bench
+
+    record_bench("ec2-standin", {"cold_created_to_running_s": cold, "warm_created_to_running_s": warm})
+    assert warm * 10 <= cold, (cold, warm)
+    # And the reaper's expiry was moved forward when it was reused
+    assert reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1) > kept_until
+    assert parse_iso(expiry_of(system, first)) < reused_until  # kept warm again after it: the keep bound
+    # And once idle for 20 s it is torn down once: every instance terminated
+    wait_until(lambda: cluster_status(system, first) == "TORN_DOWN", 180, "the idle teardown")
+    assert_cluster_gone(system, first)
+    # And a job after the window gets a new cluster
+    third = ended(system, launched(system, "warm"))
+    assert (third.status, third.warm) == (JobStatus.SUCCEEDED, False) and instances_of(system, third)
+    wait_until(lambda: cluster_status(system, third) == "WARM", 30, "warm")
+    # When its holder is SIGKILLed while the cluster is warm
+    holder_of(third).kill()
+    killed = time.monotonic()
+    # Then the watchdog tears the cluster down within the lease + one sweep
+    watchdog = build_watchdog(system.settings)
+    wait_until(lambda: bool(watchdog.sweep().clusters_torn_down) or cluster_status(system, third) == "TORN_DOWN",
+               120, "the watchdog's teardown")  # fmt: skip
+    wait_until(lambda: all(i["State"]["Name"] == "terminated" for i in instances_of(system, third)), 60, "terminated")
+    outlived = time.monotonic() - killed
+    assert outlived <= system.settings.driver_lease_s + 60, outlived
+    assert_cluster_gone(system, third)
+    fault_row(FaultRow("holder SIGKILLed while warm", "ec2 stand-in", "TORN_DOWN", "none", 1, round(outlived, 1),
+                       0, 0, 0))  # fmt: skip
+    # And the next job still runs
+    fourth = ended(system, launched(system, "warm"))
+    assert (fourth.status, fourth.warm) == (JobStatus.SUCCEEDED, False)
+    holder_of(fourth).send_signal(signal.SIGTERM)  # a signal ends the hold at once
+    wait_until(lambda: cluster_status(system, fourth) == "TORN_DOWN", 180, "teardown after SIGTERM")
+    assert_cluster_gone(system, fourth)
+
+
+def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command(
+    system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
+) -> None:
+    from raylauncher.authz import Caller
+    from raylauncher.wiring import build_api_services
+
+    # Given a pipeline holding the cluster of a job that failed for its own reason
+    job = ended(system, launched(system, "held"))
+    assert (job.status, job.reason_code, job.kept) == (JobStatus.FAILED, ReasonCode.RAY_JOB_FAILED, "held")
+    wait_until(lambda: cluster_status(system, job) == "HELD", 30, "held")
+    instances = instances_of(system, job)
+    assert instances and all(i["State"]["Name"] == "running" for i in instances)
+    # When a person releases it
+    released = time.monotonic()
+    build_api_services(system.settings).release(job.job_id, Caller(arn=None))
+    # Then it is torn down: every instance terminated
+    wait_until(lambda: cluster_status(system, job) == "TORN_DOWN", 180, "the release")
+    assert_cluster_gone(system, job)
+    fault_row(FaultRow("held cluster released by command", "ec2 stand-in", "TORN_DOWN", "none", 1,
+                       round(time.monotonic() - released, 1), 0, 0, 0))  # fmt: skip

@@ -25,6 +25,7 @@ def test_every_operation_documents_the_error_body() -> None:
                 if int(code) >= 400:
                     assert response["content"]["application/json"]["schema"] == error_ref, (method, path, code)
     assert set(doc["paths"]) == {
-        "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/logs", "/pipelines", "/pipelines/{name}",
+        "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/release", "/jobs/{job_id}/logs", "/pipelines",
+        "/pipelines/{name}",
     }  # fmt: skip
     assert (doc["info"]["title"], doc["info"]["version"]) == ("raylauncher", "0.1.0")

@@ -113,6 +113,13 @@ def _project(root: Path) -> tuple[Path, Path]:
     retry: {max_attempts: 1}
     keep_failed_cluster_seconds: 600
     output_prefix: outputs/held/
+  - name: held-short
+    trigger: {prefix: incoming/held-short/}
+    entrypoint: {script: jobs/failing/main.py}
+    cluster: {min_workers: 0, max_workers: 0}
+    retry: {max_attempts: 1}
+    keep_failed_cluster_seconds: 15
+    output_prefix: outputs/held-short/
   - name: quick
     trigger: {prefix: incoming/quick/}
     entrypoint: {script: jobs/quick/main.py}
@@ -720,7 +727,7 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     assert_cluster_gone(system, fourth)
 
 
-def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command(
+def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or_by_time(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
     from raylauncher.authz import Caller
@@ -740,3 +747,13 @@ def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command(
     assert_cluster_gone(system, job)
     fault_row(FaultRow("held cluster released by command", "ec2 stand-in", "TORN_DOWN", "none", 1,
                        round(time.monotonic() - released, 1), 0, 0, 0))  # fmt: skip
+    # Given a pipeline holding a failed job's cluster for 15 s
+    short = ended(system, launched(system, "held-short"))
+    assert (short.status, short.kept) == (JobStatus.FAILED, "held"), (short.reason_code, short.reason_message)
+    wait_until(lambda: cluster_status(system, short) == "HELD", 30, "held")
+    assert all(i["State"]["Name"] == "running" for i in instances_of(system, short))
+    # When nobody releases it, Then it is torn down once its 15 s have run out
+    failed_at = parse_iso(short.phase_times["FAILED"])
+    wait_until(lambda: cluster_status(system, short) == "TORN_DOWN", 180, "the hold's end")
+    assert_cluster_gone(system, short)
+    assert (utc_now() - failed_at).total_seconds() >= 15  # not before its time

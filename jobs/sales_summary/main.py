@@ -129,11 +129,13 @@ def input_paths(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
-def pinned_versions(manifest: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
-    """The manifest's exact versions: pinned path -> (bucket, key, version id)."""
+def pinned_versions(manifest: dict[str, Any]) -> dict[str, exact_versions.Pinned]:
+    """The manifest's exact versions: pinned path -> (bucket, key, version id, size if recorded)."""
     bucket = manifest["bucket"]
     return {
-        exact_versions.pinned_path(bucket, item["key"], item["version_id"]): (bucket, item["key"], item["version_id"])
+        exact_versions.pinned_path(bucket, item["key"], item["version_id"]): exact_versions.Pinned(
+            bucket, item["key"], item["version_id"], item["size"] if isinstance(item.get("size"), int) else None
+        )
         for item in manifest.get("objects") or []
         if item.get("version_id")
     }

@@ -53,7 +53,7 @@ synth: $(STAMP)
 	  if [ $$(( rc & 2 )) -ne 0 ]; then echo "cfn-lint: errors"; exit 1; else echo "cfn-lint: no errors (exit $$rc: warnings are bit 4)"; fi
 
 # Figures, not tests: each bench writes bench/results/<name>.json, then bench/README.md is
-# regenerated from them. Default sizes take about 10 minutes on 2 cores (see bench/README.md).
+# regenerated from them. Default sizes: about 5 minutes on 2 cores (see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py

@@ -115,9 +115,11 @@ def sales_section(doc: dict[str, Any]) -> list[str]:
         total = sum(s["task_s"] for s in prof["stages"]) or 1
         lines += [
             "",
-            f"Where the job's time goes ({prof['size_mb']:g} MB, {prof['cpus']} CPUs, one run; Ray Data's "
-            "`ds.stats()` with `DataContext.per_stage_map_timing`): the read and the three batch functions run "
-            f"fused, one task per file ({prof.get('tasks')} tasks).",
+            (
+                f"Where the job's time goes ({prof['size_mb']:g} MB, {prof['cpus']} CPUs, one run; Ray Data's "
+                "`ds.stats()` with `DataContext.per_stage_map_timing`): the read and the three batch functions run "
+                f"fused, one task per file ({prof.get('tasks')} tasks)."
+            ),
             "",
             "| stage | task seconds (summed) | share | what it does |",
             "|---|---:|---:|---|",
@@ -128,11 +130,15 @@ def sales_section(doc: dict[str, Any]) -> list[str]:
         ]
         lines += [
             "",
-            f"- tasks' wall time {prof.get('task_wall_s')} s, CPU time {prof.get('task_cpu_s')} s (summed): the tasks were "
-            f"on a CPU {100 * prof.get('task_cpu_s', 0) / (prof.get('task_wall_s') or 1):.0f}% of their time; the rest is "
-            "waiting for moto's GetObject (moto has a process of its own on the same cores) and for a core",
-            f"- from the first task's start to the last one's end: {prof['dataset_wall_s']} s; the job's other "
-            f"{prof['outside_tasks_s']} s: planning (file sizes), the execution's start and end, combine, Parquet write",
+            (
+                f"- tasks' wall time {prof.get('task_wall_s')} s, CPU time {prof.get('task_cpu_s')} s (summed): the tasks "
+                f"were on a CPU {100 * prof.get('task_cpu_s', 0) / (prof.get('task_wall_s') or 1):.0f}% of their time; the "
+                "rest is waiting for moto's GetObject (moto has a process of its own on the same cores) and for a core"
+            ),
+            (
+                f"- from the first task's start to the last one's end: {prof['dataset_wall_s']} s; the job's other "
+                f"{prof['outside_tasks_s']} s: planning (file sizes), the execution's start and end, combine, Parquet write"
+            ),
         ]  # fmt: skip
     return lines
 

@@ -52,11 +52,15 @@ synth: $(STAMP)
 	@rc=0; $(BIN)/cfn-lint cdk.out/RayLauncher.template.json || rc=$$?; \
 	  if [ $$(( rc & 2 )) -ne 0 ]; then echo "cfn-lint: errors"; exit 1; else echo "cfn-lint: no errors (exit $$rc: warnings are bit 4)"; fi
 
+# Figures, not tests: each bench writes bench/results/<name>.json, then bench/README.md is
+# regenerated from them. Default sizes: about 5 minutes on 2 cores (see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/warm_clusters.py
 	@$(MAKE) --no-print-directory standin-deps && $(BIN)/python bench/ec2_standin.py || echo "EC2 stand-in bench skipped"
+	$(BIN)/python bench/report.py
+	@$(MAKE) --no-print-directory check-no-ray
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache cdk.out

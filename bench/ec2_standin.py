@@ -18,22 +18,18 @@ Figures, per run:
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
 from raylauncher.local.sample_data import generate_sales_csv  # noqa: E402
 from raylauncher.local.ec2_standin import unavailable  # noqa: E402
 from raylauncher.local.runtime import local_system, wait_for_jobs  # noqa: E402
 from raylauncher.model import Job, parse_iso  # noqa: E402
+from record import write_result  # noqa: E402
 
 FIGURES = ("ray_up_head_s", "workers_joined_s", "provisioning_s", "job_run_s", "end_to_terminated_s",
            "ray_down_total_s")  # fmt: skip
@@ -90,19 +86,10 @@ def main() -> int:
     print(f"\n{'figure':<22}{'min':>8}{'median':>8}{'max':>8}   (seconds, {len(runs)} runs)")
     for f, v in summary.items():
         print(f"{f:<22}{v['min']:>8.1f}{v['median']:>8.1f}{v['max']:>8.1f}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                            check=False).stdout.strip()  # fmt: skip
-    import ray
-
-    result = {
-        "bench": "ec2_standin", "runs": runs, "summary": summary,
+    write_result("ec2_standin", {
+        "runs": runs, "summary": summary,
         "params": {"runs": args.runs, "rows_per_file": args.rows, "files": args.files},
-        "machine": {"cores": os.cpu_count(), "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-                    "python": platform.python_version(), "ray": ray.__version__, "commit": commit},
-    }  # fmt: skip
-    out = REPO_ROOT / "bench" / "results" / "ec2_standin.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"written to {out.relative_to(REPO_ROOT)}")
+    })  # fmt: skip
     return 0
 
 

@@ -10,7 +10,8 @@ SQS itself is not in the timed path: moto's SQS server costs O(queue depth) per 
 here: 500 sends take 3 s on an empty queue, 18 s at a depth of 1,500), which would measure moto,
 not us. Prints events/s, DynamoDB requests per event, jobs created, launches requested, and
 objects missing or doubled across all manifests (both must be 0). The bastion is a no-op
-command: no driver or Ray cluster is started. Figures only; nothing is asserted.
+command: no driver or Ray cluster is started. Written to bench/results/intake.json. Figures
+only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
 from lambdas.intake import handler as intake_handler  # noqa: E402
 from raylauncher import aws  # noqa: E402
@@ -35,6 +36,7 @@ from raylauncher.local.poller import LocalLambdaContext, to_lambda_event  # noqa
 from raylauncher.local.runtime import local_settings  # noqa: E402
 from raylauncher.local.stack import FAKE_CREDENTIALS, MotoServer, bootstrap  # noqa: E402
 from raylauncher.wiring import build_objects, build_store  # noqa: E402
+from record import write_result  # noqa: E402
 
 DYNAMODB_CALLS = {"n": 0}
 
@@ -123,6 +125,17 @@ def main() -> None:
     print(f"max concurrent clusters   {launching} (caps: {pipelines.pipelines[0].max_concurrent_clusters} per pipeline, "
           f"{settings.max_clusters_total} in total; {queued} job(s) QUEUED for a slot)")  # fmt: skip
     print(f"objects missing / doubled {missing} / {doubled}")
+    write_result("intake", {
+        "figures": {
+            "notifications": events, "redeliveries": len(duplicates), "intake_s": round(intake_s, 2),
+            "events_per_s": round(events / intake_s), "dynamodb_requests": DYNAMODB_CALLS["n"],
+            "dynamodb_requests_per_event": round(DYNAMODB_CALLS["n"] / events, 3), "jobs_created": len(jobs),
+            "max_concurrent_clusters": launching, "jobs_queued": queued, "objects_missing": missing,
+            "objects_doubled": doubled,
+        },
+        "params": {"objects": args.objects, "duplicates": args.duplicates, "batch_size": args.batch_size,
+                   "max_objects_per_job": pipelines.pipelines[0].max_objects_per_job},
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,16 +10,31 @@ is what ``ray.data.read_csv(paths, filesystem=...)`` reads through, unchanged.
 Only the paths built here from the manifest are pinned: a key that merely contains
 ``?versionId=`` is never taken for one. A pinned object is read whole into memory by the task
 that reads it (the CSV reader streams it anyway, and each file is one read task).
+
+A version never changes, so the size the manifest recorded for it is its size: a pinned path's
+file info comes from the manifest (no ``HeadObject``) when the manifest has it, and listing a
+directory that holds pinned paths lists those. That is how Ray Data learns its inputs' sizes
+before reading: one lookup on the driver instead of a ``HeadObject`` per object in Ray tasks, and
+no recursive listing of a trigger prefix that may hold many other objects.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 VERSION_QUERY = "?versionId="
+
+
+class Pinned(NamedTuple):
+    """One object version of the manifest; ``size`` as the manifest recorded it (None: unknown)."""
+
+    bucket: str
+    key: str
+    version_id: str
+    size: int | None = None
 
 
 def pinned_path(bucket: str, key: str, version_id: str) -> str:
@@ -34,9 +49,9 @@ class ExactVersions(pafs.FileSystemHandler):
     made where the handler is used (a Ray worker), never pickled.
     """
 
-    def __init__(self, fs: pafs.FileSystem, pinned: dict[str, tuple[str, str, str]], client_kwargs: dict[str, Any]) -> None:
+    def __init__(self, fs: pafs.FileSystem, pinned: dict[str, Pinned], client_kwargs: dict[str, Any]) -> None:
         self._fs = fs
-        self._pinned = dict(pinned)  # path -> (bucket, key, version id)
+        self._pinned = {path: Pinned(*version) for path, version in pinned.items()}
         self._client_kwargs = dict(client_kwargs)
         self._client: Any = None
 
@@ -51,8 +66,8 @@ class ExactVersions(pafs.FileSystemHandler):
         return self._client
 
     def _version_args(self, path: str) -> dict[str, str]:
-        bucket, key, version_id = self._pinned[path]
-        return {"Bucket": bucket, "Key": key, "VersionId": version_id}
+        version = self._pinned[path]
+        return {"Bucket": version.bucket, "Key": version.key, "VersionId": version.version_id}
 
     def _read(self, path: str) -> pa.BufferReader:
         body = self._s3().get_object(**self._version_args(path))["Body"]
@@ -71,18 +86,24 @@ class ExactVersions(pafs.FileSystemHandler):
     def normalize_path(self, path: str) -> str:
         return path if path in self._pinned else self._fs.normalize_path(path)
 
+    def _pinned_info(self, path: str) -> pafs.FileInfo:
+        size = self._pinned[path].size
+        if size is not None:
+            return pafs.FileInfo(path, pafs.FileType.File, size=size)
+        head = self._s3().head_object(**self._version_args(path))
+        return pafs.FileInfo(path, pafs.FileType.File, size=head["ContentLength"], mtime=head.get("LastModified"))
+
     def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
-        infos = []
-        for path in paths:
-            if path in self._pinned:
-                head = self._s3().head_object(**self._version_args(path))
-                infos.append(pafs.FileInfo(path, pafs.FileType.File, size=head["ContentLength"], mtime=head.get("LastModified")))
-            else:
-                infos.extend(self._fs.get_file_info([path]))
-        return infos
+        return [self._pinned_info(p) if p in self._pinned else self._fs.get_file_info([p])[0] for p in paths]
 
     def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
-        return self._fs.get_file_info(selector)
+        base = selector.base_dir.rstrip("/") + "/"
+        pinned = [
+            self._pinned_info(path)
+            for path in self._pinned
+            if path.startswith(base) and (selector.recursive or "/" not in path[len(base) :])
+        ]
+        return pinned or self._fs.get_file_info(selector)
 
     def open_input_stream(self, path: str) -> Any:
         return self._read(path) if path in self._pinned else self._fs.open_input_stream(path)

@@ -1,4 +1,8 @@
-"""Pure pandas transforms of the sales-summary job (no Ray here).
+"""Pure Arrow transforms of the sales-summary job (no Ray here): pyarrow tables in and out.
+
+Every function works on whole columns with ``pyarrow.compute`` (trimming, regex validation,
+casts, arithmetic, group-by): no Python loop over rows, so a batch of a million rows costs a
+few dozen kernel calls.
 
 Validation rules (a row is valid iff all hold; invalid rows are kept and flagged):
 
@@ -7,109 +11,121 @@ Validation rules (a row is valid iff all hold; invalid rows are kept and flagged
   ``1 .. 10**18 - 1`` (so it always fits int64);
 * ``unit_price`` stripped is a plain decimal number (``12``, ``12.5``, ``.5``,
   ``1e3``; no ``nan``/``inf``/thousands separators) that is finite and ``>= 0``.
+
+"Whitespace" is what Python's ``str.strip()`` removes (``utf8_trim_whitespace`` trims the
+same Unicode set); a missing value (null) counts as an empty string.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+from collections.abc import Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 INPUT_COLUMNS = ("order_id", "region", "product", "quantity", "unit_price", "order_date")
-PARTIAL_COLUMNS = ("region", "is_valid", "rows", "quantity", "revenue")
-AGGREGATE_COLUMNS = ("region", "orders", "quantity_total", "revenue_total", "revenue_mean")
+# The columns the aggregates depend on: the only ones the job needs to parse.
+USED_COLUMNS = ("region", "quantity", "unit_price")
+PARTIAL_SCHEMA = pa.schema(
+    [("region", pa.string()), ("is_valid", pa.bool_()), ("rows", pa.int64()), ("quantity", pa.int64()), ("revenue", pa.float64())]
+)
+AGGREGATE_SCHEMA = pa.schema(
+    [
+        ("region", pa.string()),
+        ("orders", pa.int64()),
+        ("quantity_total", pa.int64()),
+        ("revenue_total", pa.float64()),
+        ("revenue_mean", pa.float64()),
+    ]
+)
+PARTIAL_COLUMNS = tuple(PARTIAL_SCHEMA.names)
+AGGREGATE_COLUMNS = tuple(AGGREGATE_SCHEMA.names)
 
-_QUANTITY_PATTERN = r"\+?0*[1-9][0-9]{0,17}"
-_PRICE_PATTERN = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_PARTIAL_DTYPES = {
-    "region": "str",
-    "is_valid": "bool",
-    "rows": "int64",
-    "quantity": "int64",
-    "revenue": "float64",
-}
-_AGGREGATE_DTYPES = {
-    "region": "str",
-    "orders": "int64",
-    "quantity_total": "int64",
-    "revenue_total": "float64",
-    "revenue_mean": "float64",
-}
-
-
-def _stripped_text(column: pd.Series) -> pd.Series:
-    """Return the column as strings stripped of whitespace, missing values as ""."""
-    return column.fillna("").astype(str).str.strip()
+# RE2 (Arrow's regex engine) with \A...\z: the whole string must match, like Python's fullmatch.
+_QUANTITY_PATTERN = r"\A(?:\+?0*[1-9][0-9]{0,17})\z"
+_PRICE_PATTERN = r"\A(?:[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\z"
 
 
-def clean(batch: pd.DataFrame) -> pd.DataFrame:
+def _stripped_text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column as strings stripped of whitespace, missing values as ""."""
+    return pc.utf8_trim_whitespace(pc.fill_null(pc.cast(column, pa.string()), ""))
+
+
+def _replace(batch: pa.Table, name: str, column: pa.Array | pa.ChunkedArray) -> pa.Table:
+    return batch.set_column(batch.schema.get_field_index(name), name, column)
+
+
+def clean(batch: pa.Table) -> pa.Table:
     """Flag each row with ``is_valid`` and normalize region, quantity and unit_price.
 
     Valid rows get the stripped region, an int64 quantity and a float64 unit_price;
-    invalid rows get region "", quantity 0 and unit_price 0.0.
+    invalid rows get region "", quantity 0 and unit_price 0.0. Other columns pass through.
+    Raises ``KeyError`` if a used column is missing.
     """
     region = _stripped_text(batch["region"])
     quantity_text = _stripped_text(batch["quantity"])
     price_text = _stripped_text(batch["unit_price"])
 
-    quantity_ok = quantity_text.str.fullmatch(_QUANTITY_PATTERN).astype(bool)
-    price_ok = price_text.str.fullmatch(_PRICE_PATTERN).astype(bool)
-    quantity = quantity_text.where(quantity_ok, "0").astype("int64")
-    price = price_text.where(price_ok, "nan").astype("float64")
-    valid = (region != "") & quantity_ok & np.isfinite(price) & (price >= 0)
+    quantity_ok = pc.match_substring_regex(quantity_text, _QUANTITY_PATTERN)
+    price_ok = pc.match_substring_regex(price_text, _PRICE_PATTERN)
+    # Arrow's integer parser takes no "+"; the pattern allows one, before the digits only.
+    quantity = pc.cast(pc.if_else(quantity_ok, pc.utf8_ltrim(quantity_text, characters="+"), "0"), pa.int64())
+    price = pc.cast(pc.if_else(price_ok, price_text, "nan"), pa.float64())  # "1e400" -> inf
+    valid = pc.and_(
+        pc.and_(pc.not_equal(region, ""), quantity_ok),
+        pc.and_(pc.is_finite(price), pc.greater_equal(price, 0.0)),
+    )
 
-    out = batch.copy()
-    out["region"] = region.where(valid, "").astype("str")
-    out["quantity"] = quantity.where(valid, 0).astype("int64")
-    out["unit_price"] = price.where(valid, 0.0).astype("float64")
-    out["is_valid"] = valid.astype(bool)
-    return out
+    out = _replace(batch, "region", pc.if_else(valid, region, ""))
+    out = _replace(out, "quantity", pc.if_else(valid, quantity, 0))
+    out = _replace(out, "unit_price", pc.if_else(valid, price, 0.0))
+    return out.append_column("is_valid", valid)
 
 
-def add_revenue(batch: pd.DataFrame) -> pd.DataFrame:
+def add_revenue(batch: pa.Table) -> pa.Table:
     """Add ``revenue = quantity * unit_price`` (0.0 for invalid rows) to a cleaned batch."""
-    out = batch.copy()
-    revenue = batch["quantity"].astype("float64") * batch["unit_price"]
-    out["revenue"] = revenue.where(batch["is_valid"], 0.0).astype("float64")
-    return out
+    # safe=False: a quantity above 2**53 rounds to the nearest double, as numpy's astype does.
+    quantity = pc.cast(batch["quantity"], pa.float64(), safe=False)
+    revenue = pc.if_else(batch["is_valid"], pc.multiply(quantity, batch["unit_price"]), 0.0)
+    return batch.append_column("revenue", revenue)
 
 
-def partial_aggregate(batch: pd.DataFrame) -> pd.DataFrame:
+def partial_aggregate(batch: pa.Table) -> pa.Table:
     """Map-side combine: one row per (is_valid, region) with row count and sums.
 
-    Invalid rows all fall under region "" (``clean`` blanks their region).
+    Invalid rows all fall under region "" (``clean`` blanks their region). An empty batch
+    gives an empty table with ``PARTIAL_SCHEMA``.
     """
-    partial = (
-        batch.groupby(["is_valid", "region"], sort=False)
-        .agg(
-            rows=("quantity", "size"),
-            quantity=("quantity", "sum"),
-            revenue=("revenue", "sum"),
-        )
-        .reset_index()
+    grouped = batch.group_by(["is_valid", "region"], use_threads=False).aggregate(
+        [([], "count_all"), ("quantity", "sum"), ("revenue", "sum")]
     )
-    return partial[list(PARTIAL_COLUMNS)].astype(_PARTIAL_DTYPES)
+    return pa.table(
+        [grouped["region"], grouped["is_valid"], grouped["count_all"], grouped["quantity_sum"], grouped["revenue_sum"]],
+        schema=PARTIAL_SCHEMA,
+    )
 
 
-def final_aggregate(partials: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
-    """Reduce partial aggregates to ``(aggregates, rows_in, rows_rejected)``.
+def final_aggregate(partials: Iterable[pa.Table]) -> tuple[pa.Table, int, int]:
+    """Reduce the partial aggregates of all batches to ``(aggregates, rows_in, rows_rejected)``.
 
-    ``aggregates`` has one row per region of valid rows, sorted by region. A frame without
-    columns (what Ray returns when no input had rows) counts as no rows.
+    ``aggregates`` has one row per region of valid rows, sorted by region (code point order).
+    Partials without rows are skipped (Ray may hand over empty or column-less blocks), so no
+    partials at all mean no rows.
     """
-    partials = partials.reindex(columns=list(PARTIAL_COLUMNS)).astype(_PARTIAL_DTYPES)
-    valid = partials[partials["is_valid"]]
-    rows_in = int(partials["rows"].sum())
-    rows_rejected = rows_in - int(valid["rows"].sum())
+    tables = [table.select(list(PARTIAL_COLUMNS)).cast(PARTIAL_SCHEMA) for table in partials if table.num_rows]
+    combined = pa.concat_tables(tables) if tables else PARTIAL_SCHEMA.empty_table()
+    valid = combined.filter(combined["is_valid"])
+    rows_in = pc.sum(combined["rows"]).as_py() or 0
+    rows_rejected = rows_in - (pc.sum(valid["rows"]).as_py() or 0)
 
-    aggregates = (
-        valid.groupby("region", sort=True)
-        .agg(
-            orders=("rows", "sum"),
-            quantity_total=("quantity", "sum"),
-            revenue_total=("revenue", "sum"),
-        )
-        .reset_index()
+    totals = (
+        valid.group_by("region", use_threads=False)
+        .aggregate([("rows", "sum"), ("quantity", "sum"), ("revenue", "sum")])
+        .sort_by("region")
     )
-    aggregates["revenue_mean"] = aggregates["revenue_total"] / aggregates["orders"]
-    aggregates = aggregates[list(AGGREGATE_COLUMNS)].astype(_AGGREGATE_DTYPES)
-    return aggregates.reset_index(drop=True), rows_in, rows_rejected
+    revenue_mean = pc.divide(totals["revenue_sum"], pc.cast(totals["rows_sum"], pa.float64()))
+    aggregates = pa.table(
+        [totals["region"], totals["rows_sum"], totals["quantity_sum"], totals["revenue_sum"], revenue_mean],
+        schema=AGGREGATE_SCHEMA,
+    )
+    return aggregates, rows_in, rows_rejected

@@ -134,7 +134,9 @@ def ray_start_commands(job: Job, region: str) -> tuple[list[str], list[str]]:
     open node."""
     fetch = fetch_token_shell(job, region)
     with_token = f'ulimit -n 65536; RAY_AUTH_TOKEN="$({fetch})" || exit 1; export RAY_AUTH_MODE=token RAY_AUTH_TOKEN; '
-    return ["ray stop", with_token + HEAD_START], ["ray stop", with_token + WORKER_START]
+    # No `ray stop` first: it stops every Ray on the machine, and each node is a fresh instance
+    # of this one cluster (cache_stopped_nodes: false), with nothing of ours to clear.
+    return [with_token + HEAD_START], [with_token + WORKER_START]
 
 
 def render_cluster_config(

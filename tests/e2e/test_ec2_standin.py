@@ -47,6 +47,7 @@ from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
 from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
 from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TAG
 from raylauncher.wiring import build_driver, build_watchdog
+from tests.e2e.test_cluster_auth_local import status_of as http_status
 from tests.faults import FaultRow
 from tests.iam_contract import contract_roles, contract_violations, granted_ec2_actions, used_by_role
 
@@ -295,14 +296,6 @@ def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: Lo
     # And moto's default VPC (172.31.0.0/16, which would route out of the machine) is gone
     vpcs = system.standin.client("ec2").describe_vpcs()["Vpcs"]
     assert [v["CidrBlock"] for v in vpcs] == [str(bridge.subnet)]
-
-
-def http_status(url: str, headers: dict[str, str]) -> int:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:  # noqa: S310
-            return int(resp.status)
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 def try_to_join(system: LocalSystem, node: dict[str, Any], head_ip: str, headers: dict[str, str],

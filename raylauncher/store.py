@@ -24,7 +24,7 @@ from raylauncher.events import JobEvents, NullJobEvents
 from raylauncher.model import TERMINAL, Job, JobStatus, check_transition, iso, utc_now
 
 if TYPE_CHECKING:
-    from raylauncher.warm import ClusterRecords
+    from raylauncher.cluster_records import ClusterRecords
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class DynamoJobStore(JobStore):
     @property
     def clusters(self) -> ClusterRecords:
         """The warm/held cluster records, kept in the same table (raylauncher/warm.py)."""
-        from raylauncher.warm import ClusterRecords
+        from raylauncher.cluster_records import ClusterRecords
 
         return ClusterRecords(self._ddb, self._table)
 

@@ -23,17 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, Field
 
-from raylauncher.aws import error_code
 from raylauncher.config import Pipeline
-from raylauncher.errors import JobNotFound, StorageError, TransitionConflict
-from raylauncher.model import Job, JobStatus, ReasonCode, iso, parse_iso, utc_now
+from raylauncher.errors import IllegalTransition, RayLauncherError, TransitionConflict
+from raylauncher.model import Job, JobStatus, ReasonCode, parse_iso
+
+if TYPE_CHECKING:  # the ports: DynamoDB adapters in raylauncher/cluster_records.py and store.py
+    from raylauncher.cluster_records import ClusterRecords
+    from raylauncher.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -149,199 +152,81 @@ def origin_of(job: Job) -> Job:
     return job.model_copy(update={"job_id": origin_id, "attempt": int(origin_attempt or 1)})
 
 
-_FIELDS = {
-    "name", "pipeline", "profile", "owner", "heartbeat_at", "created_at", "origin_job_id", "origin_attempt", "details",
-    "slot_held", "jobs_served", "last_job", "assigned_job", "idle_since", "idle_until", "held_until",
-    "release_requested", "warm_seconds", "held_seconds", "torn_down_at", "cluster_seconds",
-}  # fmt: skip
-#: Attribute names in the job table: never the job indexes' (`status`, `pipeline`, `slot_pool`).
-_ATTR = {"status": "cluster_status", "pipeline": "cluster_pipeline", "version": "cluster_version"}
-
-
-def _attr(field: str) -> str:
-    return _ATTR.get(field, "c_" + field if field in _FIELDS else field)
-
-
-class ClusterRecords:
-    """The cluster records in the job table (DynamoDB). Every status change is conditional on
-    (status, version); the lease is conditional on the owner."""
-
-    def __init__(self, dynamodb_client: Any, table_name: str) -> None:
-        self._ddb = dynamodb_client
-        self._table = table_name
-
-    @property
-    def table_name(self) -> str:
-        return self._table
-
-    # -- items ---------------------------------------------------------------------------------
-
-    def item(self, record: ClusterRecord) -> dict[str, Any]:
-        from raylauncher.store import CREATED_KEY, KIND, _to_dynamo
-
-        plain = record.model_dump(mode="json")
-        item = {"job_id": {"S": record.key}, KIND: {"S": KIND_CLUSTER},
-                CREATED_KEY: {"S": f"{record.created_at}#{record.key}"}}  # fmt: skip
-        for name, value in plain.items():
-            if name != "key" and value is not None:
-                item[_attr(name)] = _to_dynamo(value)
-        return item
-
-    @staticmethod
-    def parse(item: dict[str, Any]) -> ClusterRecord:
-        from raylauncher.store import _from_dynamo
-
-        plain = _from_dynamo(item)
-        back = {v: k for k, v in _ATTR.items()}
-        fields: dict[str, Any] = {"key": plain["job_id"]}
-        for name, value in plain.items():
-            field = back.get(name) or (name[2:] if name.startswith("c_") else None)
-            if field:
-                fields[field] = value
-        return ClusterRecord.model_validate(fields)
-
-    def put_params(self, record: ClusterRecord) -> dict[str, Any]:
-        """A new record (conditional on none existing), for a transaction."""
-        return {"TableName": self._table, "Item": self.item(record), "ConditionExpression": "attribute_not_exists(job_id)"}
-
-    def update_params(self, record: ClusterRecord, target: ClusterStatus | None, **fields: Any) -> dict[str, Any]:
-        """The conditional update moving `record` to `target` (None: same status, version bumped
-        anyway), setting `fields` (None removes), for a transaction too."""
-        from raylauncher.store import _to_dynamo
-
-        if target is not None and target not in CLUSTER_TRANSITIONS[record.status]:
-            raise TransitionConflict(record.key, record.status.value, target.value)
-        names = {"#s": "cluster_status", "#v": "cluster_version"}
-        values: dict[str, Any] = {":from": {"S": record.status.value}, ":ver": {"N": str(record.version)},
-                                  ":next": {"N": str(record.version + 1)}}  # fmt: skip
-        sets, removes = ["#v = :next"], []
-        if target is not None:
-            values[":to"] = {"S": target.value}
-            sets.append("#s = :to")
-            if target in (C.TORN_DOWN, C.TEARDOWN_FAILED):
-                names["#ttl"] = "expires_at"
-                values[":ttl"] = {"N": str(int(utc_now().timestamp()) + RECORD_RETENTION_S)}
-                sets.append("#ttl = :ttl")
-        for i, (name, value) in enumerate(sorted(fields.items())):
-            if name not in _FIELDS:
-                raise ValueError(f"unknown cluster field {name!r}")
-            names[f"#f{i}"] = _attr(name)
-            if value is None:
-                removes.append(f"#f{i}")
-            else:
-                values[f":f{i}"] = _to_dynamo(value.value if hasattr(value, "value") else value)
-                sets.append(f"#f{i} = :f{i}")
-        return {
-            "TableName": self._table, "Key": {"job_id": {"S": record.key}},
-            "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removes) if removes else ""),
-            "ConditionExpression": "#s = :from AND #v = :ver",
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
-        }  # fmt: skip
-
-    # -- reads and writes -------------------------------------------------------------------------
-
-    def get(self, key: str) -> ClusterRecord:
-        try:
-            resp = self._ddb.get_item(TableName=self._table, Key={"job_id": {"S": key}}, ConsistentRead=True)
-        except (ClientError, BotoCoreError) as err:
-            raise StorageError(f"cannot read cluster {key}", error_code(err)) from err
-        if "Item" not in resp:
-            raise JobNotFound(key)
-        return self.parse(resp["Item"])
-
-    def live(self, pipeline: str | None = None, status: ClusterStatus | None = None) -> list[ClusterRecord]:
-        """Clusters not torn down (the by_created index, kind = cluster; eventually consistent:
-        act through conditional writes)."""
-        values: dict[str, Any] = {":k": {"S": KIND_CLUSTER}}
-        names = {"#k": "kind", "#s": "cluster_status"}
-        wanted = [status] if status else sorted(LIVE)
-        values.update({f":s{i}": {"S": s.value} for i, s in enumerate(wanted)})
-        filt = "#s IN (" + ", ".join(f":s{i}" for i in range(len(wanted))) + ")"
-        if pipeline:
-            names["#p"] = "cluster_pipeline"
-            values[":p"] = {"S": pipeline}
-            filt += " AND #p = :p"
-        params = {"TableName": self._table, "IndexName": "by_created", "KeyConditionExpression": "#k = :k",
-                  "FilterExpression": filt, "ExpressionAttributeNames": names, "ExpressionAttributeValues": values}  # fmt: skip
-        found = []
-        try:
-            for page in self._ddb.get_paginator("query").paginate(**params):
-                found += [self.parse(item) for item in page.get("Items", [])]
-        except (ClientError, BotoCoreError) as err:
-            raise StorageError("cannot list clusters", error_code(err)) from err
-        return found
-
-    def create(self, record: ClusterRecord) -> ClusterRecord:
-        try:
-            self._ddb.put_item(**self.put_params(record))
-        except (ClientError, BotoCoreError) as err:
-            if error_code(err) == "ConditionalCheckFailedException":
-                raise TransitionConflict(record.key, "(new)", None) from None
-            raise StorageError(f"cannot create cluster {record.key}", error_code(err)) from err
-        return record
-
-    def update(self, record: ClusterRecord, target: ClusterStatus | None, **fields: Any) -> ClusterRecord:
-        params = self.update_params(record, target, **fields)
-        try:
-            resp = self._ddb.update_item(**params, ReturnValues="ALL_NEW")
-        except (ClientError, BotoCoreError) as err:
-            if error_code(err) == "ConditionalCheckFailedException":
-                raise TransitionConflict(record.key, record.status.value, None) from None
-            raise StorageError(f"cannot update cluster {record.key}", error_code(err)) from err
-        return self.parse(resp["Attributes"])
-
-    def renew_lease(self, key: str, owner: str) -> None:
-        """The holder's heartbeat: iff it still owns the cluster and the cluster is live."""
-        values: dict[str, Any] = {":o": {"S": owner}, ":now": {"S": iso(utc_now())}}
-        values.update({f":s{i}": {"S": s.value} for i, s in enumerate(sorted(LIVE))})
-        live = ", ".join(f":s{i}" for i in range(len(LIVE)))
-        try:
-            self._ddb.update_item(
-                TableName=self._table, Key={"job_id": {"S": key}}, UpdateExpression="SET c_heartbeat_at = :now",
-                ConditionExpression=f"c_owner = :o AND cluster_status IN ({live})", ExpressionAttributeValues=values,
-            )  # fmt: skip
-        except (ClientError, BotoCoreError) as err:
-            if error_code(err) == "ConditionalCheckFailedException":
-                raise TransitionConflict(key, "owned by " + owner, None) from None
-            raise StorageError(f"cannot renew the lease of cluster {key}", error_code(err)) from err
-
-    def request_release(self, job: Job) -> ClusterRecord:
-        """`jobs release JOB`: end the hold of the cluster JOB failed on, at once (its holder or
-        the watchdog tears it down). TransitionConflict if the job's cluster is not HELD for it."""
-        if not job.cluster_key:
-            raise TransitionConflict(job.job_id, "not holding a cluster", None)
-        record = self.get(job.cluster_key)
-        if record.status != C.HELD or record.last_job != job.job_id:
-            raise TransitionConflict(job.job_id, "not holding a cluster", record.status.value)
-        return self.update(record, None, release_requested=True, held_until=iso(utc_now()))
-
-
 def seconds_between(start: str | None, end: datetime) -> float:
     return max(0.0, (end - parse_iso(start)).total_seconds()) if start else 0.0
 
 
-__all__ = [
-    "CLUSTER_TRANSITIONS", "ClusterRecord", "ClusterRecords", "ClusterStatus", "cluster_key", "end_cluster", "keep_mode",
-    "origin_of", "profile_of",
-]  # fmt: skip
+#: A kept cluster idle or held (not running a job): the states whose seconds are idle cost.
+KEPT: frozenset[ClusterStatus] = frozenset({C.WARM, C.ASSIGNED, C.HELD})
 
 
-def end_items(records: ClusterRecords, record: ClusterRecord, target: ClusterStatus, now: datetime,
-              slot_items: list[dict[str, Any]]) -> list[dict[str, Any]]:  # fmt: skip
-    """The transaction that ends a TEARING_DOWN cluster record: TORN_DOWN (or TEARDOWN_FAILED)
-    with its cluster-seconds, and its slot given back (`slot_items`) if it holds one."""
-    fields: dict[str, Any] = {"slot_held": False, "torn_down_at": iso(now), "idle_since": None,
-                              "cluster_seconds": round(seconds_between(record.created_at, now), 3)}  # fmt: skip
-    return [{"Update": records.update_params(record, target, **fields)}, *(slot_items if record.slot_held else [])]
+def kept_totals(record: ClusterRecord, now: datetime) -> dict[str, float]:
+    """The record's warm/held seconds including the idle stretch now ending."""
+    idle = record.idle_seconds(now)
+    if record.status in (C.WARM, C.ASSIGNED):
+        return {"warm_seconds": round(record.warm_seconds + idle, 3)}
+    if record.status == C.HELD:
+        return {"held_seconds": round(record.held_seconds + idle, 3)}
+    return {}
 
 
-def end_cluster(records: ClusterRecords, record: ClusterRecord, target: ClusterStatus,
-                slot_items: list[dict[str, Any]]) -> bool:  # fmt: skip
-    """Apply `end_items` (one transaction). False if it did not apply (somebody else ended it)."""
+def note_kept_seconds(store: JobStore, job_id: str | None, seconds: float) -> None:
+    """How long the cluster stayed up idle (warm) or held after `job_id`, on that job's record
+    and announced as its event (best-effort: the cluster record has the totals)."""
+    if not job_id:
+        return
     try:
-        records._ddb.transact_write_items(TransactItems=end_items(records, record, target, utc_now(), slot_items))
-    except (ClientError, BotoCoreError) as err:
-        log.warning("cluster %s: not ended as %s (%s)", record.key, target, error_code(err))
-        return False
-    log.info("cluster %s: %s", record.key, target)
-    return True
+        job = store.get(job_id)
+        if job.kept:
+            store.note(job, kept_seconds=round(seconds, 3))  # type: ignore[attr-defined]
+    except (RayLauncherError, AttributeError):
+        log.warning("job %s: kept seconds not recorded", job_id, exc_info=True)
+
+
+def requeue_assigned(store: JobStore, job_id: str, key: str) -> None:
+    """A job assigned to a cluster that went down before it was claimed: QUEUED again (it gets
+    another warm cluster or a slot of its own)."""
+    try:
+        job = store.get(job_id)
+        if job.status == JobStatus.LAUNCHING and job.cluster_key == key:
+            store.transition(job, JobStatus.QUEUED, cluster_key=None, warm=False)
+    except (TransitionConflict, IllegalTransition, RayLauncherError):
+        log.warning("job %s: could not be queued again after its warm cluster went down", job_id, exc_info=True)
+
+
+def retire(
+    clusters: ClusterRecords,
+    store: JobStore,
+    record: ClusterRecord,
+    now: datetime,
+    down: Callable[[], bool],
+    slot_items: list[dict[str, Any]],
+    takeover: dict[str, Any] | None = None,
+) -> ClusterStatus | None:
+    """Tear a kept cluster down from its record — by its holder (time ran out, release, signal)
+    or by the watchdog (`takeover`: the new owner fields; the update is then also conditional on
+    the heartbeat it judged lapsed, so a live holder's renewal wins). TEARING_DOWN with its idle
+    or held seconds, `down()`, then TORN_DOWN or TEARDOWN_FAILED with its slot given back (one
+    transaction), and a job assigned to it but not claimed QUEUED again. None if the record
+    moved on meanwhile (nothing done); else the final cluster status."""
+    fields = {**(takeover or {}), **kept_totals(record, now)}
+    target = None if record.status == C.TEARING_DOWN else C.TEARING_DOWN  # a stuck teardown retaken
+    try:
+        going = clusters.update(record, target, expect_heartbeat=takeover is not None, **fields)
+    except RayLauncherError:  # TransitionConflict: it changed (a job assigned, a renewal); or unreadable
+        return None
+    log.info("cluster %s: tearing down (%s, idle %.1fs, by %s)", record.key, record.status, record.idle_seconds(now),
+             going.owner)  # fmt: skip
+    if record.status in KEPT:
+        note_kept_seconds(store, record.last_job, record.idle_seconds(now))
+    final = C.TORN_DOWN if down() else C.TEARDOWN_FAILED
+    clusters.end(going, final, slot_items)
+    if record.status == C.ASSIGNED and record.assigned_job:
+        requeue_assigned(store, record.assigned_job, record.key)
+    return final
+
+
+__all__ = [
+    "CLUSTER_TRANSITIONS", "KEPT", "ClusterRecord", "ClusterStatus", "cluster_key", "keep_mode", "kept_totals",
+    "origin_of", "profile_of", "retire",
+]  # fmt: skip

@@ -40,7 +40,7 @@ from raylauncher.reaper import ClusterReaper, ReaperError
 from raylauncher.retries import next_attempt
 from raylauncher.store import DynamoJobStore, JobQuery
 from raylauncher.teardown import ClusterTeardown
-from raylauncher.warm import ClusterRecord, ClusterStatus, end_cluster, origin_of
+from raylauncher.warm import LIVE, ClusterRecord, ClusterStatus, cluster_key, origin_of, retire
 
 #: The owner of a job the watchdog took over.
 WATCHDOG_OWNER = "watchdog"
@@ -161,16 +161,9 @@ class Watchdog:
         except TokenUnavailable as err:
             log.warning("could not list the Ray token parameters: %s", err)
             return []
-        try:  # a kept (warm/held) cluster's token belongs to its first job, which has ended
-            kept = {(r.origin_job_id, r.origin_run_id) for r in self._store.clusters.live()}
-            kept |= {(r.origin_job_id, r.origin_run_id) for r in self._store.clusters.live(
-                status=ClusterStatus.TEARDOWN_FAILED)}  # fmt: skip
-        except RayLauncherError as err:
-            log.warning("Ray tokens kept for now: the cluster records cannot be read: %s", err)
-            return []
         deleted = []
         for token in stored:
-            if now - token.stored_at < self._token_grace or (token.job_id, token.run_id) in kept:
+            if now - token.stored_at < self._token_grace:
                 continue
             try:
                 job: Job | None = self._store.get(token.job_id)
@@ -181,6 +174,9 @@ class Watchdog:
                 continue
             if job and job.run_id == token.run_id and (not job.is_terminal or job.status == JobStatus.TEARDOWN_FAILED):
                 continue  # its cluster is (or may be) up
+            if job and job.run_id == token.run_id and job.cluster_key == cluster_key(token.run_id):
+                if self._kept_cluster_up(job.cluster_key, token.run_id):
+                    continue  # the job ended, its cluster was kept (warm/held) and serves on with this token
             try:
                 self._tokens.delete(token)
             except TokenUnavailable as err:
@@ -190,6 +186,18 @@ class Watchdog:
         if deleted:
             log.info("deleted orphaned Ray tokens: %s", deleted)
         return deleted
+
+    def _kept_cluster_up(self, key: str, run_id: str) -> bool:
+        """Whether the kept cluster `key` is (or may be) up: a consistent read, after the job's
+        (the keep is one transaction with the job's end, so it is seen here); unreadable: yes."""
+        try:
+            record = self._store.clusters.get(key)
+        except JobNotFound:
+            return False
+        except RayLauncherError as err:
+            log.warning("token of %s kept for now: its cluster record cannot be read: %s", run_id, err)
+            return True
+        return record.status in LIVE or record.status == ClusterStatus.TEARDOWN_FAILED
 
     def _jobs_to_sweep(self) -> list[Job]:
         """What a sweep looks at, from the job table's indexes, never a scan of its history:
@@ -272,62 +280,63 @@ class Watchdog:
     def _sweep_clusters(self, now: datetime, report: SweepReport) -> None:
         """Warm/held clusters (raylauncher/warm.py) whose holder's lease lapsed, or whose time ran
         out a lease ago (a holder that is stuck), are torn down from their record; their slot is
-        given back and a job assigned to one is queued again."""
+        given back and a job assigned to one is queued again. Kept clusters whose teardown
+        failed are reported (an alarm) every sweep of the attention window, like such jobs."""
         if self._teardown is None:
             return
         try:
             records = self._store.clusters.live()
+            failed = self._store.clusters.teardown_failed_since(now - self._attention_window)
         except RayLauncherError as err:
             log.warning("cluster records not swept: %s", err)
             return
+        report.teardown_failed += [r.key for r in failed]
         for record in records:
-            lapsed = now - parse_iso(record.heartbeat_at or record.created_at) > self._lease
-            deadline = record.deadline()
-            late = deadline is not None and now - deadline > self._lease
-            if (lapsed or late) and self.tear_down_cluster(record, now, "lease lapsed" if lapsed else "time ran out"):
+            if self._lapsed_or_late(record, now) is None:
+                continue
+            try:  # the index is eventually consistent: judge the record as it is now
+                record = self._store.clusters.get(record.key)
+            except RayLauncherError as err:
+                log.warning("cluster %s not swept: %s", record.key, err)
+                continue
+            why = self._lapsed_or_late(record, now)
+            if why is None or record.status not in LIVE:
+                continue
+            final = self.tear_down_cluster(record, now, why)
+            if final == ClusterStatus.TORN_DOWN:
                 report.clusters_torn_down.append(record.key)
+            elif final == ClusterStatus.TEARDOWN_FAILED:
+                report.teardown_failed.append(record.key)
 
-    def tear_down_cluster(self, record: ClusterRecord, now: datetime, why: str) -> bool:
+    def _lapsed_or_late(self, record: ClusterRecord, now: datetime) -> str | None:
+        """Why the watchdog takes the kept cluster over, or None: its holder's lease lapsed, or
+        its time ran out a lease ago."""
+        if now - parse_iso(record.heartbeat_at or record.created_at) > self._lease:
+            return "lease lapsed"
+        deadline = record.deadline()
+        return "time ran out" if deadline is not None and now - deadline > self._lease else None
+
+    def tear_down_cluster(self, record: ClusterRecord, now: datetime, why: str) -> ClusterStatus | None:
+        """Take the kept cluster over (conditional on the heartbeat read: a holder that renewed
+        since keeps it) and tear it down from the record. None if it was not taken."""
         assert self._teardown is not None
-        clusters = self._store.clusters
-        idle = record.idle_seconds(now)
-        totals: dict[str, float] = {}
-        if record.status in (ClusterStatus.WARM, ClusterStatus.ASSIGNED):
-            totals = {"warm_seconds": round(record.warm_seconds + idle, 3)}
-        elif record.status == ClusterStatus.HELD:
-            totals = {"held_seconds": round(record.held_seconds + idle, 3)}
-        try:
-            if record.status == ClusterStatus.TEARING_DOWN:
-                going = clusters.update(record, None, owner=WATCHDOG_OWNER, heartbeat_at=iso(now))
-            else:
-                going = clusters.update(record, ClusterStatus.TEARING_DOWN, owner=WATCHDOG_OWNER,
-                                        heartbeat_at=iso(now), **totals)  # fmt: skip
-        except (TransitionConflict, RayLauncherError):
-            return False  # its holder wrote meanwhile: alive
-        log.warning("cluster %s (%s, holder %s): %s; torn down by the watchdog", record.key, record.status,
-                    record.owner, why)  # fmt: skip
-        target = ClusterStatus.TORN_DOWN
-        try:
-            self._teardown.teardown(record.origin_job())
-        except (TeardownFailed, RayLauncherError) as err:
-            log.error("cluster %s: teardown failed: %s", record.key, err)
-            target = ClusterStatus.TEARDOWN_FAILED
-        end_cluster(clusters, going, target, self._launcher.slot_release_items(record.pipeline))
-        if record.last_job and record.status in (ClusterStatus.WARM, ClusterStatus.ASSIGNED, ClusterStatus.HELD):
+        teardown = self._teardown
+
+        def down() -> bool:
             try:
-                last = self._store.get(record.last_job)
-                if last.kept:
-                    self._store.note(last, kept_seconds=round(idle, 3))
-            except RayLauncherError:
-                pass
-        if record.status == ClusterStatus.ASSIGNED and record.assigned_job:
-            try:
-                job = self._store.get(record.assigned_job)
-                if job.status == JobStatus.LAUNCHING and job.cluster_key == record.key:
-                    self._store.transition(job, JobStatus.QUEUED, cluster_key=None, warm=False)
-            except (TransitionConflict, IllegalTransition, RayLauncherError):
-                pass
-        return True
+                teardown.teardown(record.origin_job())
+            except (TeardownFailed, RayLauncherError) as err:
+                log.error("cluster %s: teardown failed: %s", record.key, err)
+                return False
+            return True
+
+        final = retire(self._store.clusters, self._store, record, now, down,
+                       self._launcher.slot_release_items(record.pipeline),
+                       takeover={"owner": WATCHDOG_OWNER, "heartbeat_at": iso(now)})  # fmt: skip
+        if final is not None:
+            log.warning("cluster %s (%s, holder %s): %s; torn down by the watchdog: %s", record.key, record.status,
+                        record.owner, why, final)  # fmt: skip
+        return final
 
     def _end(self, job: Job, status: JobStatus, reason: ReasonCode | None, message: str) -> Job | None:
         try:

@@ -18,15 +18,15 @@ import logging
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from raylauncher.clusters.base import ClusterBackend, ClusterHandle
+from raylauncher.cluster_records import ClusterRecords
 from raylauncher.config import Pipeline, PipelinesConfig
 from raylauncher.driver.jobs_client import JobsClient, TimedJobsClient, ray_status, stop_quietly
-from raylauncher.driver.lease import ClusterLease, JobTakenOver, Lease, new_owner_token
+from raylauncher.driver.holder import ClusterHolder, Kept
+from raylauncher.driver.lease import JobTakenOver, Lease, new_owner_token
 from raylauncher.driver.logs import JobLogShipper, keep_session_logs
 from raylauncher.driver.outcome import RAY_TERMINAL, Outcome, clip, outcome_of
 from raylauncher.driver.signals import DriverTerminated, SignalGuard
@@ -44,16 +44,7 @@ from raylauncher.model import Job, JobStatus, ReasonCode, iso, job_prefix, logs_
 from raylauncher.objects import ObjectStore
 from raylauncher.retries import next_attempt
 from raylauncher.store import JobStore
-from raylauncher.warm import (
-    ClusterRecord,
-    ClusterRecords,
-    ClusterStatus,
-    cluster_key,
-    end_cluster,
-    keep_mode,
-    origin_of,
-    profile_of,
-)
+from raylauncher.warm import origin_of
 
 __all__ = ["Driver", "logs_key_of"]  # logs_key_of: re-exported from model.py (the API reads it too)
 
@@ -66,7 +57,7 @@ RETRY_WAIT_CAP_S = 120.0
 LOG_FETCH_TIMEOUT_S = 30.0
 
 
-class Driver:
+class Driver(ClusterHolder):
     def __init__(
         self,
         store: JobStore,
@@ -112,7 +103,7 @@ class Driver:
         self._lease_s = lease_s
         self._warm_poll_s = warm_poll_s
         self._handle: ClusterHandle | None = None  # the current attempt's cluster, once up
-        self._kept: _Kept | None = None  # the cluster this driver holds (warm or held), if any
+        self._kept: Kept | None = None  # the cluster this driver holds (warm or held), if any
 
     def run(self, job_id: str) -> Job:
         """Run the job's current attempt. If another driver (or the watchdog) owns it, or takes
@@ -131,8 +122,7 @@ class Driver:
             with lease.held():
                 job = self._attempt(job, guard, lease)
             if self._kept is not None:  # the job ended, its cluster stays up: hold it (signals still ours)
-                self._after_attempt(job, guard)
-                self._hold(guard, owner)
+                self._hold(guard, owner, first=lambda: self._after_attempt(job, guard))
                 return job
         self._after_attempt(job, guard)
         return job
@@ -365,236 +355,6 @@ class Driver:
                     final, reason, queued.attempt, queued.retry_at)  # fmt: skip
         return queued
 
-    # -- warm clusters and debug holds (raylauncher/warm.py) ---------------------------------
-
-    def _keep_mode(self, job: Job, outcome: Outcome) -> str | None:
-        """"warm"/"held" if the pipeline keeps this cluster after this outcome, else None."""
-        if self._clusters is None or (self._kept is None and self._handle is None):
-            return None
-        try:
-            pipeline = self._pipelines.get(job.pipeline)
-            mode = keep_mode(pipeline, outcome.status, outcome.reason_code)
-            if mode is None:
-                return None
-            fresh = self._store.get(job.job_id)
-            if fresh.cancel_requested or fresh.owner != job.owner:
-                return None
-            if next_attempt(fresh, outcome.status, outcome.reason_code, outcome.message, pipeline.retry, utc_now()):
-                return None  # retried: on a new cluster, like every retry
-        except RayLauncherError:
-            return None
-        return mode
-
-    def _keep(self, job: Job, outcome: Outcome, mode: str, **extra: Any) -> Job | None:
-        """The job ends and its cluster stays up, WARM or HELD, in one transaction: the job's
-        final status (its slot, if it holds one, moves to the cluster record) and the cluster
-        record owned by this driver. The reaper's expiry is moved forward first. None if the
-        cluster cannot be kept (it is torn down as usual); the fresh job if it was taken over."""
-        assert self._clusters is not None
-        pipeline = self._pipelines.get(job.pipeline)
-        now = utc_now()
-        seconds = pipeline.keep_warm_seconds if mode == "warm" else pipeline.keep_failed_cluster_seconds
-        until = iso(now + timedelta(seconds=seconds))
-        origin = self._kept.origin if self._kept is not None else job
-        handle = self._kept.handle if self._kept is not None else self._handle
-        assert handle is not None
-        status = ClusterStatus.WARM if mode == "warm" else ClusterStatus.HELD
-        timing: dict[str, Any] = {"idle_since": iso(now), "heartbeat_at": iso(now), "last_job": job.job_id,
-                                  "idle_until": until if mode == "warm" else None,
-                                  "held_until": until if mode == "held" else None}  # fmt: skip
-        try:
-            self._backend.extend_expiry(origin, now + timedelta(seconds=seconds + self._lease_s + EXPIRY_MARGIN_S))
-            if self._kept is None:
-                record = ClusterRecord(
-                    key=cluster_key(job.run_id), name=handle.name, pipeline=job.pipeline, profile=profile_of(pipeline),
-                    status=status, owner=job.owner, created_at=job.phase_times.get(JobStatus.PROVISIONING.value, iso(now)),
-                    origin_job_id=job.job_id, origin_attempt=job.attempt, details=dict(handle.details),
-                    slot_held=job.slot_held, jobs_served=[job.job_id], **timing,
-                )  # fmt: skip
-                other = {"Put": self._clusters.put_params(record)}
-            else:
-                record = self._clusters.get(self._kept.key)
-                if record.owner != job.owner or record.status != ClusterStatus.ACTIVE:
-                    return None
-                other = {"Update": self._clusters.update_params(record, status, **timing)}
-            params = self._store.transition_params(  # type: ignore[attr-defined]
-                job, outcome.status, reason_code=outcome.reason_code, reason_message=outcome.message, slot_held=False,
-                cluster_key=record.key, kept=mode, **{k: v for k, v in extra.items() if v is not None},
-            )  # fmt: skip
-            moved = self._store.transact(job, params, [other])  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001 - not kept: torn down as usual
-            log.warning("job %s: its cluster cannot be kept %s; tearing it down", job.job_id, mode, exc_info=True)
-            fresh = self._fresh(job)
-            return fresh if fresh.owner != job.owner or fresh.is_terminal else None
-        if self._kept is None:
-            self._kept = _Kept(record.key, origin.model_copy(update={"cluster": dict(handle.details)}), handle)
-        log.info("job %s ended %s; its cluster %s stays up %s until %s", job.job_id, outcome.status, record.name, mode, until)
-        return moved
-
-    def _cluster_going_down(self) -> None:
-        """A job on a kept cluster ended in a way that never reuses it: its record -> TEARING_DOWN."""
-        assert self._kept is not None and self._clusters is not None
-        try:
-            record = self._clusters.get(self._kept.key)
-            if record.status in (ClusterStatus.ACTIVE, ClusterStatus.WARM, ClusterStatus.ASSIGNED, ClusterStatus.HELD):
-                self._clusters.update(record, ClusterStatus.TEARING_DOWN)
-        except RayLauncherError:
-            log.warning("cluster %s: could not record its teardown", self._kept.key, exc_info=True)
-
-    def _cluster_gone(self, ok: bool) -> None:
-        """After the teardown of a kept cluster: its record ends (and its slot is given back)."""
-        if self._kept is None or self._clusters is None:
-            return
-        key, self._kept = self._kept.key, None
-        try:
-            record = self._clusters.get(key)
-        except RayLauncherError:
-            log.warning("cluster %s: could not read its record after teardown", key, exc_info=True)
-            return
-        if record.status == ClusterStatus.TEARING_DOWN:
-            target = ClusterStatus.TORN_DOWN if ok else ClusterStatus.TEARDOWN_FAILED
-            end_cluster(self._clusters, record, target, self._release_slot_items(record.pipeline))
-
-    def _hold(self, guard: SignalGuard, owner: str) -> None:
-        """Hold the kept cluster: renew its lease, serve the jobs admission assigns to it, tear
-        it down when its time runs out, a release is asked for, or a signal arrives."""
-        assert self._kept is not None and self._clusters is not None
-        lease = ClusterLease(self._clusters, self._kept.key, owner, self._heartbeat_s)
-        unreadable_since: float | None = None
-        with lease.held():
-            while self._kept is not None:
-                if lease.lost:
-                    log.warning("cluster %s: lease lost; the watchdog tears it down", self._kept.key)
-                    self._kept = None
-                    break
-                try:
-                    record = self._clusters.get(self._kept.key)
-                    unreadable_since = None
-                except RayLauncherError:
-                    unreadable_since = unreadable_since or time.monotonic()
-                    if time.monotonic() - unreadable_since > self._lease_s:  # our lease lapses: never hold blind
-                        log.error("cluster %s: the store is unreachable for a lease; tearing it down", self._kept.key)
-                        self._down_quietly(self._kept.origin)
-                        self._kept = None
-                        break
-                    time.sleep(self._warm_poll_s)
-                    continue
-                if record.owner != owner or record.status not in _HELD_STATES:
-                    log.warning("cluster %s is %s (owner %s): no longer ours", record.key, record.status, record.owner)
-                    self._kept = None
-                    break
-                if record.status == ClusterStatus.ASSIGNED and not guard.fired:
-                    self._serve(record, guard, owner)
-                    continue
-                deadline = record.deadline()
-                if (guard.fired or record.status == ClusterStatus.ACTIVE or record.release_requested
-                        or (deadline is not None and utc_now() >= deadline)):  # fmt: skip
-                    self._retire(record)
-                    continue
-                time.sleep(self._warm_poll_s)
-
-    def _serve(self, record: ClusterRecord, guard: SignalGuard, owner: str) -> None:
-        """Run the job admission assigned to the kept cluster on it (no `ray up`; its own Ray
-        submission id), then keep the cluster again or tear it down, as its outcome says."""
-        assert self._kept is not None and self._clusters is not None
-        kept, now = self._kept, utc_now()
-        idle = record.idle_seconds(now)
-        details = {**kept.handle.details, "origin_job_id": kept.origin.job_id, "origin_attempt": kept.origin.attempt}
-        claimed: Job | None = None
-        try:
-            job = self._store.get(record.assigned_job or "")
-            if job.status == JobStatus.LAUNCHING and job.cluster_key == record.key:
-                claimed = self._store.transition(job, JobStatus.PROVISIONING, owner=owner, heartbeat_at=iso(now),
-                                                 cluster=details, warm=True)  # fmt: skip
-        except (IllegalTransition, TransitionConflict, RayLauncherError):
-            claimed = None
-        if claimed is None:  # cancelled (or gone) before we claimed it: idle again
-            log.info("cluster %s: assigned job %s is not ours to run; warm again", record.key, record.assigned_job)
-            try:
-                self._clusters.update(record, ClusterStatus.WARM, assigned_job=None)
-            except RayLauncherError:
-                pass
-            return
-        self._note_kept_seconds(record.last_job, idle)
-        try:
-            pipeline = self._pipelines.get(claimed.pipeline)
-            self._clusters.update(
-                record, ClusterStatus.ACTIVE, assigned_job=None, idle_since=None, idle_until=None,
-                last_job=claimed.job_id, jobs_served=[*record.jobs_served, claimed.job_id],
-                warm_seconds=round(record.warm_seconds + idle, 3),
-            )  # fmt: skip
-            self._backend.extend_expiry(kept.origin, now + timedelta(
-                seconds=self._provisioning_timeout_s + pipeline.run_timeout_s + self._lease_s + EXPIRY_MARGIN_S))
-        except Exception as err:  # noqa: BLE001 - the job is ours: it ends (infrastructure) and the cluster goes
-            log.exception("cluster %s: could not take job %s on", record.key, claimed.job_id)
-            job = self._finish(claimed, Outcome(JobStatus.FAILED, ReasonCode.PROVISIONING_FAILED,
-                                                clip(f"the warm cluster could not take the job: {err}")), None)  # fmt: skip
-            self._after_attempt(job, guard)
-            return
-        log.info("job %s: runs on warm cluster %s (idle %.1fs)", claimed.job_id, record.name, idle)
-        lease = Lease(self._store, claimed.job_id, owner, self._heartbeat_s)
-        with lease.held():
-            job = self._attempt(claimed, guard, lease)
-        self._after_attempt(job, guard)
-
-    def _retire(self, record: ClusterRecord) -> None:
-        """Tear the kept cluster down (time ran out, release, signal): TEARING_DOWN, down, then
-        TORN_DOWN with its slot given back, and what is queued launched."""
-        assert self._kept is not None and self._clusters is not None
-        now = utc_now()
-        idle = record.idle_seconds(now)
-        totals: dict[str, Any] = {}
-        if record.status in (ClusterStatus.WARM, ClusterStatus.ASSIGNED):
-            totals = {"warm_seconds": round(record.warm_seconds + idle, 3)}
-        elif record.status == ClusterStatus.HELD:
-            totals = {"held_seconds": round(record.held_seconds + idle, 3)}
-        try:
-            going = self._clusters.update(record, ClusterStatus.TEARING_DOWN, **totals)
-        except RayLauncherError:  # it changed meanwhile (e.g. a job was assigned): look again
-            return
-        log.info("cluster %s: tearing down (%s, idle %.1fs)", record.key, record.status, idle)
-        if record.status != ClusterStatus.ACTIVE:
-            self._note_kept_seconds(record.last_job, idle)
-        ok = self._down_quietly(self._kept.origin)
-        self._kept = None
-        end_cluster(self._clusters, going, ClusterStatus.TORN_DOWN if ok else ClusterStatus.TEARDOWN_FAILED,
-                    self._release_slot_items(record.pipeline))  # fmt: skip
-        if record.status == ClusterStatus.ASSIGNED and record.assigned_job:
-            self._requeue_assigned(record.assigned_job, record.key)
-        try:
-            self._launch_queued()
-        except Exception:  # noqa: BLE001 - the watchdog launches them at its next sweep
-            log.exception("could not launch queued jobs after the teardown of %s", record.key)
-
-    def _down_quietly(self, origin: Job) -> bool:
-        try:
-            self._backend.down(origin)
-            return True
-        except Exception:  # noqa: BLE001 - TEARDOWN_FAILED: the reaper and a person act
-            log.exception("cluster of %s: TEARDOWN FAILED", origin.run_id)
-            return False
-
-    def _requeue_assigned(self, job_id: str, key: str) -> None:
-        """A job assigned to a cluster that went down before it was claimed: QUEUED again."""
-        try:
-            job = self._store.get(job_id)
-            if job.status == JobStatus.LAUNCHING and job.cluster_key == key:
-                self._store.transition(job, JobStatus.QUEUED, cluster_key=None, warm=False)
-        except RayLauncherError:
-            log.warning("job %s: could not be queued again after its warm cluster went down", job_id, exc_info=True)
-
-    def _note_kept_seconds(self, job_id: str | None, seconds: float) -> None:
-        """How long the cluster stayed up idle (warm) or held after `job_id`: on its record, and
-        announced as an event of the job (best-effort)."""
-        if not job_id:
-            return
-        try:
-            job = self._store.get(job_id)
-            if job.kept:
-                self._store.note(job, kept_seconds=round(seconds, 3))  # type: ignore[attr-defined]
-        except (RayLauncherError, AttributeError):
-            log.warning("job %s: kept seconds not recorded", job_id, exc_info=True)
-
     # -- helpers -----------------------------------------------------------------------------
 
     def _cancel_check(self, job_id: str, every_s: float = 2.0) -> Callable[[], bool]:
@@ -689,21 +449,6 @@ class Driver:
 
 class _SubmitFailed(RayLauncherError):
     pass
-
-
-@dataclass(frozen=True)
-class _Kept:
-    """The cluster this driver holds: its record, the job attempt that brought it up (its run id
-    is the cluster's marker, name and token) and its handle."""
-
-    key: str
-    origin: Job
-    handle: ClusterHandle
-
-
-_HELD_STATES = frozenset({ClusterStatus.ACTIVE, ClusterStatus.WARM, ClusterStatus.ASSIGNED, ClusterStatus.HELD})
-#: The reaper's expiry of a kept cluster: its time + a lease + this (a watchdog sweep or more).
-EXPIRY_MARGIN_S = 900.0
 
 
 #: Waits between tries of a store write the store refused (throttling is transient).

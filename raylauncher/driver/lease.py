@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from raylauncher.errors import RayLauncherError, TransitionConflict
 from raylauncher.store import JobStore
-from raylauncher.warm import ClusterRecords
+from raylauncher.cluster_records import ClusterRecords
 
 log = logging.getLogger(__name__)
 

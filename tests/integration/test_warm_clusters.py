@@ -311,10 +311,12 @@ def test_the_token_of_a_kept_cluster_is_never_deleted_as_an_orphan(settings: Set
     w = world(keep_warm_seconds=600)
     store = w.store
     tokens = SsmClusterTokens(aws.client("ssm", settings))
-    # Given a job that ended with its cluster kept warm (its token belongs to that first job)
+    # Given a job that ended with its cluster kept warm (its token belongs to that first job; the
+    # keep names the cluster on the job in the same transaction)
     origin = store.create(Job.new("probe", "api"))
     tokens.issue(origin)
-    origin = store.transition(store.transition(origin, JobStatus.LAUNCHING), JobStatus.CANCELLED)
+    origin = store.transition(store.transition(origin, JobStatus.LAUNCHING), JobStatus.CANCELLED,
+                              cluster_key=cluster_key(origin.run_id), kept="warm")  # fmt: skip
     now = utc_now()
     record = store.clusters.create(ClusterRecord(
         key=cluster_key(origin.run_id), name="c", pipeline="probe", profile="x", status=ClusterStatus.WARM,
@@ -382,3 +384,121 @@ def test_release_over_the_api_ends_the_hold_and_the_job_shows_its_kept_cluster(a
     other = store.create(Job.new("sales-summary", "api"))
     assert api.call("POST", f"/jobs/{other.job_id}/release").status == 409
     assert api.call("POST", "/jobs/sales-summary-20260101-000000-00000000/release").status == 404
+
+
+class FailingTeardown(RecordingTeardown):
+    def _teardown(self, job: Job) -> None:
+        from raylauncher.errors import TeardownFailed
+
+        self.torn.append(job.run_id)
+        raise TeardownFailed("instances still running", 3)
+
+
+def lapsed_warm_cluster(w: SimpleNamespace, now: Any) -> tuple[Job, ClusterRecord]:
+    """A WARM cluster holding the pipeline's slot, its holder's last heartbeat at `now`."""
+    origin = w.launcher.try_launch(w.store.create(Job.new("probe", "api")))
+    record = w.store.clusters.create(ClusterRecord(
+        key=cluster_key(origin.run_id), name=f"rl-{origin.run_id}", pipeline="probe",
+        profile=profile_of(w.pipelines.get("probe")), status=ClusterStatus.WARM, owner="driver:h:1",
+        heartbeat_at=iso(now), created_at=iso(now), origin_job_id=origin.job_id, slot_held=True,
+        last_job=origin.job_id, idle_since=iso(now), idle_until=iso(now + timedelta(seconds=600)),
+    ))  # fmt: skip
+    w.store.mark(origin, slot_held=False)
+    return origin, record
+
+
+def test_a_holder_that_renewed_its_lease_after_the_watchdog_read_keeps_its_cluster(
+    settings: Settings, world: Callable[..., Any]
+) -> None:
+    w = world(keep_warm_seconds=600)
+    now = utc_now() - timedelta(seconds=120)
+    # Given a warm cluster whose heartbeat the watchdog read as lapsed
+    _, seen = lapsed_warm_cluster(w, now)
+    # When its holder renews the lease before the watchdog's takeover is written
+    w.store.clusters.renew_lease(seen.key, "driver:h:1")
+    teardown = RecordingTeardown()
+    dog = Watchdog(w.store, w.launcher, teardown=teardown, lease_s=60)
+    # Then the takeover (conditional on the heartbeat it saw) does not apply: nothing torn down
+    assert dog.tear_down_cluster(seen, utc_now(), "lease lapsed") is None
+    assert teardown.torn == []
+    after = w.store.clusters.get(seen.key)
+    assert (after.status, after.owner) == (ClusterStatus.WARM, "driver:h:1")
+    # And a sweep, which reads the record again, leaves the live holder alone too
+    assert dog.sweep().clusters_torn_down == [] and teardown.torn == []
+
+
+def test_a_kept_cluster_whose_teardown_fails_is_reported_every_sweep_not_counted_as_torn_down(
+    settings: Settings, world: Callable[..., Any]
+) -> None:
+    w = world(keep_warm_seconds=600)
+    now = utc_now()
+    _, record = lapsed_warm_cluster(w, now)
+    teardown = FailingTeardown()
+    later = now + timedelta(seconds=61)
+    # When the watchdog takes over the lapsed cluster and its teardown fails
+    report = Watchdog(w.store, w.launcher, teardown=teardown, lease_s=60, clock=lambda: later).sweep()
+    # Then it is reported as a failed teardown (the alarm), not as torn down
+    assert report.teardown_failed == [record.key] and report.clusters_torn_down == []
+    failed = w.store.clusters.get(record.key)
+    assert failed.status == ClusterStatus.TEARDOWN_FAILED and failed.torn_down_at
+    # And the next sweep reports it again (no second teardown: the reaper and a person act)
+    again = Watchdog(w.store, w.launcher, teardown=teardown, lease_s=60, clock=lambda: later).sweep()
+    assert again.teardown_failed == [record.key] and teardown.torn == [record.origin_run_id]
+
+
+class SilentRay(Ray):
+    """A Ray Jobs API that stops answering once `silent` is set (a warm cluster gone bad)."""
+
+    silent = False
+
+    def list_jobs(self) -> list[Any]:
+        if self.silent:
+            raise ConnectionError("connection refused")
+        return super().list_jobs()
+
+
+def test_a_warm_cluster_that_no_longer_answers_is_torn_down_and_its_job_gets_a_new_cluster(
+    settings: Settings, world: Callable[..., Any]
+) -> None:
+    ray = SilentRay()
+    w = world(ray, keep_warm_seconds=60)
+    store, launcher = w.store, w.launcher
+    # Given a job whose cluster was kept warm
+    first = launcher.try_launch(store.create(Job.new("probe", "api")))
+    holder = in_thread(lambda: w.driver.run(first.job_id))
+    record = eventually(lambda: store.clusters.live("probe", ClusterStatus.WARM))[0]
+    # When its Jobs API stops answering and the next job is handed to it
+    ray.silent = True
+    second = launcher.try_launch(store.create(Job.new("probe", "api")))
+    assert second.cluster_key == record.key
+    # Then the holder tears the cluster down instead of running the job there, and the job is
+    # queued again and launched with a slot of its own (a new cluster, a driver)
+    holder.join(timeout=15)
+    assert not holder.is_alive()
+    assert w.backend.calls == [f"up {first.job_id}", f"down {first.job_id}"]
+    assert store.clusters.get(record.key).status == ClusterStatus.TORN_DOWN
+    again = store.get(second.job_id)
+    assert (again.status, again.warm, again.slot_held, again.cluster_key) == (JobStatus.LAUNCHING, False, True, None)
+    assert launcher_calls(settings)[-1] == f"driver start {second.job_id}"
+
+
+class TaglessBackend(Backend):
+    def extend_expiry(self, job: Job, until: Any) -> None:
+        self.expiries.append(job.run_id)
+        raise RuntimeError("CreateTags: UnauthorizedOperation")
+
+
+def test_a_cluster_whose_reaper_expiry_cannot_be_moved_is_not_kept(settings: Settings, world: Callable[..., Any]) -> None:
+    w = world(keep_warm_seconds=600)
+    w.driver._backend = w.backend = TaglessBackend()  # noqa: SLF001 - the one part that fails here
+    job = w.launcher.try_launch(w.store.create(Job.new("probe", "api")))
+    # When the job succeeds but the cluster's expiry tag cannot be moved forward
+    holder = in_thread(lambda: w.driver.run(job.job_id))
+    # Then the cluster does not stay up (600 s) past the bound its reaper knows: it goes at once
+    holder.join(timeout=15)
+    assert not holder.is_alive()
+    assert w.store.get(job.job_id).status == JobStatus.SUCCEEDED
+    assert w.backend.calls == [f"up {job.run_id}", f"down {job.run_id}"]
+    gone = w.store.clusters.get(cluster_key(job.run_id))
+    assert gone.status == ClusterStatus.TORN_DOWN and not gone.slot_held
+    assert slots_used(settings, pipeline_slots_id("probe")) == 0

@@ -61,6 +61,22 @@ EC2_FIGURES = {
     "ray_down_total_s": "TEARING_DOWN -> final state: terminate by tag, `ray down`, tag check",
 }
 
+WARM_FIGURES = {
+    "cold s": "job created (the job record's `created_at`: written by the intake from the object's S3 notification "
+    "in the bench, by an API-style create in the stand-in test) -> RUNNING (the driver saw the Ray job RUNNING) for "
+    "the first job of a pair: a new cluster (`ray start --head` locally, a real `ray up` on the stand-in), then the "
+    "Ray job submitted; median (min–max) over the pairs",
+    "warm s": "the same for the pair's second job, arriving while the first job's cluster is kept WARM "
+    "(`keep_warm_seconds`): admission hands it that cluster, no new cluster, only a new Ray submission; "
+    "median (min–max) over the pairs",
+    "warm/cold": "warm s over cold s (medians): the share of the start-up a warm cluster leaves",
+}
+WARM_SOURCES = {  # result file -> (where, how)
+    "warm_clusters": ("local Ray (bench)", "`python bench/warm_clusters.py --pairs {pairs}`"),
+    "warm_clusters_ec2": ("EC2 stand-in (bench)", "`python bench/warm_clusters.py --backend ec2 --pairs {pairs}`"),
+    "warm_clusters_standin_test": ("EC2 stand-in (e2e test)", "one pair measured by `{test}`"),
+}
+
 
 def _spread(median: float, runs: list[float]) -> str:
     return f"{median:.2f} ({min(runs):.2f}–{max(runs):.2f})"
@@ -175,11 +191,48 @@ def ec2_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-SECTIONS = {"sales_job": sales_section, "intake": intake_section, "ec2_standin": ec2_section}
+def warm_section(doc: dict[str, Any]) -> list[str]:
+    docs = {"warm_clusters": doc}
+    for name in ("warm_clusters_ec2", "warm_clusters_standin_test"):
+        path = RESULTS_DIR / f"{name}.json"
+        if path.exists():
+            docs[name] = json.loads(path.read_text())
+    keep = {d["params"].get("keep_warm_seconds") for d in docs.values()}
+    lines = [
+        f"## {TITLES['warm_clusters']}",
+        "",
+        "Pairs of jobs of a pipeline with `keep_warm_seconds` "
+        f"({', '.join(str(k) for k in sorted(keep, key=str))} s), through the product's admission and drivers: "
+        "a job (cold), then another one within the window (warm), each a script that sleeps 3 s; the bench drops "
+        "one object per job (the intake creates it), the stand-in test creates its jobs as the API does. Between "
+        "pairs the cluster's idle time runs out and it is torn down.",
+        "",
+        "| where | measured by | pairs | cold s | warm s | warm/cold |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, d in docs.items():
+        runs, f = d["pairs"], d["figures"]
+        cold, warm = f["cold_created_to_running_s"], f["warm_created_to_running_s"]
+        where, how = WARM_SOURCES[name]
+        how = how.format(pairs=d["params"].get("pairs", len(runs)), test=d["params"].get("test"))
+        lines.append(
+            f"| {where} | {how} | {len(runs)} | {_spread(cold, [r['cold_created_to_running_s'] for r in runs])} | "
+            f"{_spread(warm, [r['warm_created_to_running_s'] for r in runs])} | {warm / cold:.2f} |"
+        )
+    lines += ["", *(f"- {WARM_SOURCES[n][0]}: " + _machine(d) for n, d in docs.items())]
+    lines += ["", "What each figure measures:", ""]
+    lines += [f"- **{name}**: {what}" for name, what in WARM_FIGURES.items()]
+    return lines
+
+
+SECTIONS = {
+    "sales_job": sales_section, "intake": intake_section, "ec2_standin": ec2_section, "warm_clusters": warm_section,
+}  # fmt: skip
 TITLES = {
     "sales_job": "The sales-summary job vs a single-process pyarrow pass (`bench/sales_job.py`)",
     "intake": "The intake burst (`bench/intake.py`)",
     "ec2_standin": "The EC2 path on the stand-in (`bench/ec2_standin.py`)",
+    "warm_clusters": "Warm vs cold clusters: job created -> RUNNING (`bench/warm_clusters.py`)",
 }
 
 

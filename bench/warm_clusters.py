@@ -1,9 +1,11 @@
 """Object created -> RUNNING, cold (a new cluster) vs warm (the pipeline's cluster kept up by
 `keep_warm_seconds`), on the local backend or the EC2 stand-in, through the product's intake
 and drivers. Per pair: one object, its job (cold), then another object within the window, its
-job (warm). Printed and merged into bench/results/warm_clusters.json under the backend's key
-(`local (bench)`, `ec2-standin (bench)`; the e2e tests write `local` and `ec2-standin` from
-their own runs). Nothing here is asserted.
+job (warm). Printed and written through `record.write_result` (with the machine) to
+bench/results/warm_clusters.json (local) or warm_clusters_ec2.json (`--backend ec2`); this bench is
+their only writer. The EC2 stand-in's e2e test (tests/e2e/test_ec2_standin.py) records the pair it
+measures in warm_clusters_standin_test.json the same way. `bench/report.py` renders all three.
+Nothing here is asserted on time (only that the second job of a pair ran warm).
 
 Usage: python bench/warm_clusters.py [--backend local|ec2] [--pairs 2]
 """
@@ -19,13 +21,13 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "bench")]
 
 from raylauncher.local.runtime import local_system, wait_for_jobs  # noqa: E402
 from raylauncher.model import Job, parse_iso  # noqa: E402
 from raylauncher.warm import ClusterStatus  # noqa: E402
+from record import write_result  # noqa: E402
 
-RESULTS = REPO_ROOT / "bench" / "results" / "warm_clusters.json"
 SCRIPT = "import time\ntime.sleep(3)\nprint('bench: done', flush=True)\n"  # long enough to be seen RUNNING
 KEEP_S = 20
 
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=("local", "ec2"), default="local")
     parser.add_argument("--pairs", type=int, default=2)
     args = parser.parse_args()
-    key = ("local" if args.backend == "local" else "ec2-standin") + " (bench)"
+    started = time.monotonic()
     runs = []
     with tempfile.TemporaryDirectory(prefix="bench-warm-") as tmp:
         proj, pipelines = project(Path(tmp), args.backend)
@@ -87,10 +89,11 @@ def main() -> None:
                 if system.store.clusters.live(status=ClusterStatus.TEARDOWN_FAILED):
                     raise SystemExit("a warm cluster failed to tear down")
     medians = {f: round(statistics.median(r[f] for r in runs), 2) for f in runs[0]}
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[key] = {**medians, "pairs": runs, "bench": "bench/warm_clusters.py"}
-    RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    print(json.dumps(results[key], indent=1))
+    print(json.dumps(medians, indent=1))
+    write_result("warm_clusters" if args.backend == "local" else "warm_clusters_ec2", {
+        "figures": medians, "pairs": runs, "bench_s": round(time.monotonic() - started, 1),
+        "params": {"backend": args.backend, "pairs": args.pairs, "keep_warm_seconds": KEEP_S},
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

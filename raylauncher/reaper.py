@@ -1,7 +1,18 @@
 """The reaper: the last line of "no orphaned cluster". Every node of a job's cluster carries
 `raylauncher:expires-at` (provisioning deadline + run deadline + a margin: by then its driver
-has torn it down, or failed to). Instances of our clusters still alive past that time are
-orphans — a teardown that failed, a driver that died with the bastion — and are terminated.
+has torn it down, or failed to). Clusters of ours still alive past that time are orphans — a
+teardown that failed, a driver that died with the bastion — and all their instances are
+terminated.
+
+Decided per cluster (tag `ray-cluster-name`), never per instance: a cluster's expiry is the
+latest readable expires-at over its alive instances, and only once that has passed are its
+instances terminated. Tags differ within a live cluster: a warm cluster's holder moves the tag
+of the instances it sees forward (CreateTags at keep and at reuse), while the workers Ray's
+autoscaler starts later carry the first `ray up`'s expires-at, baked into the node config; one
+in-time instance therefore keeps its whole cluster. An instance without a readable expires-at is
+left alone (and logged: never guess), and it does not count towards its cluster's expiry: the
+cluster's other instances are reaped once the latest of their readable tags has passed (a
+cluster with no readable tag at all is left alone entirely).
 
 A port with an EC2 adapter; local mode has no EC2 (its clusters are processes, stopped by the
 local backend and checked by `raylauncher.local.leftovers`), so it runs without a reaper.
@@ -44,7 +55,8 @@ class Reaped:
 class ClusterReaper(ABC):
     @abstractmethod
     def reap(self, now: datetime) -> list[Reaped]:
-        """Terminate every node of our clusters whose expires-at tag is before `now`."""
+        """Terminate every node of our clusters whose cluster expiry (the latest expires-at tag
+        of its nodes) is before `now`."""
 
 
 def _parse(value: str) -> datetime | None:
@@ -56,9 +68,11 @@ def _parse(value: str) -> datetime | None:
 
 
 def expired(instances: Iterable[dict[str, Any]], now: datetime) -> list[Reaped]:
-    """The instances of our clusters (ray-cluster-name rl-*) whose expires-at has passed. An
-    instance without a readable expires-at is left alone (and logged): never guess."""
-    found = []
+    """The instances of our clusters (ray-cluster-name rl-*) whose cluster has expired: the
+    latest readable expires-at over the cluster's instances is before `now`. Each `Reaped`
+    carries that cluster expiry. An instance without a readable expires-at is left alone (and
+    logged): never guess; it neither extends nor shortens its cluster's expiry."""
+    readable: dict[str, list[tuple[str, datetime, str]]] = {}
     for instance in instances:
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         cluster = tags.get(RAY_CLUSTER_TAG, "")
@@ -68,8 +82,13 @@ def expired(instances: Iterable[dict[str, Any]], now: datetime) -> list[Reaped]:
         if expires is None:
             log.warning("instance %s of %s has no readable %s tag: left alone", instance["InstanceId"], cluster,
                         EXPIRES_AT_TAG)  # fmt: skip
-        elif expires < now:
-            found.append(Reaped(cluster, instance["InstanceId"], tags[EXPIRES_AT_TAG]))
+            continue
+        readable.setdefault(cluster, []).append((instance["InstanceId"], expires, tags[EXPIRES_AT_TAG]))
+    found = []
+    for cluster, nodes in readable.items():
+        _, latest, latest_text = max(nodes, key=lambda node: node[1])
+        if latest < now:
+            found.extend(Reaped(cluster, instance_id, latest_text) for instance_id, _, _ in nodes)
     return found
 
 

@@ -665,6 +665,21 @@ def holder_of(job: Job) -> psutil.Process:
     raise AssertionError(f"no driver process for {job.job_id}")
 
 
+def record_warm_pair(cold: Job, warm: Job) -> None:
+    """Object created -> RUNNING of a cold and a warm job, as a bench row (with the machine) that
+    bench/report.py renders next to bench/warm_clusters.py's."""
+    from bench.record import write_result
+
+    pair = {"cold_created_to_running_s": round(to_running_s(cold), 2),
+            "warm_created_to_running_s": round(to_running_s(warm), 2)}  # fmt: skip
+    print(f"\nstand-in: job created -> RUNNING cold {pair['cold_created_to_running_s']} s, "
+          f"warm {pair['warm_created_to_running_s']} s")  # fmt: skip
+    write_result("warm_clusters_standin_test", {"figures": pair, "pairs": [pair], "params": {
+        "backend": "ec2", "keep_warm_seconds": 20, "pairs": 1,
+        "test": "tests/e2e/test_ec2_standin.py::test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder",
+    }})  # fmt: skip
+
+
 def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -683,12 +698,8 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     # Then it ran on the same cluster: one `ray up` (instances of the first job's cluster only)
     assert (second.status, second.warm) == (JobStatus.SUCCEEDED, True), (second.reason_code, second.reason_message)
     assert instances_of(system, second) == [] and len(instances_of(system, first)) == 1
-    cold, warm = to_running_s(first), to_running_s(second)
-    print(f"\nstand-in: object created -> RUNNING cold {cold:.1f} s, warm {warm:.1f} s")
-    from tests.e2e.test_warm_local import record_bench
-
-    record_bench("ec2-standin", {"cold_created_to_running_s": cold, "warm_created_to_running_s": warm})
-    assert warm * 10 <= cold, (cold, warm)
+    # (the times are recorded for bench/README.md, not asserted)
+    record_warm_pair(first, second)
     # And the reaper's expiry was moved forward when it was reused
     assert reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1) > kept_until
     assert parse_iso(expiry_of(system, first)) < reused_until  # kept warm again after it: the keep bound
@@ -724,6 +735,8 @@ def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
     from raylauncher.authz import Caller
+    from raylauncher.warm import cluster_key
+    from raylauncher.watchdog import WATCHDOG_OWNER
     from raylauncher.wiring import build_api_services
 
     # Given a pipeline holding the cluster of a job that failed for its own reason
@@ -740,13 +753,33 @@ def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or
     assert_cluster_gone(system, job)
     fault_row(FaultRow("held cluster released by command", "ec2 stand-in", "TORN_DOWN", "none", 1,
                        round(time.monotonic() - released, 1), 0, 0, 0))  # fmt: skip
+    # Given another failed job's cluster held (600 s)
+    lost = ended(system, launched(system, "held"))
+    assert (lost.status, lost.kept) == (JobStatus.FAILED, "held"), (lost.reason_code, lost.reason_message)
+    wait_until(lambda: cluster_status(system, lost) == "HELD", 30, "held")
+    # When its holder is SIGKILLed while holding it
+    holder_of(lost).kill()
+    killed = time.monotonic()
+    # Then the watchdog tears the cluster down once the lease lapsed: every instance terminated
+    watchdog = build_watchdog(system.settings)
+    wait_until(lambda: bool(watchdog.sweep().clusters_torn_down) or cluster_status(system, lost) == "TORN_DOWN",
+               120, "the watchdog's teardown")  # fmt: skip
+    wait_until(lambda: all(i["State"]["Name"] == "terminated" for i in instances_of(system, lost)), 60, "terminated")
+    outlived = time.monotonic() - killed
+    assert cluster_status(system, lost) == "TORN_DOWN"
+    assert_cluster_gone(system, lost)
+    fault_row(FaultRow("holder SIGKILLed while holding", "ec2 stand-in", "TORN_DOWN", "none", 1, round(outlived, 1),
+                       0, 0, 0))  # fmt: skip
     # Given a pipeline holding a failed job's cluster for 15 s
     short = ended(system, launched(system, "held-short"))
     assert (short.status, short.kept) == (JobStatus.FAILED, "held"), (short.reason_code, short.reason_message)
     wait_until(lambda: cluster_status(system, short) == "HELD", 30, "held")
     assert all(i["State"]["Name"] == "running" for i in instances_of(system, short))
-    # When nobody releases it, Then it is torn down once its 15 s have run out
-    failed_at = parse_iso(short.phase_times["FAILED"])
+    # When nobody releases it, Then its holder tears it down once its 15 s have run out: the
+    # record's held time is the hold (not before its time), and short of the hold + a lease
+    # (after which the watchdog would have taken it over)
     wait_until(lambda: cluster_status(system, short) == "TORN_DOWN", 180, "the hold's end")
     assert_cluster_gone(system, short)
-    assert (utc_now() - failed_at).total_seconds() >= 15  # not before its time
+    gone = system.store.clusters.get(cluster_key(short.run_id))
+    assert 15 - 1 <= gone.held_seconds < 15 + system.settings.driver_lease_s, gone.held_seconds
+    assert gone.owner != WATCHDOG_OWNER  # its holder, not a takeover

@@ -3,7 +3,7 @@ drivers, real local Ray clusters (raylauncher/warm.py)."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +21,6 @@ from tests.faults import FaultRow
 
 TIMEOUT_S = 240
 SLEEPY = "import time\ntime.sleep(3)\nprint('probe ok', flush=True)\n"
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "results" / "warm_clusters.json"
 
 
 def warm_project(tmp_path: Path, script: str, extra: str) -> tuple[Path, Path]:
@@ -89,11 +88,14 @@ def holder_process(job_id: str) -> psutil.Process:
     raise AssertionError(f"no driver process for {job_id}")
 
 
-def record_bench(key: str, figures: dict[str, float]) -> None:
-    results = json.loads(BENCH.read_text()) if BENCH.exists() else {}
-    results[key] = {k: round(v, 2) for k, v in figures.items()}
-    BENCH.parent.mkdir(parents=True, exist_ok=True)
-    BENCH.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+def gcs_servers(record: ClusterRecord) -> set[int]:
+    """The pids of the cluster's GCS server: one per `ray start --head`."""
+    found = set()
+    for proc in processes_of(int(record.details["session_id"])):
+        with contextlib.suppress(psutil.Error):  # gone meanwhile
+            if proc.name() == "gcs_server":
+                found.add(proc.pid)
+    return found
 
 
 def test_two_jobs_within_the_window_share_one_cluster_and_a_later_one_gets_a_new_one(tmp_path: Path) -> None:
@@ -104,17 +106,20 @@ def test_two_jobs_within_the_window_share_one_cluster_and_a_later_one_gets_a_new
         first = nth_job(system, 0, lambda j: j.is_terminal)
         record = live_cluster(system, ClusterStatus.WARM)
         assert (first.status, first.kept, first.warm) == (JobStatus.SUCCEEDED, "warm", False)
+        head = gcs_servers(record)
+        assert len(head) == 1
         # When a second job arrives within the window
         drop(system, "two")
         second = nth_job(system, 1, lambda j: j.is_terminal)
-        # Then it ran on the same cluster (no `ray up`), with its own Ray submission id
+        # Then it ran on the same cluster, with its own Ray submission id: the same record, Ray
+        # session and dashboard, and no second `ray start` (the same GCS server, no other one)
         assert (second.status, second.warm, second.cluster_key) == (JobStatus.SUCCEEDED, True, record.key)
         assert second.cluster and second.cluster["session_id"] == record.details["session_id"]
-        cold, warm = to_running_s(first), to_running_s(second)
-        record_bench("local", {"cold_created_to_running_s": cold, "warm_created_to_running_s": warm})
-        # (a local `ray start` takes only ~6 s here, so locally the gain is smaller than on EC2,
-        # where `ray up` dominates: the stand-in test asks for 10x)
-        assert warm * 3 <= cold, (cold, warm)
+        assert second.cluster.get("dashboard_url") == (first.cluster or {}).get("dashboard_url")
+        assert gcs_servers(record) == head
+        assert [r.key for r in system.store.clusters.live("probe")] == [record.key]
+        # (the times are reported, not asserted: bench/warm_clusters.py records them)
+        print(f"\nlocal: job created -> RUNNING cold {to_running_s(first):.2f} s, warm {to_running_s(second):.2f} s")
         # And after 15 s idle the cluster is torn down (its processes gone), its slot given back
         gone = until(lambda: (r := system.store.clusters.get(record.key)).status == ClusterStatus.TORN_DOWN and r,
                      what="torn down")  # fmt: skip
@@ -180,6 +185,8 @@ def test_a_failed_jobs_cluster_is_held_then_released(tmp_path: Path, how: str) -
             build_api_services(system.settings).release(failed.job_id, Caller(arn=None))
         gone = until(lambda: (r := system.store.clusters.get(record.key)).status == ClusterStatus.TORN_DOWN and r,
                      60, "released")  # fmt: skip
+        if how == "time":  # its holder ended it once the hold ran out: not before, nor as late as a takeover
+            assert hold_s - 1 <= gone.held_seconds < hold_s + system.settings.driver_lease_s, gone  # type: ignore[attr-defined]
         assert gone.held_seconds > 0  # type: ignore[attr-defined]
         until(lambda: cluster_gone(record), 30, "processes gone")
         assert (system.store.get(failed.job_id).kept_seconds or 0) > 0

@@ -22,7 +22,7 @@ from raylauncher.watchdog import METRICS, METRICS_NAMESPACE
 
 #: SweepReport field -> why it pages someone.
 WATCHDOG_ALARMS = {
-    "teardown_failed": "a job's cluster could not be verified gone: check its instances (tag ray-cluster-name)",
+    "teardown_failed": "a job's (or a kept warm/held) cluster could not be verified gone: check its instances (tag ray-cluster-name)",
     "silent_drivers": "a running job's driver stopped sending heartbeats: check the bastion",
     "failed_unclaimed": "launched jobs were failed because no driver started: check the bastion and SSM",
     "reaped": "nodes of a cluster past its expires-at were terminated: find out why its teardown did not happen",

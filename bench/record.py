@@ -30,7 +30,9 @@ def _version(module: str) -> str | None:
 
 def machine() -> dict[str, Any]:
     """Cores, memory, Python, Ray and pyarrow versions, and the commit (``dirty``: with
-    uncommitted changes to tracked files, so the figures may not be that commit's)."""
+    uncommitted changes to tracked files other than the bench's own results and report, which
+    an earlier bench of the same `make bench` has just rewritten; so the figures may not be
+    that commit's)."""
     return {
         "cores": os.cpu_count(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -38,7 +40,8 @@ def machine() -> dict[str, Any]:
         "ray": _version("ray"),
         "pyarrow": _version("pyarrow"),
         "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                           ":(exclude)bench/results", ":(exclude)bench/README.md")),
     }
 
 

@@ -12,9 +12,11 @@ from raylauncher.control import request_cancel
 from raylauncher.errors import RayLauncherError
 from raylauncher.local.runtime import LocalSystem, wait_for_jobs
 from raylauncher.model import utc_now
+from raylauncher.warm import LIVE
 from raylauncher.watchdog import Watchdog
 
 SHUTDOWN_TIMEOUT_S = 120
+TAKEOVER_TRIES = 10
 WATCHDOG_EVERY_S = 5
 
 
@@ -65,10 +67,19 @@ def stop_kept_clusters(system: LocalSystem, watchdog: Watchdog) -> None:
         return
     for record in kept:
         print(f"  tearing down kept cluster {record.name} ({record.status})")
-        try:
-            watchdog.tear_down_cluster(record, utc_now(), "the local system is stopping")
-        except RayLauncherError as err:
-            print(f"  could not tear down {record.name}: {err}", file=sys.stderr)
+        for _ in range(TAKEOVER_TRIES):  # a takeover loses to a holder renewing meanwhile: read again
+            try:
+                if watchdog.tear_down_cluster(record, utc_now(), "the local system is stopping") is not None:
+                    break
+                time.sleep(0.2)
+                record = system.store.clusters.get(record.key)
+            except RayLauncherError as err:
+                print(f"  could not tear down {record.name}: {err}", file=sys.stderr)
+                break
+            if record.status not in LIVE:
+                break
+        else:
+            print(f"  could not take {record.name} from its holder", file=sys.stderr)
 
 
 def sweep(watchdog: Watchdog) -> None:

@@ -739,13 +739,19 @@ def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or
     from raylauncher.watchdog import WATCHDOG_OWNER
     from raylauncher.wiring import build_api_services
 
-    # Given a pipeline holding the cluster of a job that failed for its own reason
-    job = ended(system, launched(system, "held"))
+    # Given two pipelines holding the cluster of a job that failed for its own reason, one for
+    # 600 s and one for 15 s (both clusters brought up together)
+    job, short = launched(system, "held"), launched(system, "held-short")
+    short = ended(system, short)
+    assert (short.status, short.kept) == (JobStatus.FAILED, "held"), (short.reason_code, short.reason_message)
+    wait_until(lambda: cluster_status(system, short) == "HELD", 30, "held")
+    assert all(i["State"]["Name"] == "running" for i in instances_of(system, short))
+    job = ended(system, job)
     assert (job.status, job.reason_code, job.kept) == (JobStatus.FAILED, ReasonCode.RAY_JOB_FAILED, "held")
     wait_until(lambda: cluster_status(system, job) == "HELD", 30, "held")
     instances = instances_of(system, job)
     assert instances and all(i["State"]["Name"] == "running" for i in instances)
-    # When a person releases it
+    # When a person releases the first
     released = time.monotonic()
     build_api_services(system.settings).release(job.job_id, Caller(arn=None))
     # Then it is torn down: every instance terminated
@@ -753,29 +759,7 @@ def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or
     assert_cluster_gone(system, job)
     fault_row(FaultRow("held cluster released by command", "ec2 stand-in", "TORN_DOWN", "none", 1,
                        round(time.monotonic() - released, 1), 0, 0, 0))  # fmt: skip
-    # Given another failed job's cluster held (600 s)
-    lost = ended(system, launched(system, "held"))
-    assert (lost.status, lost.kept) == (JobStatus.FAILED, "held"), (lost.reason_code, lost.reason_message)
-    wait_until(lambda: cluster_status(system, lost) == "HELD", 30, "held")
-    # When its holder is SIGKILLed while holding it
-    holder_of(lost).kill()
-    killed = time.monotonic()
-    # Then the watchdog tears the cluster down once the lease lapsed: every instance terminated
-    watchdog = build_watchdog(system.settings)
-    wait_until(lambda: bool(watchdog.sweep().clusters_torn_down) or cluster_status(system, lost) == "TORN_DOWN",
-               120, "the watchdog's teardown")  # fmt: skip
-    wait_until(lambda: all(i["State"]["Name"] == "terminated" for i in instances_of(system, lost)), 60, "terminated")
-    outlived = time.monotonic() - killed
-    assert cluster_status(system, lost) == "TORN_DOWN"
-    assert_cluster_gone(system, lost)
-    fault_row(FaultRow("holder SIGKILLed while holding", "ec2 stand-in", "TORN_DOWN", "none", 1, round(outlived, 1),
-                       0, 0, 0))  # fmt: skip
-    # Given a pipeline holding a failed job's cluster for 15 s
-    short = ended(system, launched(system, "held-short"))
-    assert (short.status, short.kept) == (JobStatus.FAILED, "held"), (short.reason_code, short.reason_message)
-    wait_until(lambda: cluster_status(system, short) == "HELD", 30, "held")
-    assert all(i["State"]["Name"] == "running" for i in instances_of(system, short))
-    # When nobody releases it, Then its holder tears it down once its 15 s have run out: the
+    # And nobody releases the second: its holder tears it down once its 15 s have run out: the
     # record's held time is the hold (not before its time), and short of the hold + a lease
     # (after which the watchdog would have taken it over)
     wait_until(lambda: cluster_status(system, short) == "TORN_DOWN", 180, "the hold's end")

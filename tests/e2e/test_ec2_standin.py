@@ -105,7 +105,7 @@ def _project(root: Path) -> tuple[Path, Path]:
     entrypoint: {script: jobs/slowish/main.py}
     cluster: {min_workers: 0, max_workers: 0}
     retry: {max_attempts: 1}
-    keep_warm_seconds: 20
+    keep_warm_seconds: 10
     output_prefix: outputs/warm/
   - name: held
     trigger: {prefix: incoming/held/}
@@ -675,7 +675,7 @@ def record_warm_pair(cold: Job, warm: Job) -> None:
     print(f"\nstand-in: job created -> RUNNING cold {pair['cold_created_to_running_s']} s, "
           f"warm {pair['warm_created_to_running_s']} s")  # fmt: skip
     write_result("warm_clusters_standin_test", {"figures": pair, "pairs": [pair], "params": {
-        "backend": "ec2", "keep_warm_seconds": 20, "pairs": 1,
+        "backend": "ec2", "keep_warm_seconds": 10, "pairs": 1,
         "test": "tests/e2e/test_ec2_standin.py::test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder",
     }})  # fmt: skip
 
@@ -683,13 +683,13 @@ def record_warm_pair(cold: Job, warm: Job) -> None:
 def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
-    # Given a pipeline keeping its clusters warm for 20 s, and its first job (a real `ray up`)
+    # Given a pipeline keeping its clusters warm for 10 s, and its first job (a real `ray up`)
     first = launched(system, "warm")
     first = ended(system, first)
     assert (first.status, first.kept) == (JobStatus.SUCCEEDED, "warm"), (first.reason_code, first.reason_message)
-    # (the reaper's expiry now bounds the warm time: keep 20 s + lease + margin, not the run deadline)
+    # (the reaper's expiry now bounds the warm time: keep 10 s + lease + margin, not the run deadline)
     kept_until = parse_iso(expiry_of(system, first))
-    assert kept_until - parse_iso(first.phase_times["SUCCEEDED"]) < timedelta(seconds=20 + 10 + 900 + 60)
+    assert kept_until - parse_iso(first.phase_times["SUCCEEDED"]) < timedelta(seconds=10 + 10 + 900 + 60)
     # When a second job arrives within the window
     second = launched(system, "warm")
     wait_until(lambda: system.store.get(second.job_id).status in (JobStatus.RUNNING, *TERMINAL), JOB_TIMEOUT_S, "RUNNING")
@@ -703,7 +703,7 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     # And the reaper's expiry was moved forward when it was reused
     assert reused_until > parse_iso(second.phase_times["RUNNING"]) + timedelta(hours=1) > kept_until
     assert parse_iso(expiry_of(system, first)) < reused_until  # kept warm again after it: the keep bound
-    # And once idle for 20 s it is torn down once: every instance terminated
+    # And once idle for 10 s it is torn down once: every instance terminated
     wait_until(lambda: cluster_status(system, first) == "TORN_DOWN", 180, "the idle teardown")
     assert_cluster_gone(system, first)
     # And a job after the window gets a new cluster

@@ -13,13 +13,17 @@ Every few minutes (an EventBridge schedule on AWS; `raylauncher watchdog` locall
 2. gives back the slots of those and of finished jobs still holding one (a driver that died
    between its last transition and the release), then launches QUEUED jobs that now fit (a lost
    "slot freed" event would otherwise leave them queued forever);
+2b. tears down kept (warm/held) clusters whose holder's lease lapsed or whose time ran out a
+   lease ago (raylauncher/warm.py), from their record: judged on a consistent read, taken over
+   only if the holder's heartbeat is still the one read;
 3. terminates the nodes of clusters past their `raylauncher:expires-at` (raylauncher/reaper.py),
    when a reaper is given (on AWS);
 3b. deletes Ray token parameters whose cluster is gone (raylauncher/cluster_tokens.py) that a
    driver and a takeover both failed to delete: the job ended, moved on to a later attempt,
-   or does not exist — never the token of a TEARDOWN_FAILED job (its cluster may still be up);
-4. reports jobs that need a person: TEARDOWN_FAILED in the last day (the cluster may still be
-   up) and running jobs whose driver stopped sending heartbeats. The Lambda publishes the counts
+   or does not exist — never the token of a TEARDOWN_FAILED job (its cluster may still be up)
+   nor of a kept cluster that is up;
+4. reports jobs that need a person: TEARDOWN_FAILED jobs and kept clusters in the last day (the
+   cluster may still be up) and running jobs whose driver stopped sending heartbeats. The Lambda publishes the counts
    as CloudWatch metrics; the stack's alarms page whoever subscribed to its alerts topic.
 Each step is a conditional transition: a sweep racing a driver or another sweep loses cleanly.
 """

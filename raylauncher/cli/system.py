@@ -75,7 +75,8 @@ def cmd_driver_run(args: argparse.Namespace) -> int:
     from raylauncher.wiring import build_driver
 
     job = build_driver(_settings()).run(args.job_id)
-    print(json.dumps({"job_id": job.job_id, "status": job.status, "reason_code": job.reason_code}))
+    print(json.dumps({"job_id": job.job_id, "status": job.status, "reason_code": job.reason_code,
+                      "reason_message": job.reason_message}))
     return 0 if job.is_terminal else 1
 
 

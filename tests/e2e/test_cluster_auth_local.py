@@ -91,7 +91,8 @@ def test_no_token_of_a_demo_run_appears_in_records_events_objects_commands_or_lo
         # Given the demo's run: CSV files dropped under the prefix, the job run on its own cluster
         upload_sample_files(system, files=2, rows_per_file=2_000)
         (job,) = run_until(system, all_terminal)
-        assert job.status == JobStatus.SUCCEEDED and verify_job_output(system, job) == []
+        assert job.status == JobStatus.SUCCEEDED, (job.reason_code, job.reason_message)
+        assert verify_job_output(system, job) == []
         # When everything the local AWS holds and every file of the run is scanned for its token
         tokens = witness.tokens - before
         assert len(tokens) == 1, "the witness saw the cluster's token being stored"

@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Parallel test workers: most of the suite waits (Ray starting, deadlines, polls), so more
+# workers than cores (2 here) pays. Tests that share an expensive setup stay on one worker
+# (`xdist_group` marks); every resource a test makes is private to its worker.
+TEST_WORKERS ?= 4
 
 .PHONY: demo demo-ec2 standin-deps test install clean check-no-ray bench synth
 
@@ -38,7 +42,7 @@ standin-deps:
 # cannot run they are skipped with the reason printed.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory standin-deps || echo "EC2 stand-in tests will be skipped (see above)"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 	@$(MAKE) --no-print-directory check-no-ray
 
 # Fails if a Ray process of ours (temp dir /tmp/rl-*) outlived the demo or the tests.

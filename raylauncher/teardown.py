@@ -129,8 +129,10 @@ class LocalProcessTeardown(ClusterTeardown):
 
     def _teardown(self, job: Job) -> None:
         from raylauncher.clusters.processes import stop_marked  # psutil: local mode only
+        from raylauncher.clusters.temp_dirs import remove_temp_dirs
 
         session = (job.cluster or {}).get("session_id")
         survivors = stop_marked(job.run_id, self._grace_s, int(session) if session else None)
         if survivors:
             raise TeardownFailed(f"{len(survivors)} process(es) of {job.run_id} survived SIGKILL", 1)
+        remove_temp_dirs(job.run_id)  # the driver that would have removed it is gone

@@ -7,6 +7,15 @@ import os
 # Ray reads this at import: keep every in-process Ray (and its clients) on 127.0.0.1 instead of
 # the machine's interface address. The local backend sets it for the clusters it starts.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Parallel workers (pytest-xdist) side by side: every process a worker launches carries its
+# scope, so one worker's leftovers checks never count, list or stop another's clusters; no
+# test sees a `raylauncher serve` of the developer's (its state file) nor another worker's.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+os.environ["RAYLAUNCHER_SCOPE"] = f"{WORKER}-{os.getpid()}"
+os.environ.setdefault("RAYLAUNCHER_SERVE_STATE", f"/tmp/raylauncher-test-serve-{WORKER}-{os.getpid()}.json")
+if WORKER != "main":  # xdist sets a terminal size in its workers; the CLI's output is judged as piped
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
 
 import uuid
 from collections.abc import Iterator
@@ -70,21 +79,67 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     SESSION.install()
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _is_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.has_plugin("dsession")  # pytest-xdist's, with -n N > 0
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Scan this session's output for Ray tokens (any found fails the session), then write the
-    fault table from the rows this session's fault scenarios recorded, with the scan's summary."""
-    from tests.faults import write_table
+    fault table from the rows this session's fault scenarios recorded, with the scan's summary.
+    Under pytest-xdist each worker scans what it made (its moto servers, temp dir, log lines)
+    and hands its counts, findings and fault rows to the controller, which writes and judges."""
+    from tests import faults
     from tests.secrets_hygiene import SESSION
 
-    temp_root = session.config._tmp_path_factory.getbasetemp()  # type: ignore[attr-defined]
-    SESSION.finish(temp_root)
-    write_table(SESSION.summary())
+    config = session.config
+    if not _is_controller(config):
+        SESSION.finish(config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    if _is_worker(config):
+        config.workeroutput["hygiene"] = SESSION.export()  # type: ignore[attr-defined]
+        config.workeroutput["fault_rows"] = faults.export()  # type: ignore[attr-defined]
+        return
+    faults.write_table(SESSION.summary())
     if SESSION.findings or SESSION.errors:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
         lines = ["SECRETS HYGIENE: a Ray token leaked or the scan failed", *map(str, SESSION.findings), *SESSION.errors]
         if reporter:
             reporter.write_line("\n".join(lines), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_WORKER_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Per-worker totals (setup + call + teardown of every test): where the time goes."""
+    node = getattr(report, "node", None)  # set by pytest-xdist on the controller
+    worker = getattr(getattr(node, "gateway", None), "id", None) or "main"
+    _WORKER_SECONDS[worker] = _WORKER_SECONDS.get(worker, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _WORKER_SECONDS:
+        terminalreporter.write_sep("=", "seconds of tests per worker")
+        for worker, seconds in sorted(_WORKER_SECONDS.items()):
+            terminalreporter.write_line(f"{worker}: {seconds:.0f} s")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    """pytest-xdist: a worker finished; take its secrets scan and fault rows."""
+    from tests import faults
+    from tests.secrets_hygiene import SESSION
+
+    output = getattr(node, "workeroutput", {})
+    if "hygiene" in output:
+        SESSION.merge(output["hygiene"])
+        faults.merge(output["fault_rows"])
+    else:  # a worker that crashed handed nothing over: its scan did not run
+        SESSION.errors.append(f"worker {getattr(node, 'gateway', node)} ended without its secrets scan ({error})")
 
 
 @pytest.fixture

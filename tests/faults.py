@@ -46,6 +46,16 @@ def record(row: FaultRow) -> FaultRow:
     return row
 
 
+def export() -> list[dict[str, object]]:
+    """This worker's rows, for the controller (pytest-xdist) to write."""
+    return [asdict(r) for r in _ROWS]
+
+
+def merge(rows: list[dict[str, object]]) -> None:
+    """Rows a worker measured (the controller writes the table)."""
+    _ROWS.extend(FaultRow(**r) for r in rows)  # type: ignore[arg-type]
+
+
 def input_accounting(uploaded: list[str], manifests: dict[str, list[str]], succeeded: set[str]) -> tuple[int, int]:
     """(lost, processed twice): uploaded inputs in no job's manifest at all (dropped: no job, no
     reason), and inputs in the manifests of more than one succeeded job. `manifests`: job id ->

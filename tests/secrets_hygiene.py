@@ -41,6 +41,7 @@ class Hygiene:
     files: int = 0
     log_lines: int = 0
     _log: _LogLines = field(default_factory=_LogLines)
+    _worker_tokens: int = 0  # tokens the workers' witnesses learnt (merged exports)
 
     def install(self) -> None:
         self.witness = TokenWitness.install()
@@ -73,15 +74,32 @@ class Hygiene:
         self.servers += 1
 
     def finish(self, temp_root: Path) -> None:
-        found, self.files = scan_files(temp_root, self.tokens)
+        found, files = scan_files(temp_root, self.tokens)
+        self.files += files
         self.findings += found
-        self.log_lines = len(self._log.lines)
+        self.log_lines += len(self._log.lines)
         self.findings += find(self.tokens, ((f"log line {i}", line.encode()) for i, line in enumerate(self._log.lines)))
+
+    def export(self) -> dict[str, object]:
+        """What a test worker hands the controller (pytest-xdist): counts, findings, errors."""
+        return {"tokens": len(self.tokens), "items": self.items, "servers": self.servers, "files": self.files,
+                "log_lines": self.log_lines, "findings": [[f.where, f.token_hint] for f in self.findings],
+                "errors": list(self.errors)}  # fmt: skip
+
+    def merge(self, worker: dict[str, object]) -> None:
+        """Add a worker's export (the controller runs no test: the workers' scans are the scan)."""
+        self._worker_tokens += int(worker["tokens"])  # type: ignore[call-overload]
+        self.items += int(worker["items"])  # type: ignore[call-overload]
+        self.servers += int(worker["servers"])  # type: ignore[call-overload]
+        self.files += int(worker["files"])  # type: ignore[call-overload]
+        self.log_lines += int(worker["log_lines"])  # type: ignore[call-overload]
+        self.findings += [Finding(where, hint) for where, hint in worker["findings"]]  # type: ignore[attr-defined]
+        self.errors += list(worker["errors"])  # type: ignore[call-overload]
 
     def summary(self) -> str:
         verdict = "none found" if not self.findings and not self.errors else (
             f"{len(self.findings)} FOUND, {len(self.errors)} scan error(s)")
-        return (f"Secrets scan of that session: {len(self.tokens)} Ray token(s) looked for in {self.items} items of "
+        return (f"Secrets scan of that session: {len(self.tokens) + self._worker_tokens} Ray token(s) looked for in {self.items} items of "
                 f"{self.servers} moto server(s) (DynamoDB items, S3 object versions and archive members, SQS "
                 f"messages, SSM parameters and commands), {self.files} files under the session's temp dirs and "
                 f"{self.log_lines} log lines: {verdict}.")

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from contextlib import closing
@@ -23,6 +22,7 @@ from pathlib import Path
 from raylauncher.cluster_tokens import ClusterTokens, auth_headers, down_then_revoke, issue_token, token_env
 from raylauncher.clusters.base import Cancelled, ClusterBackend, ClusterHandle, wait_for_jobs_api
 from raylauncher.clusters.processes import marker_env, stop_processes
+from raylauncher.clusters.temp_dirs import make_temp_dir, remove_temp_dirs
 from raylauncher.config import Pipeline
 from raylauncher.errors import TeardownFailed
 from raylauncher.model import Job
@@ -32,9 +32,6 @@ log = logging.getLogger(__name__)
 #: Ray turns 127.0.0.1 into the machine's interface address unless told it is a one-machine
 #: "cluster"; this keeps every Ray process (and its clients) on loopback.
 LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
-
-#: Prefix of every local cluster's temp dir (short: Ray's unix sockets live under it).
-TEMP_DIR_PREFIX = "rl-"
 
 
 @dataclass
@@ -75,7 +72,7 @@ class LocalRayBackend(ClusterBackend):
     def up(self, job: Job, pipeline: Pipeline, timeout_s: float, cancelled: Cancelled) -> ClusterHandle:
         deadline = time.monotonic() + timeout_s
         token = issue_token(self._tokens, job)
-        temp_dir = Path(tempfile.mkdtemp(prefix=TEMP_DIR_PREFIX, dir="/tmp"))
+        temp_dir = make_temp_dir(job.run_id)
         gcs_port, dashboard_port = free_port(), free_port()
         cmd = [
             self._ray_bin, "start", "--head", "--block",
@@ -155,7 +152,7 @@ class LocalRayBackend(ClusterBackend):
                 f"{len(survivors)} process(es) of session {session_id} survived SIGKILL: "
                 + ", ".join(str(p.pid) for p in survivors)
             )
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        remove_temp_dirs(job.run_id)
         log.info("job %s: local ray cluster (session %d) stopped", job.job_id, session_id)
         return 1
 

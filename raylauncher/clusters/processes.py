@@ -33,18 +33,39 @@ from raylauncher import PROJECT_DIR
 MARKER_ENV = "RAYLAUNCHER_LOCAL_CLUSTER"
 #: Set next to MARKER_ENV (value: the checkout the launching code runs from).
 CHECKOUT_ENV = "RAYLAUNCHER_CHECKOUT"
-#: This checkout's value of CHECKOUT_ENV.
+#: This checkout (the unscoped value of CHECKOUT_ENV).
 CHECKOUT = str(PROJECT_DIR)
+#: Narrows "ours" to one run inside this checkout (a test worker: `gw0`), so that runs side by
+#: side never count, list or stop each other's processes. Unset: the whole checkout, every
+#: scope included (what `make check-no-ray` looks at after the test run).
+SCOPE_ENV = "RAYLAUNCHER_SCOPE"
+_SCOPE_SEPARATOR = "#"
 #: Ray's setproctitle leaves /proc/<pid>/environ alone when this is set (titles then fit in
 #: the original command line's space, which Ray's long command lines leave plenty of).
 _KEEP_ENVIRON = {"SPT_NOENV": "1"}
 STDERR_TAIL_CHARS = 2000
 
 
+def checkout_id() -> str:
+    """What this process's launches carry in CHECKOUT_ENV: the checkout, and its scope if one
+    is set (read each time: a test session sets it before it starts anything)."""
+    scope = os.environ.get(SCOPE_ENV, "")
+    return f"{CHECKOUT}{_SCOPE_SEPARATOR}{scope}" if scope else CHECKOUT
+
+
+def is_ours(checkout: str | None) -> bool:
+    """Whether a CHECKOUT_ENV value belongs to this process's checkout and scope. Unscoped, any
+    scope of this checkout is ours too."""
+    if checkout is None:
+        return False
+    mine = checkout_id()
+    return checkout == mine or (mine == CHECKOUT and checkout.startswith(CHECKOUT + _SCOPE_SEPARATOR))
+
+
 def marker_env(job_id: str) -> dict[str, str]:
-    """The variables every process we launch carries: which job, which checkout, and the
-    switch that keeps them readable after Ray renames a process."""
-    return {MARKER_ENV: job_id, CHECKOUT_ENV: CHECKOUT, **_KEEP_ENVIRON}
+    """The variables every process we launch carries: which job, which checkout (and scope),
+    and the switch that keeps them readable after Ray renames a process."""
+    return {MARKER_ENV: job_id, CHECKOUT_ENV: checkout_id(), **_KEEP_ENVIRON}
 
 
 @dataclass(frozen=True)
@@ -56,7 +77,7 @@ class Marks:
 
     @property
     def ours(self) -> bool:
-        return self.job is not None and self.checkout == CHECKOUT
+        return self.job is not None and is_ours(self.checkout)
 
 
 def _marks_of(proc: psutil.Process) -> Marks | None:

@@ -190,7 +190,7 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
     if backend == "ec2":
         from raylauncher.local.ec2_standin.cleanup import leftovers
 
-        left = leftovers()
+        left = leftovers(system.standin.id if system.standin else None)
         if left:
             ok = False
             print("the EC2 stand-in left:\n  " + "\n  ".join(left), file=sys.stderr)

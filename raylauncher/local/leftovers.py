@@ -1,5 +1,6 @@
 """`python -m raylauncher.local.leftovers [--kill]`: list (and with --kill, stop) what this
-checkout's local runs left behind: Ray processes of ours (only those carrying our marker
+checkout's local runs left behind: temp dirs of local clusters that are gone (`/tmp/rl-*`
+marked as ours), Ray processes of ours (only those carrying our marker
 variables with this checkout's path, never anyone else's Ray, nor another checkout's) and
 whatever an EC2 stand-in of this checkout made, or one whose owner process is gone (network
 namespaces, bridge and veths named by it, its node processes and files; another checkout's
@@ -16,7 +17,8 @@ import sys
 
 import psutil
 
-from raylauncher.clusters.processes import CHECKOUT, CHECKOUT_ENV, leftover_processes, marked_processes
+from raylauncher.clusters.processes import CHECKOUT_ENV, checkout_id, leftover_processes, marked_processes
+from raylauncher.clusters.temp_dirs import leftover_temp_dirs, remove_leftover_temp_dirs
 
 
 def _standin_leftovers(kill: bool) -> tuple[list[str], list[str]]:
@@ -28,11 +30,11 @@ def _standin_leftovers(kill: bool) -> tuple[list[str], list[str]]:
     from raylauncher.local.ec2_standin import cleanup
     from raylauncher.local.ec2_standin.standin import STATE_ROOT
 
-    ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT, CHECKOUT)
+    ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT)
     if kill:
         for standin_id in sorted(ours | dead):
             cleanup.remove_standin(standin_id, STATE_ROOT)
-        ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT, CHECKOUT)
+        ours, dead, theirs = cleanup.scoped_ids(STATE_ROOT)
     mine = [line for i in sorted(ours) for line in cleanup.leftovers(i)]
     others = [f"stand-in {i} (checkout {cleanup.owner_checkout(STATE_ROOT, i) or 'unknown'}) is running"
               for i in sorted(theirs)]
@@ -58,7 +60,7 @@ def _checkout_of(proc: psutil.Process) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--kill", action="store_true", help="SIGTERM, then SIGKILL, this checkout's leftover "
-                        "processes; remove what EC2 stand-ins left")  # fmt: skip
+                        "processes; remove its clusters' leftover temp dirs and what EC2 stand-ins left")  # fmt: skip
     args = parser.parse_args()
     found = marked_processes()
     procs = found.ours
@@ -77,17 +79,23 @@ def main() -> int:
                     pass
             psutil.wait_procs(sig_procs, timeout=5)
         procs = leftover_processes()
+    temp_dirs = leftover_temp_dirs(procs)
+    for path in temp_dirs:
+        print(f"left behind: temp dir {path} of a local cluster that is gone")
+    if args.kill and temp_dirs:
+        temp_dirs = remove_leftover_temp_dirs(procs)
     standin, others = _standin_leftovers(args.kill)
     for line in standin:
         print(f"left by an EC2 stand-in: {line}")
     for line in others:
         print(f"not ours, left alone: {line}")
-    print(f"checkout: {CHECKOUT}")
+    print(f"checkout: {checkout_id()}")
     print("no Ray process of ours left running" if not procs else f"{len(procs)} Ray process(es) of ours left running")
     if found.other_checkouts or found.unscoped:
         print(f"{len(found.other_checkouts) + len(found.unscoped)} marked process(es) not ours (not counted)")
+    print("no temp dir of ours left" if not temp_dirs else f"{len(temp_dirs)} temp dir(s) of ours left")
     print("nothing of an EC2 stand-in left" if not standin else f"{len(standin)} thing(s) of an EC2 stand-in left")
-    return 1 if procs or standin else 0
+    return 1 if procs or temp_dirs or standin else 0
 
 
 if __name__ == "__main__":

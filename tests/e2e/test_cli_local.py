@@ -23,6 +23,9 @@ from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.runtime import LocalSystem, local_system
 from raylauncher.local.serve_state import STATE_FILE_ENV, ServeState, write_state
 
+# pytest-xdist: one worker runs these tests (they share one served local system for the module).
+pytestmark = pytest.mark.xdist_group("cli-local")
+
 OPENAPI = json.loads((Path(__file__).resolve().parents[2] / "docs" / "openapi.json").read_text())
 waiting_for_logs = pytest.mark.skipif(
     "/jobs/{job_id}/logs" not in OPENAPI["paths"], reason="waiting for i11-api: GET /jobs/{job_id}/logs not in the API yet"

@@ -43,6 +43,9 @@ from raylauncher.teardown import Ec2ClusterInstances as AliveByTag
 from tests.doubles import MemoryClusterTokens
 from tests.faults import FaultRow
 
+# pytest-xdist: one worker runs these tests (they share one moto EC2 world for the module).
+pytestmark = pytest.mark.xdist_group("ec2-launcher")
+
 BACKEND = "ec2 (fake ray)"
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]

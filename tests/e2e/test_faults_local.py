@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from raylauncher.clusters.processes import leftover_processes, processes_of
+from raylauncher.clusters.temp_dirs import our_temp_dirs
 from raylauncher.local.runtime import LocalSystem, local_system
 from raylauncher.local.shutdown import stop_unfinished_jobs
 from raylauncher.model import Job, JobStatus
@@ -113,6 +114,7 @@ def test_a_killed_driver_is_taken_over_within_the_lease_and_the_retry_succeeds(
         # Then within the lease plus a sweep the watchdog took the job over and its cluster is gone
         sweep_until(system, lambda js: js[0].attempt == 2 or js[0].is_terminal)
         outlived = wait_gone([job.run_id], killed)
+        assert our_temp_dirs(job.run_id) == [], "the taken-over cluster's temp dir was left behind"
         # And the retried attempt ran on a new cluster and SUCCEEDED; the lost one is on the record
         (done,) = sweep_until(system, lambda js: js[0].is_terminal)
         assert (done.status, done.attempt) == (JobStatus.SUCCEEDED, 2), (done.reason_code, done.reason_message)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +19,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from raylauncher.local.stack import MotoServer
 
+from raylauncher.clusters.local import free_port
 from raylauncher.local.sample_data import (
     compare_aggregates,
     expected_aggregates,
     generate_sales_csv,
 )
+from raylauncher.local.stack import MotoServer
+
+# pytest-xdist: one worker runs these tests (they share one local Ray for the module).
+pytestmark = pytest.mark.xdist_group("sales-job")
 
 JOB_DIR = Path(__file__).resolve().parents[2] / "jobs" / "sales_summary"
 BUCKET = "sales-e2e"
@@ -61,12 +67,18 @@ def sales_s3_endpoint() -> Iterator[str]:
 def sales_ray() -> Iterator[None]:
     """Start a local two-CPU Ray without token auth; shut it down afterwards. With its dashboard,
     as on every cluster the product launches: Ray's state API (the summary's nodes_used) needs it."""
+    # Its own temp dir and dashboard port: other workers' clusters run beside it (pytest-xdist).
+    temp_dir = tempfile.mkdtemp(prefix="rlt-", dir="/tmp")  # short: Ray's socket paths live under it
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
-        wait_for_state_api()  # as the backends wait for the Jobs API before submitting
-        yield
-        ray.shutdown()
+        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+                 _temp_dir=temp_dir)  # fmt: skip
+        try:
+            wait_for_state_api()  # as the backends wait for the Jobs API before submitting
+            yield
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture

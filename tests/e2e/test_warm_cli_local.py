@@ -18,6 +18,9 @@ from raylauncher.local.runtime import LocalSystem, local_system
 from raylauncher.local.serve_state import STATE_FILE_ENV, ServeState, write_state
 from tests.e2e.test_cli_local import JOB_TIMEOUT_S, cli, jobs_api_status, show, wait_for
 
+# pytest-xdist: one worker runs these tests (they share one served local system for the module).
+pytestmark = pytest.mark.xdist_group("warm-cli-local")
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:

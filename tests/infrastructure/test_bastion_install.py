@@ -13,6 +13,9 @@ import pytest
 
 from tests.infrastructure.conftest import Synthesized, render
 
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
+
 ROOTS = ("/opt/raylauncher", "/etc/raylauncher", "/var/lib/raylauncher")
 STUBS = {
     "dnf": 'echo "dnf $*" >> "$SANDBOX/calls"',

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 import raylauncher.local.stack as local_stack
 from cdk.functions import service_name
 from raylauncher.events import EVENT_PATTERN, WATCHDOG_OWNER, state_change
@@ -14,6 +16,9 @@ from raylauncher.watchdog import METRICS_NAMESPACE
 from tests.infrastructure.conftest import Synthesized, render
 from tests.infrastructure.test_stack_contract import bastion_parameter
 from tests.infrastructure.test_stack_security import as_list
+
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
 
 
 def bus_ref(s: Synthesized) -> dict[str, Any]:

@@ -5,10 +5,15 @@ where the calls are made: tests/e2e/test_ec2_standin.py.)"""
 
 from __future__ import annotations
 
+import pytest
+
 from cdk.cluster_access import EC2_GRANTED_UNSEEN
 from raylauncher.aws import LOCAL_ACCESS_KEY_IDS
 from tests.iam_contract import contract_roles, contract_violations, granted_ec2_actions
 from tests.infrastructure.conftest import Synthesized
+
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
 
 
 def test_every_written_reason_is_for_an_ec2_action_its_role_is_granted(default_stack: Synthesized) -> None:

@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from raylauncher.cli.arguments import PORT_FORWARDING_DOCUMENT
 from raylauncher.cli.targets import STACK_OUTPUTS
 from tests.infrastructure.conftest import Synthesized, render
+
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
 
 
 def operator_statements(s: Synthesized) -> dict[str, dict[str, Any]]:

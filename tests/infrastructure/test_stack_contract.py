@@ -22,6 +22,9 @@ from raylauncher.schedules import schedule_input
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
 from tests.infrastructure.conftest import OFFLINE_AMIS, PROJECT_DIR, Synthesized, render, synthesize
 
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
+
 PIPELINES = load_pipelines(PROJECT_DIR / "pipelines.yaml")
 
 

@@ -7,11 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aws_cdk.assertions import Match
 
 from cdk.functions import POWERTOOLS_LAYER_PARAMETER
 from raylauncher.bastion import SSM_DOCUMENT
 from tests.infrastructure.conftest import EXISTING_VPC, Synthesized
+
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
 
 OPEN = {"0.0.0.0/0", "::/0"}
 

@@ -25,6 +25,9 @@ from raylauncher.cluster_tokens import TOKEN_PATH, token_parameter
 from tests.iam_contract import as_list, stack_documents
 from tests.infrastructure.conftest import Synthesized
 
+# pytest-xdist: one worker runs these tests (they share the synthesized stacks are made once per worker).
+pytestmark = pytest.mark.xdist_group("cdk-synth")
+
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "eu-west-1", "AWS::AccountId": "123456789012"}
 PARAMETER_ARN = "arn:aws:ssm:eu-west-1:123456789012:parameter"
 

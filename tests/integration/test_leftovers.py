@@ -4,7 +4,9 @@ processes: only this checkout's processes are counted or killed, and processes R
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,14 +19,15 @@ import pytest
 from tests.doubles import MemoryClusterTokens
 from raylauncher.clusters.local import LocalRayBackend
 from raylauncher.clusters.processes import (
-    CHECKOUT,
     CHECKOUT_ENV,
     MARKER_ENV,
+    checkout_id,
     leftover_processes,
     marked_processes,
     marker_env,
     processes_of,
 )
+from raylauncher.clusters.temp_dirs import leftover_temp_dirs, make_temp_dir, our_temp_dirs, remove_temp_dirs
 from raylauncher.config import parse_pipelines
 from raylauncher.model import Job
 
@@ -95,7 +98,7 @@ def test_another_checkouts_processes_are_neither_counted_nor_killed(spawn: Spawn
     assert f"left running: pid {ours.pid}: sleep 600" in check.stdout
     assert f"not ours (checkout {OTHER_CHECKOUT}), left alone: pid {theirs.pid}: sleep 600" in check.stdout
     assert f"not ours (no checkout marker: started by older code), left alone: pid {unscoped.pid}" in check.stdout
-    assert f"checkout: {CHECKOUT}" in check.stdout
+    assert f"checkout: {checkout_id()}" in check.stdout
 
     # When --kill runs, Then ours is gone, the others still run, and the check passes
     killed = leftovers_cli("--kill")
@@ -117,6 +120,45 @@ def test_stopping_a_job_leaves_another_checkouts_same_job_id_alone(spawn: Spawn)
     assert ours.pid in found and theirs.pid not in found
 
 
+def test_temp_dirs_of_clusters_that_are_gone_are_leftovers_and_only_ours(spawn: Spawn, tmp_path: Path) -> None:
+    # Given the temp dir of a cluster of ours whose processes are gone, the temp dir of a cluster
+    # of ours that still runs (a process of ours names it), and one of another checkout
+    gone = make_temp_dir("job-gone")
+    running = make_temp_dir("job-running")
+    spawn(marker_env("job-running"), ["sh", "-c", f"sleep 600; : --temp-dir={running}"])
+    other = make_temp_dir("job-theirs")
+    (other / "raylauncher-owner.json").write_text(json.dumps({"checkout": OTHER_CHECKOUT, "run_id": "job-theirs"}))
+    try:
+        assert wait_until(lambda: any(str(running) in " ".join(p.cmdline()) for p in leftover_processes()))
+        # When the leftovers are listed, Then the gone cluster's dir alone is a leftover dir
+        assert leftover_temp_dirs(leftover_processes()) == [gone]
+        check = leftovers_cli()
+        assert check.returncode == 1, check.stdout + check.stderr
+        assert f"left behind: temp dir {gone} of a local cluster that is gone" in check.stdout
+        assert str(other) not in check.stdout
+        # When --kill runs (it also stops the running one: a leftover process of ours), Then both
+        # of ours are gone, the other checkout's dir is still there, and the check passes
+        killed = leftovers_cli("--kill")
+        assert killed.returncode == 0, killed.stdout + killed.stderr
+        assert not gone.exists() and not running.exists() and other.exists()
+        assert "no temp dir of ours left" in killed.stdout
+    finally:
+        for path in (gone, running, other):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_temp_dirs_of_one_attempt_are_removed_by_run_id_and_no_other() -> None:
+    # Given two attempts' temp dirs
+    first, second = make_temp_dir("job-a-1"), make_temp_dir("job-a-2")
+    try:
+        # When the first attempt's are removed (its cluster is verified gone)
+        assert remove_temp_dirs("job-a-1") == []
+        # Then the second attempt's is still there
+        assert not first.exists() and second.exists() and our_temp_dirs("job-a-2") == [second]
+    finally:
+        shutil.rmtree(second, ignore_errors=True)
+
+
 RENAME = "import ray._raylet, time; ray._raylet.setproctitle('ray::DashboardAgent'); time.sleep(600)"
 
 
@@ -127,7 +169,7 @@ def test_a_process_ray_renamed_keeps_its_markers_readable(spawn: Spawn) -> None:
     assert wait_until(lambda: psutil.Process(proc.pid).cmdline()[:1] == ["ray::DashboardAgent"])
     # When its environment is read from outside, Then the markers are there (SPT_NOENV)
     env = psutil.Process(proc.pid).environ()
-    assert (env.get(MARKER_ENV), env.get(CHECKOUT_ENV)) == ("job-renamed", CHECKOUT)
+    assert (env.get(MARKER_ENV), env.get(CHECKOUT_ENV)) == ("job-renamed", checkout_id())
     assert proc.pid in {p.pid for p in leftover_processes()}
 
 
@@ -169,7 +211,7 @@ def test_every_process_of_a_real_local_cluster_carries_the_markers(tmp_path: Pat
         unmarked = []
         for proc in processes_of(session):
             env = proc.environ()
-            if (env.get(MARKER_ENV), env.get(CHECKOUT_ENV)) != (job.job_id, CHECKOUT):
+            if (env.get(MARKER_ENV), env.get(CHECKOUT_ENV)) != (job.job_id, checkout_id()):
                 unmarked.append(" ".join(proc.cmdline())[:80])
         assert unmarked == []
         assert {p.pid for p in processes_of(session)} <= {p.pid for p in leftover_processes()}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from raylauncher.clusters.processes import is_ours
 from raylauncher.local.ec2_standin.network import (
     BRIDGE_PREFIX,
     VETH_PREFIX,
@@ -93,13 +94,13 @@ def owner_checkout(state_root: Path, standin_id: str) -> str | None:
     return checkout if isinstance(checkout, str) else None
 
 
-def scoped_ids(state_root: Path, checkout: str) -> tuple[set[str], set[str], set[str]]:
-    """Stand-ins by whose they are: (this checkout's, dead ones of another or no known checkout,
-    live ones of another or no known checkout). The first two are safe to remove; the last
-    belongs to someone running it now and must be left alone."""
+def scoped_ids(state_root: Path) -> tuple[set[str], set[str], set[str]]:
+    """Stand-ins by whose they are: (this checkout's and scope's, dead ones of another or no
+    known checkout, live ones of another or no known checkout). The first two are safe to
+    remove; the last belongs to someone running it now and must be left alone."""
     ours, dead, theirs = set(), set(), set()
     for standin_id in known_ids(state_root):
-        if owner_checkout(state_root, standin_id) == checkout:
+        if is_ours(owner_checkout(state_root, standin_id)):
             ours.add(standin_id)
         elif _owner_alive(state_root, standin_id):
             theirs.add(standin_id)

@@ -11,6 +11,7 @@ run left is removed by the next start and by `python -m raylauncher.local.leftov
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import logging
@@ -28,7 +29,7 @@ from typing import Any
 import boto3
 
 from raylauncher.aws import LOCAL_SECRET_ACCESS_KEY
-from raylauncher.clusters.processes import CHECKOUT
+from raylauncher.clusters.processes import checkout_id
 from raylauncher.config import Ec2Deployment
 from raylauncher.local.ec2_standin import cleanup, deltas
 from raylauncher.local.ec2_standin.forwarder import Forwarder
@@ -125,7 +126,7 @@ class Ec2StandIn:
         self.id = secrets.token_hex(3)[:5]
         self.directory = self._state_root / self.id
         self.directory.mkdir(parents=True, mode=0o700)
-        (self.directory / "owner.json").write_text(json.dumps({"pid": os.getpid(), "checkout": CHECKOUT}))
+        (self.directory / "owner.json").write_text(json.dumps({"pid": os.getpid(), "checkout": checkout_id()}))
         try:
             self._start(moto.hostname, moto.port or 80)
         except BaseException:
@@ -134,8 +135,12 @@ class Ec2StandIn:
         return self
 
     def _start(self, moto_host: str, moto_port: int) -> None:
-        self.bridge = Bridge(self.id, free_subnet())
-        self.bridge.create()
+        # Stand-ins side by side (parallel test workers): choosing a free /24 and taking it is
+        # one step, under a lock that every stand-in on this machine shares.
+        with open(self._state_root / ".network.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.bridge = Bridge(self.id, free_subnet())
+            self.bridge.create()
         self._forwarder = Forwarder(self.bridge.address, (moto_host, moto_port)).start()
         node_key, host_key = self.directory / "node_key", self.directory / "ssh_host_ed25519_key"
         for key in (node_key, host_key):

@@ -7,13 +7,18 @@ STAMP  := $(VENV)/.installed
 # workers than cores (2 here) pays. Tests that share an expensive setup stay on one worker
 # (`xdist_group` marks); every resource a test makes is private to its worker.
 TEST_WORKERS ?= 4
+# At most this many e2e units (Ray clusters, EC2 stand-ins) at once; the other workers run the
+# light tests meanwhile (tests/scheduling.py).
+CLUSTER_SLOTS ?= 3
 
 .PHONY: demo demo-ec2 standin-deps test install clean check-no-ray bench synth
 
+# uv installs the same packages as pip in seconds instead of minutes (parallel downloads, no
+# per-package builds); where uv cannot be had, pip does it.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[cluster,dev,cdk,cli]"
+	@if $(BIN)/pip install --quiet uv 2>/dev/null && $(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[cluster,dev,cdk,cli]"; then :; \
+	else echo "uv unavailable: installing with pip"; $(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e ".[cluster,dev,cdk,cli]"; fi
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -42,7 +47,7 @@ standin-deps:
 # cannot run they are skipped with the reason printed.
 test: $(STAMP)
 	@$(MAKE) --no-print-directory standin-deps || echo "EC2 stand-in tests will be skipped (see above)"
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --cluster-slots $(CLUSTER_SLOTS)
 	@$(MAKE) --no-print-directory check-no-ray
 
 # Fails if a Ray process of ours (temp dir /tmp/rl-*) outlived the demo or the tests.

@@ -79,6 +79,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     SESSION.install()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cluster-slots", type=int, default=3,
+                     help="with -n N --dist loadgroup: at most this many units of tests/e2e/ at once (tests/scheduling.py)")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from tests.scheduling import ClusterSlotsScheduling
+
+    return ClusterSlotsScheduling(config, log, slots=config.getoption("cluster_slots"))
+
+
 def _is_worker(config: pytest.Config) -> bool:
     return hasattr(config, "workerinput")
 

@@ -73,6 +73,9 @@ def sales_ray() -> Iterator[None]:
         patch.setenv("RAY_AUTH_MODE", "disabled")
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
                  _temp_dir=temp_dir)  # fmt: skip
+        # As the Jobs API sets it for an entrypoint: without it Ray's state API (and a bare
+        # ray.init) looks for clusters on the machine and finds other workers' too.
+        patch.setenv("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
         try:
             wait_for_state_api()  # as the backends wait for the Jobs API before submitting
             yield

@@ -48,7 +48,7 @@ def record(row: FaultRow) -> FaultRow:
 
 def export() -> list[dict[str, object]]:
     """This worker's rows, for the controller (pytest-xdist) to write."""
-    return [asdict(r) for r in _ROWS]
+    return [json.loads(json.dumps(asdict(r))) for r in _ROWS]  # plain values: execnet sends no enums
 
 
 def merge(rows: list[dict[str, object]]) -> None:

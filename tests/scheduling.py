@@ -7,10 +7,10 @@ Why: the suite is bound by the machine's CPU once it runs in parallel (2 cores h
 workers all starting Ray clusters at once left every one of them starved; two or three at once
 beside light tests keep both cores busy without making the clusters' own deadlines race.
 
-xdist runs a worker's last test only once it knows the next one (or is told to stop), so a
-worker is never left with a single pending test: when no light unit is left to give it, it
-gets the next heavy unit even past the limit (only near the end of the run). A worker with
-nothing pending waits for a free slot instead."""
+A worker that runs heavy units takes the next heavy unit itself (no more at once than before).
+xdist runs a worker's last test only once it knows the next one (or is told to stop): a worker
+left with one light test and nothing it may take is told to stop, so the run ends with the
+heavy workers alone; a worker with nothing pending waits for a free slot."""
 
 from __future__ import annotations
 
@@ -19,10 +19,16 @@ from typing import Any
 from xdist.scheduler.loadgroup import LoadGroupScheduling
 
 HEAVY_PREFIX = "tests/e2e/"
+STANDIN = "tests/e2e/test_ec2_standin.py"
 
 
-def is_heavy(scope: str, work_unit: dict[str, bool]) -> bool:
-    return any(nodeid.startswith(HEAVY_PREFIX) for nodeid in work_unit) or scope.startswith(HEAVY_PREFIX)
+def is_heavy(work_unit: dict[str, bool]) -> bool:
+    return any(nodeid.startswith(HEAVY_PREFIX) for nodeid in work_unit)
+
+
+def _weight(work_unit: dict[str, bool]) -> tuple[bool, int]:
+    """Stand-in groups first (the longest chains), then by number of tests."""
+    return any(STANDIN in nodeid for nodeid in work_unit), len(work_unit)
 
 
 class ClusterSlotsScheduling(LoadGroupScheduling):
@@ -30,23 +36,26 @@ class ClusterSlotsScheduling(LoadGroupScheduling):
         super().__init__(config, log)
         self.slots = slots
 
-    def _heavy_active(self) -> int:
-        return sum(1 for work in self.assigned_work.values() for scope, unit in work.items()
-                   if not all(unit.values()) and is_heavy(scope, unit))  # fmt: skip
+    def _heavy_workers(self) -> set[Any]:
+        return {node for node, work in self.assigned_work.items()
+                if any(is_heavy(unit) and not all(unit.values()) for unit in work.values())}  # fmt: skip
 
-    def _pick(self, force: bool) -> str | None:
-        heavy = [s for s, unit in self.workqueue.items() if is_heavy(s, unit)]
-        light = [s for s, unit in self.workqueue.items() if not is_heavy(s, unit)]
-        if heavy and self._heavy_active() < self.slots:
-            return max(heavy, key=lambda s: len(self.workqueue[s]))
-        if light:
-            return light[0]
-        return heavy[0] if (heavy and force) else None
+    def _pick(self, node: Any) -> str | None:
+        heavy = [s for s, unit in self.workqueue.items() if is_heavy(unit)]
+        light = [s for s, unit in self.workqueue.items() if not is_heavy(unit)]
+        running_heavy = self._heavy_workers()
+        # A worker already on heavy units runs the next one after it: no more at once than now.
+        if heavy and (node in running_heavy or len(running_heavy) < self.slots):
+            return max(heavy, key=lambda s: _weight(self.workqueue[s]))
+        return light[0] if light else None
 
     def _assign_work_unit(self, node: Any) -> None:
-        # A worker holding one pending test would not run it: it gets work even past the limit.
-        scope = self._pick(force=self._pending_of(self.assigned_work[node]) == 1)
+        scope = self._pick(node)
         if scope is None:
+            if self._pending_of(self.assigned_work[node]) == 1 and self._heavy_workers() - {node}:
+                # Its last light test would wait forever for a next one: let it finish and leave;
+                # the workers on heavy units take what is left.
+                node.shutdown()
             return  # idle until a heavy unit completes: every worker is looked at again then
         work_unit = self.workqueue.pop(scope)
         self.assigned_work.setdefault(node, {})[scope] = work_unit
@@ -58,8 +67,8 @@ class ClusterSlotsScheduling(LoadGroupScheduling):
         scope = self._split_scope(nodeid)
         unit = self.assigned_work[node][scope]
         unit[nodeid] = True
-        if all(unit.values()) and is_heavy(scope, unit):
-            for other in list(self.assigned_work):  # a heavy slot is free: whoever waits may take it
+        if all(unit.values()) and is_heavy(unit):
+            for other in [node, *(n for n in self.assigned_work if n is not node)]:  # a slot may be free
                 self._reschedule(other)
         else:
             self._reschedule(node)

@@ -43,7 +43,11 @@ def wait_running(system: LocalSystem, timeout_s: float = 120) -> Job:
 
 
 def test_a_running_cluster_refuses_callers_without_its_token_and_forgets_it_at_teardown(tmp_path: Path) -> None:
-    project, pipelines = project_with_job(tmp_path, "import time\nprint('probe: up', flush=True)\ntime.sleep(25)\n")
+    # The job runs until the test lets it end (it takes the flag file away), not for a fixed time.
+    flag = tmp_path / "let-the-job-end"
+    project, pipelines = project_with_job(
+        tmp_path, f"import os, time\nprint('probe: up', flush=True)\nwhile not os.path.exists({str(flag)!r}):\n"
+                  f"    time.sleep(0.2)\nos.remove({str(flag)!r})\n")  # fmt: skip
     with local_system(tmp_path / "state", pipelines, project) as system:
         # Given a job running on its own local cluster
         system.s3.put_object(Bucket=system.settings.bucket, Key="incoming/probe/x.csv", Body=b"a\n1\n")
@@ -63,6 +67,7 @@ def test_a_running_cluster_refuses_callers_without_its_token_and_forgets_it_at_t
         assert [m["Type"] for m in meta] == ["SecureString"]
         assert token not in system.store.get(job.job_id).model_dump_json()
         # When the job ends, Then its cluster is gone and its token deleted with it
+        flag.touch()
         (done,) = run_until(system, all_terminal)
         assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
         try:
@@ -74,6 +79,7 @@ def test_a_running_cluster_refuses_callers_without_its_token_and_forgets_it_at_t
         system.s3.put_object(Bucket=system.settings.bucket, Key="incoming/probe/y.csv", Body=b"a\n2\n")
         second = wait_running(system)
         assert second.job_id != job.job_id and tokens.read(second) != token
+        flag.touch()
         run_until(system, lambda jobs: len(jobs) == 2 and all_terminal(jobs))
 
 

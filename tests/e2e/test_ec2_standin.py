@@ -54,11 +54,13 @@ from tests.iam_contract import contract_roles, contract_violations, granted_ec2_
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"  # a region of its own on the process's moto (SendCommand, reaper tests)
 JOB_TIMEOUT_S = 400
-# pytest-xdist: the module's scenarios take minutes in all, so two workers share them, each with
-# a stand-in of its own (bridge, subnet, namespaces, moto): the module's `system` is per worker.
+# pytest-xdist: the module's scenarios take many minutes in all, so four workers share them,
+# each with a stand-in of its own (bridge, subnet, namespaces, moto): `system` is per worker.
 # The role contract reads the calls of the e2e run, so it stays with it.
-FIRST_STANDIN = pytest.mark.xdist_group("standin-1")
-SECOND_STANDIN = pytest.mark.xdist_group("standin-2")
+STANDIN_E2E = pytest.mark.xdist_group("standin-e2e")
+STANDIN_AUTH_DEADLINES = pytest.mark.xdist_group("standin-auth-deadlines")
+STANDIN_FAULTS = pytest.mark.xdist_group("standin-faults")
+STANDIN_WARM = pytest.mark.xdist_group("standin-warm")
 
 if reason := unavailable():
     pytest.skip(f"EC2 stand-in cannot run here: {reason}", allow_module_level=True)
@@ -251,7 +253,7 @@ class ConnectionSampler:
 # -- the e2e ------------------------------------------------------------------------------------------
 
 
-@FIRST_STANDIN
+@STANDIN_E2E
 def test_a_file_in_s3_runs_on_a_real_ray_up_of_head_and_two_workers_and_everything_is_terminated(
     system: LocalSystem,
 ) -> None:
@@ -288,7 +290,7 @@ def test_a_file_in_s3_runs_on_a_real_ray_up_of_head_and_two_workers_and_everythi
     assert all(any(ipaddress.ip_address(a) in n for n in allowed) for a in sockets.remote), sockets.remote
 
 
-@FIRST_STANDIN
+@STANDIN_E2E
 def test_traffic_is_refused_unless_it_routes_via_the_stand_ins_bridge(system: LocalSystem) -> None:
     bridge = system.standin.bridge
     # Given the stand-in's bridge: an address of its subnet routes via it
@@ -351,7 +353,7 @@ def alive_addresses(head_ip: str, headers: dict[str, str], unique: bool = True) 
     return set(alive) if unique else alive
 
 
-@FIRST_STANDIN
+@STANDIN_AUTH_DEADLINES
 def test_every_node_refuses_callers_without_the_clusters_token_and_a_worker_without_it_cannot_join(
     system: LocalSystem, tmp_path: Path
 ) -> None:
@@ -409,7 +411,7 @@ def test_every_node_refuses_callers_without_the_clusters_token_and_a_worker_with
 # -- the fault scenarios ------------------------------------------------------------------------------
 
 
-@FIRST_STANDIN
+@STANDIN_AUTH_DEADLINES
 def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(
     system: LocalSystem, monkeypatch: pytest.MonkeyPatch, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -430,7 +432,7 @@ def test_head_sshd_refusing_fails_provisioning_and_terminates_the_instances(
     fault_row(standin_row(system, "`ray up` failing (head without sshd), 1 attempt allowed", job))
 
 
-@FIRST_STANDIN
+@STANDIN_AUTH_DEADLINES
 def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -446,7 +448,7 @@ def test_provisioning_deadline_during_ray_up_stops_it_and_terminates(
     fault_row(standin_row(system, "provisioning deadline passed during `ray up`", job))
 
 
-@FIRST_STANDIN
+@STANDIN_AUTH_DEADLINES
 def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]) -> None:
     # Given a pipeline whose run deadline (15 s) is shorter than its job
     job = new_job(system, "probe-short")
@@ -459,7 +461,7 @@ def test_run_deadline_stops_the_job_and_terminates(system: LocalSystem, fault_ro
     fault_row(standin_row(system, "run deadline passed", job))
 
 
-@SECOND_STANDIN
+@STANDIN_FAULTS
 @pytest.mark.parametrize("when", ["during ray up", "while running"])
 def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str, fault_row: Callable[[FaultRow], FaultRow]) -> None:
     # Given a job whose driver is bringing its cluster up
@@ -479,7 +481,7 @@ def test_cancel_tears_the_cluster_down(system: LocalSystem, when: str, fault_row
     fault_row(standin_row(system, f"cancel {when}", job, since=cancelled_at))
 
 
-@SECOND_STANDIN
+@STANDIN_FAULTS
 def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -503,7 +505,7 @@ def test_teardown_when_ray_down_cannot_reach_the_head_still_terminates_by_tag(
     fault_row(standin_row(system, "head unreachable by `ray down` (its sshd killed), then cancelled", job))
 
 
-@SECOND_STANDIN
+@STANDIN_FAULTS
 @pytest.mark.parametrize("when", ["during ray up", "while running"])
 def test_a_killed_driver_is_taken_over_and_its_nodes_terminated_within_the_lease(
     system: LocalSystem, when: str, fault_row: Callable[[FaultRow], FaultRow]
@@ -548,7 +550,7 @@ def test_a_killed_driver_is_taken_over_and_its_nodes_terminated_within_the_lease
                 proc.kill()
 
 
-@SECOND_STANDIN
+@STANDIN_FAULTS
 def test_a_failed_ray_up_is_retried_on_a_new_cluster_that_succeeds(
     system: LocalSystem, monkeypatch: pytest.MonkeyPatch, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -593,7 +595,7 @@ def launch_expired_orphan(system: LocalSystem) -> tuple[str, str]:
     return cluster, instance["InstanceId"]
 
 
-@FIRST_STANDIN
+@STANDIN_E2E
 def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason(
     system: LocalSystem, tmp_path: Path
 ) -> None:
@@ -633,7 +635,7 @@ def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason
     assert not problems, "\n".join(problems)
 
 
-@SECOND_STANDIN
+@STANDIN_FAULTS
 def test_nothing_of_a_node_outlives_its_instance(system: LocalSystem) -> None:
     # Given every scenario of this module has run
     # Then no instance is left running and no node is left
@@ -698,7 +700,7 @@ def record_warm_pair(cold: Job, warm: Job) -> None:
     }})  # fmt: skip
 
 
-@SECOND_STANDIN
+@STANDIN_WARM
 def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed_holder(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:
@@ -753,7 +755,7 @@ def test_warm_clusters_two_jobs_share_one_ray_up_then_idle_teardown_and_a_killed
     assert_cluster_gone(system, fourth)
 
 
-@SECOND_STANDIN
+@STANDIN_WARM
 def test_a_failed_jobs_cluster_is_held_for_debugging_then_released_by_command_or_by_time(
     system: LocalSystem, fault_row: Callable[[FaultRow], FaultRow]
 ) -> None:

@@ -8,9 +8,10 @@ workers all starting Ray clusters at once left every one of them starved; two or
 beside light tests keep both cores busy without making the clusters' own deadlines race.
 
 A worker that runs heavy units takes the next heavy unit itself (no more at once than before).
-xdist runs a worker's last test only once it knows the next one (or is told to stop): a worker
-left with one light test and nothing it may take is told to stop, so the run ends with the
-heavy workers alone; a worker with nothing pending waits for a free slot."""
+Once the light units are all handed out, the limit is lifted: nothing is left to share the
+cores with. xdist runs a worker's last test only once it knows the next one (or is told to
+stop): a worker left with one test and nothing it may take is told to stop; a worker with
+nothing pending waits for a free slot."""
 
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ class ClusterSlotsScheduling(LoadGroupScheduling):
         heavy = [s for s, unit in self.workqueue.items() if is_heavy(unit)]
         light = [s for s, unit in self.workqueue.items() if not is_heavy(unit)]
         running_heavy = self._heavy_workers()
+        # Once no light unit is left to run beside them, every worker may take heavy units.
+        limit = self.slots if light else len(self.assigned_work)
         # A worker already on heavy units runs the next one after it: no more at once than now.
-        if heavy and (node in running_heavy or len(running_heavy) < self.slots):
+        if heavy and (node in running_heavy or len(running_heavy) < limit):
             return max(heavy, key=lambda s: _weight(self.workqueue[s]))
         return light[0] if light else None
 

@@ -209,17 +209,20 @@ def test_a_failed_jobs_cluster_is_held_then_released_by_command_or_by_time(
     record = eventually(lambda: store.clusters.live("probe", ClusterStatus.HELD))[0]
     failed = store.get(job.job_id)
     assert (failed.status, failed.reason_code, failed.kept) == (JobStatus.FAILED, ReasonCode.RAY_JOB_FAILED, "held")
-    assert record.held_until and w.backend.expiries == [job.run_id]
+    # (the expiry is moved right after the keep commits: wait for it, do not race it)
+    assert record.held_until and eventually(lambda: w.backend.expiries == [job.run_id])
     queued = w.launcher.try_launch(store.create(Job.new("probe", "api")))
     assert queued.status == JobStatus.QUEUED  # the hold counts against the pipeline's cap of 1
     started = time.monotonic()
     if how == "release":  # When released by command, it goes at once
         store.clusters.request_release(failed)
-    holder.join(timeout=15)
-    # Then it is torn down, its slot given back and the queued job launched into it
+    holder.join(timeout=60)
+    # Then it is torn down, its slot given back and the queued job launched into it: released at
+    # once, or when its 2 s ran out (not after the 600 s hold, nor the 60 s warm window; bounds
+    # far from both, so a busy machine does not fail it)
     assert not holder.is_alive()
     took = time.monotonic() - started
-    assert took < (3 if how == "release" else 6)
+    assert took < 30
     gone = store.clusters.get(record.key)
     assert gone.status == ClusterStatus.TORN_DOWN and gone.held_seconds > 0
     assert w.backend.calls == [f"up {job.run_id}", f"down {job.run_id}"]

@@ -159,12 +159,24 @@ def keep_session_logs(objects: ObjectStore, job: Job, collect: CollectLogs, time
     Never raises; returns the key, or None when there was nothing to keep."""
     tmp = Path(tempfile.mkdtemp(prefix="rl-session-logs-"))
     result: dict[str, Path | None] = {}
+    # Whoever ends last removes `tmp`: this call, or a collector that outlived its deadline
+    # (it may still write there until it ends).
+    ended = threading.Lock()
+    others_done = [False]
+
+    def last_one_out() -> None:
+        with ended:
+            if others_done[0]:
+                shutil.rmtree(tmp, ignore_errors=True)
+            others_done[0] = True
 
     def target() -> None:
         try:
             result["dir"] = collect(tmp / "logs")
         except Exception:  # noqa: BLE001
             log.warning("job %s: could not collect the Ray session logs", job.job_id, exc_info=True)
+        finally:
+            last_one_out()
 
     worker = threading.Thread(target=target, name=f"session-logs-{job.job_id}", daemon=True)
     try:
@@ -186,8 +198,7 @@ def keep_session_logs(objects: ObjectStore, job: Job, collect: CollectLogs, time
         log.exception("job %s: could not keep the Ray session logs", job.job_id)
         return None
     finally:
-        if not worker.is_alive():  # a collector that hangs may still write there: leave it
-            shutil.rmtree(tmp, ignore_errors=True)
+        last_one_out()
 
 
 def pack_logs(src: Path, arcname: str, file_tail_bytes: int = SESSION_FILE_TAIL_BYTES,

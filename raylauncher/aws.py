@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import Any
 
 import boto3
@@ -34,20 +36,36 @@ def local_credentials(role: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY_IDS[role], "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_ACCESS_KEY}
 
 
+#: Where a session finds its credentials and settings: a session is made once per distinct set
+#: of these (making one is about half of what a client costs), so a change of credentials in the
+#: environment still takes effect for the clients made after it.
+_SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")  # fmt: skip
+_SESSIONS: dict[tuple[str | None, ...], boto3.session.Session] = {}
+_SESSIONS_LOCK = threading.Lock()  # a boto3 session is not safe to make clients from in parallel
+
+
 def client(service: str, settings: Settings, config: Config | None = None, *, local_role: str | None = None) -> Any:
     """A boto3 client for `service`; in local mode it talks to the moto server on 127.0.0.1.
-    Each client has its own session: credentials are resolved when it is made, as before.
+    Every call makes a new client (its own event hooks: a test may register on one), from a
+    session shared by the calls that see the same credential environment.
     `config` overrides the default retries and timeouts (e.g. for best-effort calls).
     `local_role`: in local mode only, sign as that role (LOCAL_ACCESS_KEY_IDS); ignored on AWS."""
-    core = botocore.session.get_session()
-    core.register_component("data_loader", _MODELS)
     keys: dict[str, str] = {}
     if local_role and settings.endpoint_url:
         keys = {"aws_access_key_id": LOCAL_ACCESS_KEY_IDS[local_role], "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY}
-    return boto3.session.Session(botocore_session=core).client(
-        service, region_name=settings.region, endpoint_url=settings.endpoint_url,
-        config=_RETRIES.merge(config) if config else _RETRIES, **keys,
-    )
+    env = tuple(os.environ.get(name) for name in _SESSION_ENV)
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(env)
+        if session is None:
+            core = botocore.session.get_session()
+            core.register_component("data_loader", _MODELS)
+            session = _SESSIONS[env] = boto3.session.Session(botocore_session=core)
+        return session.client(
+            service, region_name=settings.region, endpoint_url=settings.endpoint_url,
+            config=_RETRIES.merge(config) if config else _RETRIES, **keys,
+        )  # fmt: skip
 
 
 def error_code(err: ClientError | BotoCoreError) -> str:

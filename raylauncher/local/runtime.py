@@ -92,7 +92,7 @@ def local_system(
                                   **settings_changes)  # fmt: skip
         standin = None
         if backend == "ec2":
-            standin, settings = _start_standin(stack, settings, project_dir)
+            standin, settings = _start_standin(stack, settings, project_dir, moto)
         os.environ.update(FAKE_CREDENTIALS)
         os.environ.update(settings.to_env())
         os.environ.update({"POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_SERVICE_NAME": "raylauncher-intake"})
@@ -132,14 +132,15 @@ def _end_unfinished(system: LocalSystem) -> None:
     stop_unfinished_jobs(system, build_watchdog(system.settings), timeout_s=60)
 
 
-def _start_standin(stack: ExitStack, settings: Settings, project_dir: Path) -> tuple[Any, Settings]:
+def _start_standin(stack: ExitStack, settings: Settings, project_dir: Path, moto: MotoServer) -> tuple[Any, Settings]:
     """The EC2 stand-in on this moto server, and the settings that point the driver at it:
     the EC2 backend with the stand-in's deployment file, the pipelines sized for one machine."""
     from raylauncher.local.ec2_standin import Ec2StandIn
     from raylauncher.local.ec2_standin.deltas import sized_for_one_machine
 
     assert settings.endpoint_url
-    standin = stack.enter_context(Ec2StandIn(settings.endpoint_url, settings.region, project_dir))
+    standin = stack.enter_context(Ec2StandIn(settings.endpoint_url, settings.region, project_dir,
+                                             instance_changes=moto.on_instance_change))  # fmt: skip
     sized = Path(settings.state_dir) / "pipelines-ec2-standin.json"
     sized.parent.mkdir(parents=True, exist_ok=True)
     sized.write_text(pipelines_json(sized_for_one_machine(load_pipelines(settings.pipelines_file))), encoding="utf-8")

@@ -19,6 +19,7 @@ import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -73,9 +74,13 @@ class _CallLog:
     the launcher really asked of EC2, for the IAM contract test and the stand-in's bench.
     EC2 speaks the query protocol, so the action is a form field of the (buffered) body."""
 
+    #: Actions after which instances start or end: listeners (the EC2 stand-in) are told at once.
+    INSTANCE_CHANGES = frozenset({"RunInstances", "TerminateInstances", "StopInstances", "StartInstances", "RebootInstances"})
+
     def __init__(self, app: Any) -> None:
         self._app = app
         self.ec2_calls: Counter[tuple[str, str, str]] = Counter()
+        self.instance_listeners: list[Callable[[], None]] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
@@ -86,6 +91,11 @@ class _CallLog:
             query = urllib.parse.parse_qs(body.decode(errors="replace")) | urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
             action = (query.get("Action") or ["?"])[0]
             self.ec2_calls[(environ.get("REMOTE_ADDR", ""), match.group(1), action)] += 1
+            if action in self.INSTANCE_CHANGES:
+                response = self._app(environ, start_response)  # served: moto has made the change
+                for listener in list(self.instance_listeners):
+                    listener()
+                return response
         return self._app(environ, start_response)
 
 
@@ -203,6 +213,12 @@ class MotoServer:
 
     def stop(self) -> None:
         self._server.stop()
+
+    def on_instance_change(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after every call that starts or ends instances; returns the unsubscribe."""
+        listeners = self._server.call_log.instance_listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener) if listener in listeners else None
 
     @property
     def ec2_calls(self) -> Counter[tuple[str, str, str]]:

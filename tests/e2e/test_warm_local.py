@@ -146,8 +146,11 @@ def test_the_holder_killed_while_warm_or_holding_has_its_cluster_torn_down_and_t
                      else ("import sys\nsys.exit(1)\n", "    keep_failed_cluster_seconds: 600"))  # fmt: skip
     project, pipelines = warm_project(tmp_path, script, extra)
     with local_system(tmp_path / "state", pipelines, project) as system:
+        # Given a first job whose cluster is kept (warm after a success, held after a failure)
         drop(system, "one")
         first = nth_job(system, 0, lambda j: j.is_terminal)
+        expected = (JobStatus.SUCCEEDED, "warm") if kept == "warm" else (JobStatus.FAILED, "held")
+        assert (first.status, first.kept) == expected, (first.reason_code, first.reason_message)
         record = live_cluster(system, ClusterStatus.WARM if kept == "warm" else ClusterStatus.HELD)
         # When the driver holding the kept cluster is killed
         holder_process(first.job_id).send_signal(signal.SIGKILL)

@@ -36,13 +36,22 @@ def local_credentials(role: str) -> dict[str, str]:
     return {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY_IDS[role], "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_ACCESS_KEY}
 
 
-#: Where a session finds its credentials and settings: a session is made once per distinct set
-#: of these (making one is about half of what a client costs), so a change of credentials in the
-#: environment still takes effect for the clients made after it.
-_SESSION_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")  # fmt: skip
-_SESSIONS: dict[tuple[str | None, ...], boto3.session.Session] = {}
+#: A session is made once per credential environment (making one is about half of what a client
+#: costs): every AWS_* variable, and when the shared credentials and config files last changed, so
+#: a change of either still takes effect for the clients made after it.
+def _credential_environment() -> tuple[object, ...]:
+    env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"), os.environ.get("AWS_CONFIG_FILE", "~/.aws/config"))
+    stamps = []
+    for name in files:
+        try:
+            stamps.append(os.stat(os.path.expanduser(name)).st_mtime_ns)
+        except OSError:
+            stamps.append(None)
+    return env, tuple(stamps)
+
+
+_SESSIONS: dict[tuple[object, ...], boto3.session.Session] = {}
 _SESSIONS_LOCK = threading.Lock()  # a boto3 session is not safe to make clients from in parallel
 
 
@@ -55,7 +64,7 @@ def client(service: str, settings: Settings, config: Config | None = None, *, lo
     keys: dict[str, str] = {}
     if local_role and settings.endpoint_url:
         keys = {"aws_access_key_id": LOCAL_ACCESS_KEY_IDS[local_role], "aws_secret_access_key": LOCAL_SECRET_ACCESS_KEY}
-    env = tuple(os.environ.get(name) for name in _SESSION_ENV)
+    env = _credential_environment()
     with _SESSIONS_LOCK:
         session = _SESSIONS.get(env)
         if session is None:

@@ -40,6 +40,8 @@ from raylauncher.events import EVENT_PATTERN
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
 
+log = logging.getLogger(__name__)
+
 #: Redeliveries before a message goes to the DLQ (the deployed queue uses the same).
 MAX_RECEIVE_COUNT = 3
 #: Local visibility timeout: short, so a failed record is retried within seconds.
@@ -94,7 +96,10 @@ class _CallLog:
             if action in self.INSTANCE_CHANGES:
                 response = self._app(environ, start_response)  # served: moto has made the change
                 for listener in list(self.instance_listeners):
-                    listener()
+                    try:
+                        listener()
+                    except Exception:  # noqa: BLE001 - the call was served: it must not fail (and be retried) now
+                        log.exception("moto call log: an instance listener failed")
                 return response
         return self._app(environ, start_response)
 

@@ -38,3 +38,27 @@ def test_on_aws_the_local_role_is_ignored(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     # Then a client asking for the watchdog's local key still signs with the role's credentials
     assert access_key_of(aws.client("ec2", settings(None), local_role="watchdog")) == "ASIAEXECUTIONROLE"
+
+
+def test_clients_share_a_session_per_credential_environment_and_a_change_takes_effect(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    # Given credentials in the environment and no credentials file
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", f"{tmp_path}/credentials")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFIRST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    first, again = aws.client("s3", settings(None)), aws.client("dynamodb", settings(None))
+    # Then two clients made under them share one session (its credentials, resolved once)
+    assert access_key_of(first) == access_key_of(again) == "AKIAFIRST"
+    assert first._request_signer._credentials is again._request_signer._credentials  # type: ignore[attr-defined]
+    # When the environment's credentials change, or a credentials file appears
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASECOND")
+    # Then the next client signs with the new ones
+    assert access_key_of(aws.client("s3", settings(None))) == "AKIASECOND"
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (tmp_path / "credentials").write_text("[default]\naws_access_key_id = AKIAFROMFILE\naws_secret_access_key = s\n")  # type: ignore[operator]
+    assert access_key_of(aws.client("s3", settings(None))) == "AKIAFROMFILE"
+    # And every call still makes its own client: event hooks registered on one stay on it
+    assert aws.client("s3", settings(None)) is not aws.client("s3", settings(None))

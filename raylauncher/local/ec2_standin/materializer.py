@@ -98,6 +98,8 @@ class Materializer:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()  # before the look: a wake during it means one more look
+            if self._stop.is_set():
+                break
             try:
                 self.sync()
             except Exception:  # noqa: BLE001 - a failed poll is retried on the next one

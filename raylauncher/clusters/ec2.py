@@ -139,7 +139,15 @@ class Ec2RayBackend(ClusterBackend):
                      "nodes": nodes, "ray_up_s": round(ray_up_s, 1),
                      "nodes_joined_s": round(time.monotonic() - up_started, 1)},
             auth_token=token,
+            # A node started over SSH has no AWS_* variables (AWS sets none): without these the
+            # job's boto3 and pyarrow would guess a region (us-east-1) and miss the bucket.
+            job_env={"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region},
         )
+
+    @property
+    def region(self) -> str:
+        """The deployment's region: where the job's clients must go."""
+        return self._deployment.region
 
     def _head_ip(self, path: Path, deadline: float, job_id: str) -> str:
         result = run_cli(

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +41,21 @@ class _LocalCluster:
     temp_dir: Path
 
 
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1. All are held until all are chosen: a port
+    asked for and released one at a time can come back at once (the kernel reuses it), and
+    two of Ray's components then get the same one (`ray start` fails: seen in parallel runs)."""
+    with ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)))
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
 def free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 class LocalRayBackend(ClusterBackend):
@@ -73,17 +84,17 @@ class LocalRayBackend(ClusterBackend):
         deadline = time.monotonic() + timeout_s
         token = issue_token(self._tokens, job)
         temp_dir = make_temp_dir(job.run_id)
-        gcs_port, dashboard_port = free_port(), free_port()
+        gcs_port, dashboard_port, client_port, agent_port, metrics_port, runtime_env_port = free_ports(6)
         cmd = [
             self._ray_bin, "start", "--head", "--block",
             "--node-ip-address=127.0.0.1",
             f"--port={gcs_port}",
             f"--dashboard-port={dashboard_port}",
             "--dashboard-host=127.0.0.1",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--ray-client-server-port={client_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            f"--metrics-export-port={metrics_port}",
+            f"--runtime-env-agent-port={runtime_env_port}",
             f"--temp-dir={temp_dir}",
             f"--num-cpus={pipeline.cluster.local_num_cpus}",
             "--include-dashboard=true",

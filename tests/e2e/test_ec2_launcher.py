@@ -50,7 +50,7 @@ BACKEND = "ec2 (fake ray)"
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 FAKES = Path(__file__).with_name("fakes")
-QUICK = "print('probe: done', flush=True)\n"
+QUICK = "import os\nprint('probe: done in', os.environ.get('AWS_REGION'), flush=True)\n"
 SLOW = "import time\nprint('probe: sleeping', flush=True)\ntime.sleep(600)\n"
 HANG = {"sleep": 600}
 
@@ -262,7 +262,9 @@ def test_up_succeeds_job_runs_down_once(launch_factory: Callable[..., Launch]) -
     assert launch.commands() == ["up", "get-head-ip", "rsync-down", "down"]
     assert done.teardown_attempts == 1
     assert done.cluster and done.cluster["cluster_name"] == cluster_name(job.job_id)
-    assert "probe: done" in JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_logs(job.job_id)
+    logs = JobSubmissionClient(launch.head.dashboard_url, headers=launch.head.auth_headers).get_job_logs(job.job_id)
+    # in the deployment's region: a node started over SSH has no AWS_* variables of its own
+    assert f"probe: done in {launch.backend.region}" in logs, logs
     # and the rendered config that `ray up` got is this job's
     assert f"cluster_name: {cluster_name(job.job_id)}" in launch.backend.config_path(job.job_id).read_text()
     assert_cluster_left_down(launch, job)

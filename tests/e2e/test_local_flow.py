@@ -24,7 +24,7 @@ JOB_TIMEOUT_S = 240
 
 def run_until(system: LocalSystem, done: Callable[[list[Job]], bool]) -> list[Job]:
     jobs = wait_for_jobs(system.store, done, JOB_TIMEOUT_S)
-    assert done(jobs), f"jobs did not get there in time: {[(j.job_id, j.status) for j in jobs]}"
+    assert done(jobs), f"jobs did not get there in time: {[(j.job_id, j.status, j.reason_code, j.reason_message) for j in jobs]}"
     return jobs
 
 

@@ -22,6 +22,7 @@ left out is listed in RAYLAUNCHER-NOTICE.txt inside the archive).
 
 from __future__ import annotations
 
+import atexit
 import io
 import logging
 import shutil
@@ -183,6 +184,9 @@ def keep_session_logs(objects: ObjectStore, job: Job, collect: CollectLogs, time
         worker.start()
         worker.join(timeout_s)
         if worker.is_alive():
+            # A collector still running when this process exits is killed with it (a daemon
+            # thread), and its `finally` never runs: the process removes `tmp` on its way out.
+            atexit.register(shutil.rmtree, tmp, True)
             log.warning("job %s: collecting the Ray session logs took over %.0fs; going on without them",
                         job.job_id, timeout_s)  # fmt: skip
             return None

@@ -25,6 +25,7 @@ import pytest
 
 from raylauncher.config import Settings
 from raylauncher.local.stack import FAKE_CREDENTIALS, MotoServer
+from tests.xdist_groups import pytest_collection_modifyitems  # noqa: F401 - a hook: groups kept together
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 

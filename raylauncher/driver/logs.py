@@ -103,6 +103,8 @@ class JobLogShipper:
             body = _cut_at_line_end(data, self._head_bytes)
         else:
             body = _cut_at_line_end(data, len(data))
+        if not body:
+            return False  # no whole line yet: nothing to show (an empty object would say "no log")
         return self._put(body)
 
     def finish(self) -> str | None:

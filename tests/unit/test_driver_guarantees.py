@@ -494,15 +494,31 @@ def test_the_job_log_is_in_s3_while_the_job_runs_and_grows_to_the_whole_log(tmp_
     done = logging_driver(store, backend, tmp_path, ray, objects).run(job.job_id)
     # Then the log was uploaded several times while it ran, each upload whole lines only and
     # extending the one before, the last one the whole log
+    assert done.status == JobStatus.SUCCEEDED, (done.reason_code, done.reason_message)
     key = f"jobs/{job.job_id}/logs/ray-job.log"
     versions = objects.versions(key)
     assert len(versions) >= 3, len(versions)
-    assert all(v.endswith(b"\n") for v in versions) and b"partial" not in b"".join(versions)
+    assert all(v.endswith(b"\n") for v in versions) and b"partial" not in b"".join(versions), versions[:2]
     assert_grows(versions)
     assert versions[-1].decode() == ray.text() and versions[-1].endswith(b"end\n")
     # and the record pointed at it while the job was still RUNNING
     assert any(j.status == JobStatus.RUNNING and j.logs_key == key for j in ray.seen)
     assert (done.status, done.logs_key, backend.calls) == (JobStatus.SUCCEEDED, key, ["up", "down"])
+
+
+def test_no_log_upload_before_the_first_whole_line() -> None:
+    # Given a Ray job whose log holds only an unfinished line so far (a flush can come before
+    # the first line: seen once under load, an empty upload)
+    from raylauncher.driver.logs import JobLogShipper
+
+    objects, text = RecordingObjects(), ["partial"]
+    shipper = JobLogShipper(objects, launching_job(MemoryStore()), lambda: text[0], flush_interval_s=0)
+    # When the driver flushes, Then nothing is uploaded: no empty object, no partial line
+    assert shipper.flush() is False and not shipper.uploaded
+    assert objects.versions(shipper.key) == []
+    # And once a line is whole, it is
+    text[0] = "line 0\npartial"
+    assert shipper.flush() is True and objects.versions(shipper.key) == [b"line 0\n"]
 
 
 def test_failed_log_fetches_and_uploads_never_fail_the_job(tmp_path: Path) -> None:

@@ -66,8 +66,7 @@ class Materializer:
         self.refuse_ssh = refuse_ssh  # fault injection: nodes whose tags match get no sshd
         self.nodes: dict[str, Node] = {}
         self.events: list[InstanceEvent] = []
-        self._states: dict[str, str] = {}
-        self._seen: dict[str, tuple[str, dict[str, str]]] = {}  # address and tags, last listed
+        self._last: dict[str, InstanceEvent] = {}  # each instance as last seen (state, address, tags)
         self._listeners: list[Callable[[InstanceEvent], None]] = []
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -123,20 +122,18 @@ class Materializer:
                 address = instance.get("PrivateIpAddress", "")
                 tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
                 seen.add(iid)
-                if state in RUNNING_STATES and iid not in self.nodes and self._states.get(iid) is None:
+                if state in RUNNING_STATES and iid not in self.nodes and iid not in self._last:
                     self._create(iid, address, tags)
                 elif state not in RUNNING_STATES and iid in self.nodes:
                     self._remove(iid)
-                self._seen[iid] = (address, tags)
-                if self._states.get(iid) != state:
-                    self._states[iid] = state
+                last = self._last.get(iid)
+                if last is None or last.state != state:
                     self._emit(InstanceEvent(time.time(), iid, state, address, tags))
             for iid in [i for i in self.nodes if i not in seen]:
                 self._remove(iid)
-            for iid in [i for i, state in self._states.items() if i not in seen and state != "terminated"]:
-                self._states[iid] = "terminated"  # not listed any more: terminated (or gone)
-                address, tags = self._seen.get(iid, ("", {}))
-                self._emit(InstanceEvent(time.time(), iid, "terminated", address, tags))
+            for last in [e for i, e in self._last.items() if i not in seen and e.state != "terminated"]:
+                # not listed any more: terminated (or gone)
+                self._emit(InstanceEvent(time.time(), last.instance_id, "terminated", last.address, last.tags))
 
     def _remove(self, instance_id: str) -> None:
         """Stop the node, then forget it: `nodes` lists a node until its namespace is gone."""
@@ -156,6 +153,7 @@ class Materializer:
         log.info("stand-in: %s is up at %s", instance_id, address)
 
     def _emit(self, event: InstanceEvent) -> None:
+        self._last[event.instance_id] = event
         self.events.append(event)
         for listener in self._listeners:
             try:

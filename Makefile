@@ -80,6 +80,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sales_job.py
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/warm_clusters.py
+	$(BIN)/python bench/python_startup.py
 	@$(MAKE) --no-print-directory standin-deps && $(BIN)/python bench/ec2_standin.py || echo "EC2 stand-in bench skipped"
 	$(BIN)/python bench/report.py
 	@$(MAKE) --no-print-directory check-no-ray

@@ -7,6 +7,7 @@ Usage: python bench/report.py
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -225,14 +226,45 @@ def warm_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def startup_section(doc: dict[str, Any]) -> list[str]:
+    p, modes = doc["params"], ("with bytecode", "without bytecode")
+    load = doc["load_average"]
+    lines = [
+        f"## {TITLES['python_startup']}",
+        "",
+        f"`python bench/python_startup.py --runs {p['runs']} --clusters {p['clusters']}`. " + _machine(doc)
+        + f" Load average (1 min) {load['before']:.2f} before, {load['after']:.2f} after.",
+        "",
+        "Without bytecode is what an install that compiles none leaves where PYTHONDONTWRITEBYTECODE is set "
+        "(this machine's image sets it; uv compiles only when asked): the installed packages compile from source "
+        "in every process, every time. `make install` compiles them.",
+        "",
+        "| what | with bytecode | without bytecode | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, v in doc["imports"].items():
+        lines.append(f"| `python -c` {label}: CPU s | {v[modes[0]]:.2f} | {v[modes[1]]:.2f} | {v[modes[1]] / v[modes[0]]:.1f} |")
+    for key, what in (("cpu_s", "machine CPU s"), ("jobs_api_s", "s until the Jobs API answers"), ("job_done_s", "s until the job ended"),
+                      ("stop_s", "s its teardown took (SIGTERM, up to 5 s, SIGKILL)")):
+        if key not in doc["clusters"][modes[0]][0]:
+            continue
+        w, wo = (statistics.median(r[key] for r in doc["clusters"][m]) for m in modes)
+        lines.append(f"| a local cluster's life (3 s job): {what} | {w:.1f} | {wo:.1f} | {wo / w:.1f} |")
+    lines += ["", f"A local cluster's life: `ray start --head --block` in its own session, temp dir and ports, the Jobs "
+              f"API answering, `ray job submit -- {p['job']}`, the session stopped; medians of {p['clusters']}."]  # fmt: skip
+    return lines
+
+
 SECTIONS = {
     "sales_job": sales_section, "intake": intake_section, "ec2_standin": ec2_section, "warm_clusters": warm_section,
+    "python_startup": startup_section,
 }  # fmt: skip
 TITLES = {
     "sales_job": "The sales-summary job vs a single-process pyarrow pass (`bench/sales_job.py`)",
     "intake": "The intake burst (`bench/intake.py`)",
     "ec2_standin": "The EC2 path on the stand-in (`bench/ec2_standin.py`)",
     "warm_clusters": "Warm vs cold clusters: job created -> RUNNING (`bench/warm_clusters.py`)",
+    "python_startup": "Python start-up with and without compiled bytecode (`bench/python_startup.py`)",
 }
 
 

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 #: Ray turns 127.0.0.1 into the machine's interface address unless told it is a one-machine
 #: "cluster"; this keeps every Ray process (and its clients) on loopback.
 LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+#: On SIGTERM, `ray start --block` (Ray 2.60) first marks its node as draining and waits up to
+#: 30 s for it to drain before it stops its processes; a one-job cluster has nothing to drain
+#: for, and our teardown's SIGKILL came first (every teardown took the whole grace). With 0 it
+#: stops its processes at once: a teardown by SIGTERM alone, in about 3 s.
+NO_DRAIN_ENV = {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
 
 
 @dataclass
@@ -72,6 +77,7 @@ class LocalRayBackend(ClusterBackend):
         self._env = {
             **{k: v for k, v in base_env.items() if not k.startswith("RAY_AUTH_")},
             **LOOPBACK_ONLY_ENV,
+            **NO_DRAIN_ENV,
             "RAY_USAGE_STATS_ENABLED": "0",
         }
         self._tokens = tokens

@@ -17,6 +17,7 @@ the leftovers scan also counts every process of a session whose leader is ours.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 import psutil
 
 from raylauncher import PROJECT_DIR
+
+log = logging.getLogger(__name__)
 
 #: Set in the environment of every process we launch (value: the job id).
 MARKER_ENV = "RAYLAUNCHER_LOCAL_CLUSTER"
@@ -163,6 +166,9 @@ def stop_processes(session_id: int, marker: str | None, grace_s: float) -> list[
         procs = processes_of(session_id, marker)
         if not procs:
             return []
+        if sig == signal.SIGKILL:
+            log.warning("session %d: %d process(es) still running %.0f s after SIGTERM, sending SIGKILL: %s",
+                        session_id, len(procs), grace_s, ", ".join(_describe(p) for p in procs))  # fmt: skip
         for proc in procs:
             try:
                 proc.send_signal(sig)
@@ -170,6 +176,13 @@ def stop_processes(session_id: int, marker: str | None, grace_s: float) -> list[
                 pass
         psutil.wait_procs(procs, timeout=grace_s)
     return processes_of(session_id, marker)
+
+
+def _describe(proc: psutil.Process) -> str:
+    try:
+        return f"{proc.pid} {proc.name()}"
+    except psutil.Error:
+        return str(proc.pid)
 
 
 def stop_marked(marker: str, grace_s: float, session_id: int | None = None) -> list[psutil.Process]:

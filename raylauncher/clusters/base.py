@@ -33,6 +33,9 @@ class ClusterHandle:
     #: The cluster's Ray auth token (raylauncher.cluster_tokens): kept in memory only, never
     #: printed (repr) and never part of `details`.
     auth_token: str = field(default="", repr=False, compare=False)
+    #: Why the cluster is gone (its head process exited), or None while it runs or when the
+    #: backend cannot tell from here (EC2: the head is another machine).
+    gone: Callable[[], str | None] = field(default=lambda: None, repr=False, compare=False)
 
     @property
     def auth_headers(self) -> dict[str, str]:

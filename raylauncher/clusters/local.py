@@ -128,6 +128,7 @@ class LocalRayBackend(ClusterBackend):
             job_env=self._job_env,
             details={"backend": "local", "session_id": proc.pid, "temp_dir": str(temp_dir), "dashboard_url": dashboard_url},
             auth_token=token,
+            gone=died,
         )
 
     def collect_logs(self, job: Job, dest: Path, timeout_s: float) -> Path | None:

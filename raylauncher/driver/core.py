@@ -211,23 +211,36 @@ class Driver(ClusterHolder):
         """Submit with submission id = job id, unless Ray already has it (a re-run never submits
         twice). A fresh head can refuse submissions until its job agent has registered (HTTP
         500 "no available agent"), so a refusal is retried until the submit deadline; before
-        each retry Ray is asked again whether the previous attempt got through after all."""
+        each retry Ray is asked again whether the previous attempt got through after all. A head
+        that stops answering meanwhile is retried the same way, unless the backend can tell that
+        the cluster is gone (a local head that failed its own start-up after its Jobs API
+        answered, seen under load): then at once, with the cluster's last words."""
         script = self._project_dir / pipeline.entrypoint.script
         if not script.is_file():  # not worth a retry
             raise _SubmitFailed(f"entrypoint {pipeline.entrypoint.script} not found under {self._project_dir}")
         deadline = time.monotonic() + self._submit_timeout_s
         while True:
-            if any(getattr(j, "submission_id", None) == job.run_id for j in client.list_jobs()):
-                log.info("job %s is known to Ray; following it", job.job_id)
-                return
             try:
+                if self._known_to_ray(client, job):
+                    log.info("job %s is known to Ray; following it", job.job_id)
+                    return
                 self._submit(client, job, pipeline, handle, script)
                 return
-            except _SubmitFailed:
+            except _SubmitFailed as err:
+                if (gone := handle.gone()) is not None:
+                    raise _SubmitFailed(f"the cluster went away before the job was submitted: {gone}") from err
                 if time.monotonic() > deadline:
                     raise
                 log.warning("job %s: submission refused, retrying", job.job_id, exc_info=True)
                 time.sleep(2)
+
+    @staticmethod
+    def _known_to_ray(client: JobsClient, job: Job) -> bool:
+        try:
+            jobs = client.list_jobs()
+        except Exception as err:  # noqa: BLE001 - connection refused, reset, timed out: the head did not answer
+            raise _SubmitFailed(f"Ray Jobs API did not answer: {type(err).__name__}: {err}") from err
+        return any(getattr(j, "submission_id", None) == job.run_id for j in jobs)
 
     def _submit(self, client: JobsClient, job: Job, pipeline: Pipeline, handle: ClusterHandle, script: Path) -> None:
         manifest_uri = self._objects.uri(job.manifest_key or job_prefix(job.job_id) + "manifest.json")

@@ -242,6 +242,68 @@ def test_a_refused_submission_is_retried_and_never_doubled(tmp_path: Path) -> No
     assert backend.calls == ["up", "down"]
 
 
+def test_a_head_that_dies_during_submission_is_an_infrastructure_failure_with_its_last_words(tmp_path: Path) -> None:
+    # Given a fresh head that refuses the first submission, then stops answering: its node
+    # failed its own start-up (seen with local `ray start` under load) and the backend knows why
+    class DyingHead(SucceedingRay):
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def list_jobs(self) -> list[Any]:
+            self.asked += 1
+            if self.asked > 1:
+                raise ConnectionError("[Errno 111] Connection refused")
+            return []
+
+        def submit_job(self, **kwargs: Any) -> str:
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job")
+
+    head, dead = DyingHead(), []
+
+    class DyingBackend(RecordingBackend):
+        def up(self, job: Job, pipeline: Any, timeout_s: float, cancelled: Any) -> ClusterHandle:
+            self.calls.append("up")
+            gone = lambda: dead[0] if dead else None  # noqa: E731
+            return ClusterHandle(name="c", dashboard_url="http://127.0.0.1:1", python=sys.executable, gone=gone)
+
+    store, backend = MemoryStore(), DyingBackend()
+    job = launching_job(store)
+    driver = driver_for(store, backend, tmp_path, ray=head)
+    driver._submit_timeout_s = 600  # noqa: SLF001 - it must not be waited out
+    driver._requeue = lambda current, fields: store.transition(current, JobStatus.QUEUED, **fields)  # noqa: SLF001
+    dead.append("ray start exited 1: The current node timed out during startup.")
+    # When the driver runs the job
+    done = driver.run(job.job_id)
+    # Then the attempt failed SUBMIT_FAILED (the infrastructure's: queued for another attempt),
+    # saying why the cluster went away, and the cluster was torn down
+    (first,) = done.attempts
+    assert (first["status"], first["reason_code"]) == ("FAILED", "SUBMIT_FAILED")
+    assert "timed out during startup" in first["reason_message"]
+    assert (done.status, done.attempt) == (JobStatus.QUEUED, 2)
+    assert backend.calls == ["up", "down"]
+
+
+def test_a_head_that_stops_answering_during_submission_is_asked_again_until_the_deadline(tmp_path: Path) -> None:
+    # Given a head whose Jobs API stops answering for a while (the backend cannot tell why)
+    class Flaky(SucceedingRay):
+        def __init__(self) -> None:
+            self.asked = 0
+
+        def list_jobs(self) -> list[Any]:
+            self.asked += 1
+            if self.asked == 1:
+                raise ConnectionError("[Errno 111] Connection refused")
+            return []
+
+    head = Flaky()
+    store, backend = MemoryStore(), RecordingBackend()
+    job = launching_job(store)
+    # When the driver runs the job
+    done = driver_for(store, backend, tmp_path, ray=head).run(job.job_id)
+    # Then it asked again, submitted once and the job succeeded
+    assert head.asked == 2 and done.status == JobStatus.SUCCEEDED
+
+
 # -- lease, takeover and retries ------------------------------------------------------------
 
 

@@ -29,7 +29,7 @@ def _table(scope: Construct, construct_id: str, schema: TableSchema) -> dynamodb
         point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
             point_in_time_recovery_enabled=True),
         encryption=dynamodb.TableEncryption.AWS_MANAGED,
-        removal_policy=RemovalPolicy.RETAIN,
+        removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
     )  # fmt: skip
     for index in schema.indexes:  # GET /jobs, the queue and the watchdog read these, never a scan
         table.add_global_secondary_index(
@@ -56,7 +56,7 @@ class Storage(Construct):
         self.access_logs = s3.Bucket(
             self, "AccessLogs", block_public_access=s3.BlockPublicAccess.BLOCK_ALL, enforce_ssl=True,
             encryption=s3.BucketEncryption.S3_MANAGED, object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
-            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))], removal_policy=RemovalPolicy.RETAIN,
+            lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(365))], removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
         )  # fmt: skip
         # A name known before the bucket exists: the intake queue's policy names the bucket
         # without referring to it, so the bucket's notification can depend on that policy.
@@ -73,7 +73,7 @@ class Storage(Construct):
                 s3.LifecycleRule(id="old-versions", noncurrent_version_expiration=Duration.days(30),
                                  abort_incomplete_multipart_upload_after=Duration.days(7)),
             ],
-            removal_policy=RemovalPolicy.RETAIN,
+            removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
         )  # fmt: skip
 
     # Explicit, prefix-scoped S3 permissions (the grant_* helpers add s3:GetBucket*, s3:List* ...).
@@ -93,8 +93,19 @@ class Storage(Construct):
             conditions={"StringLike": {"s3:prefix": [f"{p}*" for p in prefixes]}},
         ))  # fmt: skip
 
+    def allow_missing_keys(self, grantee: iam.IRole) -> None:
+        """S3 answers a GET/HEAD of a key that does not exist yet with 404 only to a caller allowed
+        s3:ListBucket in that request's context, which carries no s3:prefix; others get 403.
+        Ray Data and pyarrow look at an output path before writing it and fail on 403; the API's
+        "no log yet" is a 404. This grant applies only to requests without s3:prefix (a listing
+        with a prefix is still bound by `allow_list`)."""
+        grantee.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:ListBucket"], resources=[self.bucket_arn], conditions={"Null": {"s3:prefix": "true"}},
+        ))  # fmt: skip
+
     def allow_read(self, grantee: iam.IRole, prefixes: list[str]) -> None:
         self.allow_list(grantee, prefixes)
+        self.allow_missing_keys(grantee)
         grantee.add_to_principal_policy(iam.PolicyStatement(
             actions=["s3:GetObject", "s3:GetObjectVersion"], resources=self._objects(prefixes)))  # fmt: skip
         self._acknowledge_prefixes(grantee, prefixes)

@@ -278,3 +278,16 @@ def test_synth_pinned_to_an_account_and_region_as_the_cdk_cli_does(tmp_path: Pat
     assert (s.stack.account, s.stack.region) == ("123456789012", "eu-west-1")
     [report] = [r for r in s.validation_report()["pluginReports"] if r["pluginName"] == "AwsSolutions"]
     assert report["conclusion"] == "success"
+
+
+def test_data_survives_a_delete_but_a_failed_first_create_leaves_nothing_that_blocks_the_next(
+    default_stack: Synthesized,
+) -> None:
+    # Given the stack's stateful resources: the fixed-name data bucket, its access-log bucket, the tables
+    stateful = {**default_stack.resources("AWS::S3::Bucket"), **default_stack.resources("AWS::DynamoDB::Table")}
+    assert len(stateful) >= 4
+    # Then each is kept on delete and on replacement, but not when the stack's first create rolls
+    # back (RETAIN would leave the fixed-name bucket behind: every later deploy then fails
+    # "already exists")
+    policies = {k: (v.get("DeletionPolicy"), v.get("UpdateReplacePolicy")) for k, v in stateful.items()}
+    assert policies == dict.fromkeys(stateful, ("RetainExceptOnCreate", "Retain"))

@@ -80,6 +80,12 @@ LAUNCHER_WILDCARDS = {
     f"IAM5[Resource::{NAG_EC2_ARN}key-pair/{RAY_KEY_PAIR_PREFIX}*]": "Ray creates and uses key pairs named ray-autoscaler_<n>_<region> only",
     f"IAM5[Resource::{NAG_EC2_ARN}spot-instances-request/*]": "a spot request is created by RunInstances itself (spot workers), in the same call as the tagged instance",
 }  # fmt: skip
+#: cdk-nag's id of the owner-scoped image grant (`image_statement(owner=...)`), and why.
+OWNERS_IMAGES_WILDCARD = (
+    "IAM5[Resource::arn:<AWS::Partition>:ec2:<AWS::Region>::image/*]",
+    "the node image is the newest of the default image's publisher (re-resolved at each deploy, while the "
+    "bastion keeps the id it installed): the ec2:Owner condition admits that publisher's images only",
+)
 
 
 #: Parameter Store actions on the Ray token parameters, per role (named as in EC2_GRANTED_UNSEEN):
@@ -118,11 +124,29 @@ def ec2_arn(resource: str, *, account: bool = True) -> str:
     return f"arn:{Aws.PARTITION}:ec2:{Aws.REGION}:{Aws.ACCOUNT_ID if account else ''}:{resource}"
 
 
+def image_statement(*, image_id: str | None = None, owner: str | None = None) -> iam.PolicyStatement:
+    """RunInstances of the node image: the one pinned image (`node_ami_id`), or any image of the
+    account that publishes the default one (CloudFormation re-resolves a public SSM parameter at
+    every deploy while the bastion keeps the id it installed: a grant on one resolved id would
+    deny every `ray up` once a newer image is published). In a statement of its own: `ec2:Owner`
+    is a key of the image resource only, and would match no other resource of the call."""
+    if (image_id is None) == (owner is None):
+        raise ValueError("give the node image's id or its owner, not both")
+    if image_id is not None:
+        return iam.PolicyStatement(sid="RunOurImage", actions=["ec2:RunInstances"],
+                                   resources=[ec2_arn(f"image/{image_id}", account=False)])  # fmt: skip
+    return iam.PolicyStatement(
+        sid="RunOwnersImages", actions=["ec2:RunInstances"], resources=[ec2_arn("image/*", account=False)],
+        conditions={"StringEquals": {"ec2:Owner": owner}},
+    )  # fmt: skip
+
+
 def launcher_statements(
-    *, node_role: iam.IRole, subnet_ids: Sequence[str], cluster_sg_id: str, image_id: str
+    *, node_role: iam.IRole, subnet_ids: Sequence[str], cluster_sg_id: str, image: iam.PolicyStatement
 ) -> list[iam.PolicyStatement]:
     ours = f"{CLUSTER_NAME_PREFIX}*"
     return [
+        image,
         iam.PolicyStatement(sid="DescribeClusterNodes", actions=["ec2:DescribeInstances"], resources=["*"]),
         iam.PolicyStatement(
             sid="RunTaggedNodes", actions=["ec2:RunInstances"],
@@ -133,8 +157,7 @@ def launcher_statements(
             sid="RunInOurNetwork", actions=["ec2:RunInstances"],
             resources=[*(ec2_arn(f"subnet/{s}") for s in subnet_ids), ec2_arn(f"security-group/{cluster_sg_id}"),
                        ec2_arn("network-interface/*"), ec2_arn(f"key-pair/{RAY_KEY_PAIR_PREFIX}*"),
-                       ec2_arn("spot-instances-request/*"),  # spot_workers: the request RunInstances makes
-                       ec2_arn(f"image/{image_id}", account=False)],
+                       ec2_arn("spot-instances-request/*")],  # spot_workers: the request RunInstances makes
         ),  # fmt: skip
         iam.PolicyStatement(
             sid="TagAtLaunch", actions=["ec2:CreateTags"], resources=[ec2_arn("instance/*"), ec2_arn("volume/*")],
@@ -192,3 +215,5 @@ def allow_launching(role: iam.IRole, statements: list[iam.PolicyStatement]) -> N
         role.add_to_principal_policy(statement)
     for rule, reason in LAUNCHER_WILDCARDS.items():
         acknowledge(role, rule, reason)
+    if any(statement.sid == "RunOwnersImages" for statement in statements):
+        acknowledge(role, *OWNERS_IMAGES_WILDCARD)

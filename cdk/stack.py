@@ -25,6 +25,7 @@ from cdk.cluster_access import (
     allow_launching,
     allow_tokens,
     ec2_arn,
+    image_statement,
     launcher_statements,
     ray_up_statements,
 )
@@ -50,6 +51,9 @@ from raylauncher.config import (
 
 #: Canonical's public SSM parameter for stock Ubuntu 22.04 (python3 + apt; see ec2_config).
 UBUNTU_NODE_AMI_PARAMETER = "/aws/service/canonical/ubuntu/server/22.04/stable/current/amd64/hvm/ebs-gp2/ami-id"
+#: The account that publishes the images behind UBUNTU_NODE_AMI_PARAMETER (Canonical, in the
+#: commercial partition; GovCloud and China publish under other accounts: pin `node_ami_id` there).
+CANONICAL_OWNER = "099720109477"
 LAMBDA_TASK_ROOT = "/var/task"
 
 
@@ -87,8 +91,9 @@ class RayLauncherStack(Stack):
             else ec2.MachineImage.from_ssm_parameter(UBUNTU_NODE_AMI_PARAMETER)
         ).get_image(self).image_id  # fmt: skip
         subnet_ids = network.private_subnet_ids
+        image = image_statement(image_id=config.node_ami_id) if config.node_ami_id else image_statement(owner=CANONICAL_OWNER)
         launching = launcher_statements(node_role=node.role, subnet_ids=subnet_ids,
-                                        cluster_sg_id=network.cluster_sg.security_group_id, image_id=node_image_id)  # fmt: skip
+                                        cluster_sg_id=network.cluster_sg.security_group_id, image=image)  # fmt: skip
         node.allow_launching(launching)
 
         # The bastion: the driver's settings name the same resources the Lambdas use.

@@ -1,7 +1,8 @@
 """The bastion: a private EC2 instance managed by SSM (no key pair, no public IP, IMDSv2,
 encrypted EBS) that runs the driver — `ray up`, submit, follow, logs, `ray down`.
 
-User data only installs Python and writes `/opt/raylauncher/install.sh`, then runs it. The
+User data only installs Python and writes `/opt/raylauncher/install.sh`, then runs it, and
+tells CloudFormation how that went (a CreationPolicy: the stack fails, not the first jobs). The
 installer reads what this deployment says from SSM parameters — where the bundle is (a CDK S3
 asset: the package with its pinned Ray, `jobs/`, the pipelines as JSON), the driver's settings
 (Settings.to_env: the names the Lambdas use) and the EC2 deployment (Ec2Deployment) — and
@@ -18,7 +19,15 @@ import re
 from pathlib import Path, PurePosixPath
 
 import jsii
-from aws_cdk import Acknowledgment, Aws, Stack, Token, Validations
+from aws_cdk import (
+    Acknowledgment,
+    Aws,
+    CfnCreationPolicy,
+    CfnResourceSignal,
+    Stack,
+    Token,
+    Validations,
+)
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
@@ -69,6 +78,28 @@ def _heredoc(path: str, content: str) -> list[str]:
 
 def _file(path: str, content: str, mode: str = "0644") -> list[str]:
     return [f"mkdir -p $(dirname {path})", *_heredoc(path, content), f"chmod {mode} {path}"]
+
+
+#: How long CloudFormation waits for the bastion's install to signal (pip installs Ray: minutes).
+INSTALL_TIMEOUT = "PT30M"
+
+
+def signal_on_exit(*, region: str, stack_name: str, logical_id: str) -> list[str]:
+    """User data lines that, however the script ends, tell CloudFormation whether the install
+    succeeded (cfn-signal's job, with the AWS CLI the image has: cfn-signal is not on Amazon
+    Linux 2023 by default). The instance id comes from IMDSv2. A signal that cannot be sent is
+    reported on stderr; the stack then fails at its CreationPolicy's timeout."""
+    return [
+        "signal_cloudformation() {",
+        "  rc=$?; status=SUCCESS; [ $rc -eq 0 ] || status=FAILURE",
+        '  token=$(curl -sS -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")',
+        '  instance=$(curl -sS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)',
+        f'  aws cloudformation signal-resource --region {region} --stack-name {stack_name} --logical-resource-id {logical_id} '
+        '--unique-id "$instance" --status $status || echo "raylauncher: could not signal CloudFormation" >&2',
+        "  exit $rc",
+        "}",
+        "trap signal_cloudformation EXIT",
+    ]
 
 
 #: Seconds between attempts to read a parameter (the SSM endpoint may still be coming up at
@@ -156,16 +187,7 @@ class Bastion(Construct):
         for parameter in self.parameters.values():
             parameter.grant_read(self.role)
 
-        user_data = ec2.UserData.for_linux()
-        user_data.add_commands("set -euo pipefail")
-        if not config.ray_preinstalled:  # rsync: ray up syncs files to the head; ssh comes with the image
-            user_data.add_commands(f"dnf install -y -q {PYTHON} {PYTHON}-pip rsync unzip")
-        installer = installer_script(
-            preinstalled=config.ray_preinstalled,
-            parameters={name: p.parameter_name for name, p in self.parameters.items()},
-        )  # fmt: skip
-        user_data.add_commands(*_file(INSTALLER, installer, "0755"), INSTALLER)
-
+        user_data = ec2.UserData.for_linux()  # written below, once the instance (its logical id) exists
         machine_image = (
             FixedLinuxImage(config.bastion_ami_id) if config.bastion_ami_id
             # resolved when the instance launches: a new Amazon Linux release does not replace it
@@ -180,14 +202,35 @@ class Bastion(Construct):
             block_devices=[ec2.BlockDevice(device_name=ROOT_DEVICE, volume=ec2.BlockDeviceVolume.ebs(
                 30, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3, delete_on_termination=True))],
         )  # fmt: skip
+        cfn_instance = self.instance.node.default_child
+        assert isinstance(cfn_instance, ec2.CfnInstance)
+        cfn_instance.cfn_options.creation_policy = CfnCreationPolicy(
+            resource_signal=CfnResourceSignal(count=1, timeout=INSTALL_TIMEOUT))  # fmt: skip
+        user_data.add_commands("set -euo pipefail")
+        # The stack waits for the install (the CreationPolicy above): it fails, not the first jobs.
+        user_data.add_commands(*signal_on_exit(
+            region=Aws.REGION, stack_name=Aws.STACK_NAME, logical_id=cfn_instance.logical_id))  # fmt: skip
+        if not config.ray_preinstalled:  # rsync: ray up syncs files to the head; ssh comes with the image
+            user_data.add_commands(f"dnf install -y -q {PYTHON} {PYTHON}-pip rsync unzip")
+        installer = installer_script(
+            preinstalled=config.ray_preinstalled,
+            parameters={name: p.parameter_name for name, p in self.parameters.items()},
+        )  # fmt: skip
+        user_data.add_commands(*_file(INSTALLER, installer, "0755"), INSTALLER)
+
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            sid="SignalTheInstall", actions=["cloudformation:SignalResource"],
+            resources=[f"arn:{Aws.PARTITION}:cloudformation:{Aws.REGION}:{Aws.ACCOUNT_ID}:stack/{Aws.STACK_NAME}/*"],
+        ))  # fmt: skip
+        acknowledge(self.role, "IAM5[Resource::arn:<AWS::Partition>:cloudformation:<AWS::Region>:<AWS::AccountId>:"
+                    "stack/<AWS::StackName>/*]", "this stack only: its ARN ends in an id CloudFormation assigns at "
+                    "create, after this policy is written")  # fmt: skip
         # First boot reads SSM parameters and S3: through the endpoints when there is no internet.
         for endpoint in network.endpoints:
             self.instance.node.add_dependency(endpoint)
         if not config.bastion_ami_id:
             # EC2 takes `resolve:ssm:<parameter>` as ImageId; cfn-lint's pattern only knows ami-ids.
             why = "ImageId is resolve:ssm:<public AL2023 parameter>, resolved by EC2 at launch (no replacement on new releases)"
-            cfn_instance = self.instance.node.default_child
-            assert isinstance(cfn_instance, ec2.CfnInstance)
             cfn_instance.add_metadata("cfn-lint", {"config": {"ignore_checks": ["E1152"]}, "reason": why})
             Validations.of(self.instance).acknowledge(Acknowledgment(id="CloudFormation-Validate::E1152", reason=why))
         acknowledge(self.role, "IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore]",

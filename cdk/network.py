@@ -15,7 +15,8 @@ from cdk.config import DeploymentConfig
 from cdk.nag import acknowledge
 
 #: Interface endpoints: SSM Run Command (ssm, ssmmessages, ec2messages), the launcher's EC2
-#: calls, SQS, STS, CloudWatch Logs, EventBridge, and X-Ray for the Lambdas' traces.
+#: calls, SQS, STS, CloudWatch Logs, EventBridge, X-Ray for the Lambdas' traces, and CloudFormation
+#: (the bastion's install signal).
 INTERFACE_ENDPOINTS = {
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
@@ -26,6 +27,7 @@ INTERFACE_ENDPOINTS = {
     "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
     "Events": ec2.InterfaceVpcEndpointAwsService.EVENTBRIDGE,
     "XRay": ec2.InterfaceVpcEndpointAwsService.XRAY,
+    "CloudFormation": ec2.InterfaceVpcEndpointAwsService.CLOUDFORMATION,  # the bastion signals its install
 }
 SSH_PORT = 22
 HTTPS_PORT = 443

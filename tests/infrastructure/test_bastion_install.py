@@ -1,5 +1,6 @@
 """The bastion's user data, run for real in a sandbox: the synthesized script with its paths
-moved under a temp dir and the outside world (dnf, aws, unzip, python, systemctl) stubbed."""
+moved under a temp dir and the outside world (dnf, aws, curl to the instance metadata service,
+unzip, python, systemctl) stubbed."""
 
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ STUBS = {
 case "$1 $2" in
   "ssm get-parameter") [ -f "$SANDBOX/ssm-down" ] && exit 255; cat "$SANDBOX/params/$4" ;;
   "s3 cp") cp "$SANDBOX/bundle.zip" "$4" ;;
+  "cloudformation signal-resource") ;;
   *) exit 2 ;;
+esac""",
+    # the instance metadata service (IMDSv2): a token for the PUT, the instance id for the GET
+    "curl": """echo "curl $*" >> "$SANDBOX/calls"
+case "$*" in
+  *"-X PUT http://169.254.169.254/latest/api/token"*) echo imds-token ;;
+  *"X-aws-ec2-metadata-token: imds-token"*"/latest/meta-data/instance-id") echo i-0sandbox ;;
+  *) exit 22 ;;
 esac""",
     "unzip": 'echo "unzip $*" >> "$SANDBOX/calls"; mkdir -p "${@: -1}"; touch "${@: -1}/pyproject.toml"',
     "python3.11": """echo "python3.11 $*" >> "$SANDBOX/calls"
@@ -114,6 +123,52 @@ def test_first_boot_installs_the_deployment(sandbox: Sandbox) -> None:
     assert mode(launcher) == 0o755
     ran = subprocess.run([str(launcher), "driver", "start", "x"], env=sandbox.env, capture_output=True, text=True, check=False)
     assert ran.returncode == 0 and ran.stdout.strip() == "raylauncher driver start x", ran.stderr
+
+
+def signals(sandbox: Sandbox) -> list[str]:
+    return [c for c in sandbox.calls() if c.startswith("aws cloudformation signal-resource")]
+
+
+def test_the_stack_waits_for_the_install_and_hears_whether_it_succeeded(default_stack: Synthesized, sandbox: Sandbox) -> None:
+    # Given the bastion instance: CloudFormation waits for one signal before CREATE_COMPLETE
+    instance_id = default_stack.logical_id(default_stack.stack.bastion.instance)
+    policy = default_stack.template_json["Resources"][instance_id]["CreationPolicy"]
+    assert policy == {"ResourceSignal": {"Count": 1, "Timeout": "PT30M"}}
+    # When the first boot's install succeeds
+    assert sandbox.run().returncode == 0
+    # Then the user data signalled SUCCESS for this instance of this stack, with IMDSv2's instance id
+    assert signals(sandbox) == [
+        f"aws cloudformation signal-resource --region eu-west-1 --stack-name AWS::StackName --logical-resource-id "
+        f"{instance_id} --unique-id i-0sandbox --status SUCCESS"
+    ]
+
+
+def test_a_failed_install_fails_the_stack_instead_of_leaving_a_broken_bastion(sandbox: Sandbox) -> None:
+    # Given SSM that cannot be reached at first boot
+    sandbox.path("ssm-down").write_text("")
+    # When the instance boots
+    done = sandbox.run()
+    # Then the install failed, and CloudFormation heard so (the stack rolls back, no job reaches it)
+    assert done.returncode != 0
+    assert [c.rsplit(" ", 1)[-1] for c in signals(sandbox)] == ["FAILURE"]
+
+
+def test_the_bastion_may_signal_this_stack_only_and_reach_cloudformation_without_internet(
+    default_stack: Synthesized,
+) -> None:
+    from tests.iam_contract import contract_roles, stack_documents
+    from tests.iam_eval import ALLOWED, IMPLICIT_DENY, evaluate
+
+    documents = stack_documents(default_stack.template_json, contract_roles(default_stack)["bastion"])
+
+    def signal(stack: str) -> str:
+        arn = f"arn:aws:cloudformation:eu-west-1:123456789012:stack/{stack}/0f1e2d3c-aaaa-bbbb-cccc-000000000000"
+        return evaluate(documents, "cloudformation:SignalResource", arn, {}, render)
+
+    assert signal("AWS::StackName") == ALLOWED  # render() shows the stack's own name as its Ref
+    assert signal("SomeoneElsesStack") == IMPLICIT_DENY
+    endpoints = default_stack.resources("AWS::EC2::VPCEndpoint").values()
+    assert any(render(e["Properties"]["ServiceName"]).endswith(".cloudformation") for e in endpoints)
 
 
 def test_rerun_refuses_while_drivers_run_and_keeps_files_whole_when_ssm_fails(sandbox: Sandbox) -> None:

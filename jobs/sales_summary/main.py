@@ -71,7 +71,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def aws_region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    """The launcher gives every job AWS_REGION; without it, what botocore finds (its config file,
+    then on EC2 the instance metadata service). Never a guessed default: S3 in the wrong region
+    fails every read of the job (a real node has no AWS_* variables of its own)."""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        import boto3
+
+        region = boto3.session.Session().region_name
+    if not region:
+        raise RuntimeError("no AWS region: AWS_REGION is not set and botocore found none (config file, instance metadata)")
+    return region
 
 
 def s3_client_kwargs() -> dict[str, Any]:

@@ -108,6 +108,28 @@ def sales_job(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return module
 
 
+def test_the_region_is_the_environments_or_botocores_never_a_guess(
+    sales_job: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given a process with no region in its environment (a real node has no AWS_* variables), no
+    # config file, and no instance metadata to ask (disabled: nothing leaves this machine)
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "aws-config"
+    config.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # Then the job refuses to guess (it used to read S3 in us-east-1, whatever the bucket's region)
+    with pytest.raises(RuntimeError, match="no AWS region"):
+        sales_job.aws_region()
+    # When botocore finds one (here its config file; on EC2 the instance metadata), Then that one
+    config.write_text("[default]\nregion = ap-northeast-2\n")
+    assert sales_job.aws_region() == "ap-northeast-2"
+    # And the launcher's AWS_REGION comes first
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    assert sales_job.aws_region() == "eu-west-1"
+
+
 def put_manifest(s3: Any, job_id: str, objects: list[dict[str, Any]]) -> str:
     """Write a job manifest to the bucket and return its s3:// URI."""
     key = f"jobs/{job_id}/manifest.json"

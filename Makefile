@@ -19,7 +19,7 @@ CLUSTER_SLOTS ?= 2
 # (pip does it by default, uv only when asked): where PYTHONDONTWRITEBYTECODE is set (this
 # machine's image sets it), nothing would ever write a .pyc, and every process (about ten per
 # Ray cluster) would compile Ray from source each time it starts: a local cluster with a 3 s
-# job then costs ~40 CPU-seconds instead of ~16 (bench/python_startup.py).
+# job then costs about twice the CPU (36.5 vs 18.9 CPU-s: bench/python_startup.py).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@if $(BIN)/pip install --quiet uv 2>/dev/null && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e ".[cluster,dev,cdk,cli]"; then :; \
@@ -61,7 +61,7 @@ test: $(STAMP)
 # This checkout's own modules, compiled once (only what changed since; see the install above):
 # every driver, `ray up` and test worker imports them.
 bytecode: $(STAMP)
-	@$(BIN)/python -m compileall -q -j 0 raylauncher jobs lambdas cdk tests bench app.py >/dev/null
+	@$(BIN)/python -m compileall -q -j 0 raylauncher jobs lambdas cdk tests bench app.py
 
 # Fails if a Ray process of ours (temp dir /tmp/rl-*) outlived the demo or the tests.
 check-no-ray: $(STAMP)

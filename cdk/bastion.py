@@ -88,12 +88,14 @@ def signal_on_exit(*, region: str, stack_name: str, logical_id: str) -> list[str
     """User data lines that, however the script ends, tell CloudFormation whether the install
     succeeded (cfn-signal's job, with the AWS CLI the image has: cfn-signal is not on Amazon
     Linux 2023 by default). The instance id comes from IMDSv2. A signal that cannot be sent is
-    reported on stderr; the stack then fails at its CreationPolicy's timeout."""
+    reported on stderr; the stack then fails at its CreationPolicy's timeout. Nothing in the trap
+    may end it early (`set +e`): it must signal and keep the script's exit code."""
     return [
         "signal_cloudformation() {",
-        "  rc=$?; status=SUCCESS; [ $rc -eq 0 ] || status=FAILURE",
-        '  token=$(curl -sS -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")',
-        '  instance=$(curl -sS -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)',
+        "  rc=$?; set +e; status=SUCCESS; [ $rc -eq 0 ] || status=FAILURE",
+        '  token=$(curl -fsS --max-time 5 -X PUT http://169.254.169.254/latest/api/token -H "X-aws-ec2-metadata-token-ttl-seconds: 300")',
+        '  instance=$(curl -fsS --max-time 5 -H "X-aws-ec2-metadata-token: $token" http://169.254.169.254/latest/meta-data/instance-id)',
+        '  [ -n "$instance" ] || instance=bastion  # any unique id will do for one signal',
         f'  aws cloudformation signal-resource --region {region} --stack-name {stack_name} --logical-resource-id {logical_id} '
         '--unique-id "$instance" --status $status || echo "raylauncher: could not signal CloudFormation" >&2',
         "  exit $rc",

@@ -5,8 +5,9 @@ Allow and Deny statements, Action/NotAction and Resource/NotResource with IAM's 
 insensitive actions), and the condition operators the stack uses, each with its `IfExists` form
 and AWS's rule for a key the request does not carry: it matches nothing (the statement does not
 apply), except under `...IfExists` (it applies) and the negated operators (they apply). `Null`
-tests presence. An operator this module does not know raises: an evaluator that silently treated
-it as "matches" would be kinder than AWS.
+tests presence. Condition values that are template references are rendered like resources. An
+operator or a policy variable this module does not know raises: an evaluator that silently
+treated it as "matches" would be kinder than AWS.
 
 Not modelled (not used by the stack's roles): permission boundaries, SCPs, resource policies,
 session policies, `ForAnyValue`/`ForAllValues` set operators, numeric and date operators.
@@ -38,7 +39,7 @@ _OPERATORS: dict[str, tuple[Callable[[str, str], bool], bool]] = {  # name -> (t
     "StringEqualsIgnoreCase": (lambda want, got: want.lower() == got.lower(), False),
     "StringLike": (lambda want, got: _wildcard(want, got), False),
     "StringNotLike": (lambda want, got: _wildcard(want, got), True),
-    "ArnEquals": (lambda want, got: want == got, False),
+    "ArnEquals": (lambda want, got: _wildcard(want, got), False),  # AWS: the same as ArnLike
     "ArnLike": (lambda want, got: _wildcard(want, got), False),
     "ArnNotLike": (lambda want, got: _wildcard(want, got), True),
     "Bool": (lambda want, got: want.lower() == got.lower(), False),
@@ -50,7 +51,7 @@ def _condition_holds(operator: str, key: str, wanted: list[str], context: Mappin
     base = operator.removesuffix("IfExists")
     present = key in context
     if base == "Null":
-        return all((str(w).lower() == "true") == (not present) for w in wanted)
+        return any((str(w).lower() == "true") == (not present) for w in wanted)
     if base not in _OPERATORS:
         raise NotImplementedError(f"condition operator {operator} is not modelled: teach tests/iam_eval.py")
     test, negated = _OPERATORS[base]
@@ -61,11 +62,20 @@ def _condition_holds(operator: str, key: str, wanted: list[str], context: Mappin
     return not hit if negated else hit
 
 
-def _conditions_hold(conditions: Mapping[str, Mapping[str, Any]], context: Mapping[str, Any]) -> bool:
+def _value(wanted: Any, render: Callable[[Any], str]) -> str:
+    text = render(wanted) if isinstance(wanted, dict) else str(wanted)
+    if "${" in text:
+        raise NotImplementedError(f"policy variable in {text!r} is not modelled: teach tests/iam_eval.py")
+    return text
+
+
+def _conditions_hold(
+    conditions: Mapping[str, Mapping[str, Any]], context: Mapping[str, Any], render: Callable[[Any], str]
+) -> bool:
     # Context keys are case-insensitive in IAM; callers pass them as AWS documents them.
     ctx = {k.lower(): v for k, v in context.items()}
     return all(
-        _condition_holds(operator, key.lower(), [str(w) for w in _as_list(wanted)], ctx)
+        _condition_holds(operator, key.lower(), [_value(w, render) for w in _as_list(wanted)], ctx)
         for operator, block in conditions.items()
         for key, wanted in block.items()
     )
@@ -93,7 +103,7 @@ def evaluate(
         for statement in _as_list(document["Statement"]):
             if not _matches(statement, action, resource, render):
                 continue
-            if not _conditions_hold(statement.get("Condition", {}), context):
+            if not _conditions_hold(statement.get("Condition", {}), context, render):
                 continue
             if statement["Effect"] == "Deny":
                 return EXPLICIT_DENY

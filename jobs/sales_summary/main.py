@@ -75,10 +75,12 @@ def aws_region() -> str:
     then on EC2 the instance metadata service). Never a guessed default: S3 in the wrong region
     fails every read of the job (a real node has no AWS_* variables of its own)."""
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if not region:
-        import boto3
+    if not region:  # boto3 itself reads only the environment and the config file for the region
+        import botocore.session
+        from botocore.utils import IMDSRegionProvider
 
-        region = boto3.session.Session().region_name
+        session = botocore.session.get_session()
+        region = session.get_config_variable("region") or IMDSRegionProvider(session).provide()
     if not region:
         raise RuntimeError("no AWS region: AWS_REGION is not set and botocore found none (config file, instance metadata)")
     return region

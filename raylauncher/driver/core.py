@@ -238,7 +238,7 @@ class Driver(ClusterHolder):
     def _known_to_ray(client: JobsClient, job: Job) -> bool:
         try:
             jobs = client.list_jobs()
-        except Exception as err:  # noqa: BLE001 - connection refused, reset, timed out: the head did not answer
+        except OSError as err:  # refused, reset, timed out (requests' errors and TimeoutError are OSErrors)
             raise _SubmitFailed(f"Ray Jobs API did not answer: {type(err).__name__}: {err}") from err
         return any(getattr(j, "submission_id", None) == job.run_id for j in jobs)
 

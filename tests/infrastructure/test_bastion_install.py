@@ -33,6 +33,7 @@ case "$1 $2" in
 esac""",
     # the instance metadata service (IMDSv2): a token for the PUT, the instance id for the GET
     "curl": """echo "curl $*" >> "$SANDBOX/calls"
+[ -f "$SANDBOX/imds-down" ] && exit 7
 case "$*" in
   *"-X PUT http://169.254.169.254/latest/api/token"*) echo imds-token ;;
   *"X-aws-ec2-metadata-token: imds-token"*"/latest/meta-data/instance-id") echo i-0sandbox ;;
@@ -141,6 +142,17 @@ def test_the_stack_waits_for_the_install_and_hears_whether_it_succeeded(default_
         f"aws cloudformation signal-resource --region eu-west-1 --stack-name AWS::StackName --logical-resource-id "
         f"{instance_id} --unique-id i-0sandbox --status SUCCESS"
     ]
+
+
+def test_the_signal_is_sent_even_when_the_metadata_service_does_not_answer(sandbox: Sandbox) -> None:
+    # Given an instance whose metadata service does not answer (curl fails inside the exit trap)
+    sandbox.path("imds-down").write_text("")
+    sandbox.path("ssm-down").write_text("")
+    # When the install fails
+    done = sandbox.run()
+    # Then CloudFormation still hears FAILURE (another unique id will do), and the exit code is kept
+    assert done.returncode != 0 and done.returncode != 7
+    assert [c.rsplit(" ", 1)[-1] for c in signals(sandbox)] == ["FAILURE"]
 
 
 def test_a_failed_install_fails_the_stack_instead_of_leaving_a_broken_bastion(sandbox: Sandbox) -> None:

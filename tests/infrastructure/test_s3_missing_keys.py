@@ -73,6 +73,9 @@ def test_listing_stays_inside_the_roles_prefixes(default_stack: Synthesized, who
     # ... and listing anywhere else is not
     assert listing("elsewhere/") == IMPLICIT_DENY
     assert listing("") == IMPLICIT_DENY
+    # (a listing with no prefix at all carries no s3:prefix, like the missing-key check: allowed,
+    # key names only; the price of answering 404, said in docs/architecture.md)
+    assert evaluate(documents, "s3:ListBucket", bucket, {}, render) == ALLOWED
     if who == "api":
         assert listing(JOB_PREFIX) == ALLOWED
 

@@ -251,14 +251,16 @@ def test_a_head_that_dies_during_submission_is_an_infrastructure_failure_with_it
 
         def list_jobs(self) -> list[Any]:
             self.asked += 1
-            if self.asked > 1:
+            if self.asked > 1:  # the head process has exited meanwhile: its backend knows why
+                dead.append("ray start exited 1: The current node timed out during startup.")
                 raise ConnectionError("[Errno 111] Connection refused")
             return []
 
         def submit_job(self, **kwargs: Any) -> str:
             raise RuntimeError("Request failed with status code 500: No available agent to submit job")
 
-    head, dead = DyingHead(), []
+    dead: list[str] = []
+    head = DyingHead()
 
     class DyingBackend(RecordingBackend):
         def up(self, job: Job, pipeline: Any, timeout_s: float, cancelled: Any) -> ClusterHandle:
@@ -271,14 +273,13 @@ def test_a_head_that_dies_during_submission_is_an_infrastructure_failure_with_it
     driver = driver_for(store, backend, tmp_path, ray=head)
     driver._submit_timeout_s = 600  # noqa: SLF001 - it must not be waited out
     driver._requeue = lambda current, fields: store.transition(current, JobStatus.QUEUED, **fields)  # noqa: SLF001
-    dead.append("ray start exited 1: The current node timed out during startup.")
     # When the driver runs the job
     done = driver.run(job.job_id)
     # Then the attempt failed SUBMIT_FAILED (the infrastructure's: queued for another attempt),
     # saying why the cluster went away, and the cluster was torn down
     (first,) = done.attempts
     assert (first["status"], first["reason_code"]) == ("FAILED", "SUBMIT_FAILED")
-    assert "timed out during startup" in first["reason_message"]
+    assert "timed out during startup" in first["reason_message"] and head.asked == 2
     assert (done.status, done.attempt) == (JobStatus.QUEUED, 2)
     assert backend.calls == ["up", "down"]
 

@@ -68,3 +68,24 @@ def test_a_missing_key_is_404_only_with_list_bucket_in_the_object_requests_conte
     assert s3_missing_key_status([doc(GET_IN, LIST_UNDER_IN, absent)], BUCKET, "in/missing", plain) == 404
     # And without GetObject it is 403 whatever ListBucket says
     assert s3_missing_key_status([doc(LIST_UNDER_IN, absent)], BUCKET, "in/missing", plain) == 403
+
+
+def test_arn_equals_takes_wildcards_null_takes_any_value_and_references_are_rendered() -> None:
+    arn_equals = {"Effect": "Allow", "Action": "sns:Publish", "Resource": "*",
+                  "Condition": {"ArnEquals": {"aws:SourceArn": "arn:aws:cloudwatch:*:111122223333:alarm:*"}}}  # fmt: skip
+    context = {"aws:SourceArn": "arn:aws:cloudwatch:eu-west-1:111122223333:alarm:x"}
+    assert evaluate([doc(arn_equals)], "sns:Publish", "arn:aws:sns:t", context, plain) == ALLOWED
+    either = {**LIST_UNDER_IN, "Condition": {"Null": {"s3:prefix": ["true", "false"]}}}
+    assert evaluate([doc(either)], "s3:ListBucket", BUCKET, {}, plain) == ALLOWED
+    # a condition value that is a template reference is compared as rendered, not as its JSON
+    account = {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*",
+               "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}}  # fmt: skip
+
+    def render(value: object) -> str:
+        return "111122223333" if value == {"Ref": "AWS::AccountId"} else plain(value)
+
+    assert evaluate([doc(account)], "sqs:SendMessage", "q", {"aws:SourceAccount": "111122223333"}, render) == ALLOWED
+    # and a policy variable it cannot resolve fails loudly
+    variable = {**LIST_UNDER_IN, "Condition": {"StringLike": {"s3:prefix": ["home/${aws:username}/*"]}}}
+    with pytest.raises(NotImplementedError, match="policy variable"):
+        evaluate([doc(variable)], "s3:ListBucket", BUCKET, {"s3:prefix": "home/x/"}, plain)

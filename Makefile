@@ -19,7 +19,7 @@ CLUSTER_SLOTS ?= 2
 # (pip does it by default, uv only when asked): where PYTHONDONTWRITEBYTECODE is set (this
 # machine's image sets it), nothing would ever write a .pyc, and every process (about ten per
 # Ray cluster) would compile Ray from source each time it starts: a local cluster with a 3 s
-# job then costs about twice the CPU (36.5 vs 18.9 CPU-s: bench/python_startup.py).
+# job then costs about twice the CPU (bench/python_startup.py: 47.6 vs 21.3 CPU-s).
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@if $(BIN)/pip install --quiet uv 2>/dev/null && $(BIN)/uv pip install --python $(BIN)/python --quiet --compile-bytecode -e ".[cluster,dev,cdk,cli]"; then :; \

@@ -44,8 +44,19 @@ class Operators(Construct):
             ),
             iam.PolicyStatement(sid="ReadThisStacksOutputs", actions=["cloudformation:DescribeStacks"],
                                 resources=[stack.stack_id]),
-            iam.PolicyStatement(sid="DoctorAsksIfTheBastionIsOnline", actions=["ssm:DescribeInstanceInformation"],
-                                resources=["*"]),
+            # doctor: is the bastion's install signalled (its resource's status in this stack)
+            iam.PolicyStatement(sid="DoctorReadsThisStacksResources", actions=["cloudformation:DescribeStackResources"],
+                                resources=[stack.stack_id]),
+            # doctor: bastion online, instance types' vCPUs, the VPC's endpoints, the vCPU quotas.
+            # None of these actions has resource-level permissions; all only read.
+            iam.PolicyStatement(sid="DoctorReadsTheAccountsCapacity", actions=[
+                "ssm:DescribeInstanceInformation", "ec2:DescribeInstanceTypes", "ec2:DescribeInstances",
+                "ec2:DescribeVpcEndpoints", "ec2:GetEbsEncryptionByDefault", "ec2:GetEbsDefaultKmsKeyId",
+                "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",
+            ], resources=["*"]),
+            # doctor: spot workers need EC2's Spot service-linked role
+            iam.PolicyStatement(sid="DoctorLooksForTheSpotRole", actions=["iam:GetRole"], resources=[
+                f"arn:{Aws.PARTITION}:iam::{Aws.ACCOUNT_ID}:role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot"]),
         ]  # fmt: skip
         self.policy = iam.Policy(self, "Policy", statements=statements)
         self.policy.attach_to_role(self.role)
@@ -60,8 +71,9 @@ class Operators(Construct):
             "IAM5[Resource::arn:<AWS::Partition>:ssm:<AWS::Region>:<AWS::AccountId>:session/*]":
                 "session ids are made by SSM at StartSession; the condition limits it to sessions tagged with the "
                 "caller's own user id",
-            "IAM5[Resource::*]": "ssm:DescribeInstanceInformation has no resource-level permissions (read-only: "
-                                 "`raylauncher doctor` asks whether the bastion is online)",
+            "IAM5[Resource::*]": "read-only Describe/Get actions without resource-level permissions: `raylauncher "
+                                 "doctor` asks whether the bastion is online, the instance types' vCPUs, the VPC's "
+                                 "endpoints, the EBS encryption defaults and the EC2 vCPU quotas",
         }  # fmt: skip
         for rule, reason in why.items():
             acknowledge(self.policy, rule, reason)

@@ -86,33 +86,52 @@ def aws_region() -> str:
     return region
 
 
+def s3_endpoint() -> str | None:
+    """Where S3 is when it is not AWS's own endpoint: what boto3 itself would use (AWS_ENDPOINT_URL_S3,
+    AWS_ENDPOINT_URL, or an endpoint_url in the AWS config file: an S3-compatible store, the local
+    system's moto, the EC2 stand-in's); None on AWS."""
+    import botocore.session
+    from botocore.configprovider import ConfiguredEndpointProvider
+
+    session = botocore.session.get_session()
+    provider = ConfiguredEndpointProvider(session.full_config, session.get_scoped_config(), "s3")
+    return provider.provide() or None
+
+
+def _static_keys() -> dict[str, str]:
+    """Keys given in the environment (the local system); otherwise none: the SDKs find the
+    credentials themselves (on EC2 the instance profile's, from the instance metadata service)."""
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+    return {name.lower(): os.environ[name] for name in names if os.environ.get(name)}
+
+
 def s3_client_kwargs() -> dict[str, Any]:
-    """boto3 S3 client arguments from the environment, as `s3_filesystem` reads it: handed to
-    the Ray workers with the filesystem (like the S3FileSystem's own settings)."""
+    """boto3 S3 client arguments, as `s3_filesystem` finds them: handed to the Ray workers with
+    the filesystem (like the S3FileSystem's own settings)."""
     kwargs: dict[str, Any] = {"region_name": aws_region()}
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        kwargs["endpoint_url"] = os.environ["AWS_ENDPOINT_URL"]
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-            if os.environ.get(name):
-                kwargs[name.lower()] = os.environ[name]
+    endpoint = s3_endpoint()
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+        kwargs.update(_static_keys())
     return kwargs
 
 
 def s3_filesystem() -> pafs.S3FileSystem:
-    """Build an S3 filesystem from the environment (AWS_ENDPOINT_URL for a local S3)."""
+    """An S3 filesystem in the job's region, at `s3_endpoint()` when there is one."""
     region = aws_region()
-    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     if not endpoint:
         return pafs.S3FileSystem(region=region)
     url = urlparse(endpoint)
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise ValueError(f"AWS_ENDPOINT_URL must look like http://host:port, got {endpoint!r}")
+        raise ValueError(f"the S3 endpoint must look like http://host:port, got {endpoint!r}")
+    keys = _static_keys()
     return pafs.S3FileSystem(
         endpoint_override=url.netloc,
         scheme=url.scheme,
-        access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-        secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        session_token=os.environ.get("AWS_SESSION_TOKEN"),
+        access_key=keys.get("aws_access_key_id"),
+        secret_key=keys.get("aws_secret_access_key"),
+        session_token=keys.get("aws_session_token"),
         region=region,
     )
 

@@ -8,14 +8,16 @@ import re
 import shutil
 import tomllib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 from rich.text import Text
 
 from raylauncher import PROJECT_DIR
 from raylauncher.cli import exits, render
+from raylauncher.cli.checks import Check
 from raylauncher.cli.http import ApiClient, ApiError
+from raylauncher.cli.stack_checks import stack_checks
 from raylauncher.cli.targets import (
     REQUIRED_OUTPUTS,
     Target,
@@ -28,17 +30,9 @@ from raylauncher.cli.targets import (
     stack_target,
 )
 
-Outcome = Literal["ok", "warn", "fail", "skip"]
 TEMPLATE = PROJECT_DIR / "raylauncher" / "clusters" / "templates" / "cluster.yaml"
 _PIN = re.compile(r"^ray(\[[^\]]*\])?==(?P<version>[0-9][0-9.]*)$")
 _TEMPLATE_RAY = re.compile(r"\(Ray (?P<version>[0-9][0-9.]*)\)")
-
-
-@dataclass
-class Check:
-    name: str
-    outcome: Outcome
-    detail: str
 
 
 def ray_pins(pyproject: str, template: str, installed: str | None) -> Check:
@@ -85,9 +79,10 @@ def _api_check(target: Target) -> Check:
 
 
 def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = shutil.which,
-               ssm_client: Any = None) -> list[Check]:  # fmt: skip
+               ssm_client: Any = None, quota: Callable[[str], float | None] | None = None) -> list[Check]:  # fmt: skip
     """The checks for the target `args` names. `which` finds programs; `ssm_client` replaces the
-    SSM client made from the session (tests: moto has no DescribeInstanceInformation)."""
+    SSM client made from the session (tests: moto has no DescribeInstanceInformation), `quota`
+    the Service Quotas reader (moto has no EC2 quotas)."""
     checks: list[Check] = []
     stack = chosen_stack(args.target, args.stack)
     if not stack:
@@ -125,6 +120,12 @@ def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = sh
     checks.append(_api_check(target))
     ssm = ssm_client or session.create_client("ssm", region_name=region)
     checks.append(_bastion_check(ssm, str(target.bastion_id)))
+    try:
+        pipelines = ApiClient(target, timeout_s=10).pipelines()["pipelines"]
+    except ApiError as err:
+        checks.append(Check("vcpu quota", "skip", f"the API did not list the pipelines: {err}"))
+        pipelines = []
+    checks += stack_checks(session, region, stack, str(target.bastion_id), pipelines, quota)
     plugin = which("session-manager-plugin")
     checks.append(Check("session-manager-plugin", "ok" if plugin else "warn",
                         plugin or "not on PATH: `raylauncher dashboard` needs it; "

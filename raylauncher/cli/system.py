@@ -18,6 +18,10 @@ from raylauncher.config import BASTION_ENV_FILE, Settings, load_pipelines, pipel
 from raylauncher.errors import ConfigError, InvalidJobId, RayLauncherError, UnknownPipeline
 from raylauncher.model import require_job_id
 
+#: The demo's region per backend: the EC2 path runs in the walkthrough's region (not us-east-1,
+#: where S3 and EC2 forgive a missing region).
+DEMO_REGIONS: dict[str, str] = {"local": "us-east-1", "ec2": "ap-northeast-2"}
+
 
 def _settings() -> Settings:
     return Settings.from_env(os.environ)
@@ -112,7 +116,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from raylauncher.local.demo import run_demo
 
-    return run_demo(rows_per_file=args.rows, files=args.files, backend=args.backend)
+    return run_demo(rows_per_file=args.rows, files=args.files, backend=args.backend,
+                    region=args.region or DEMO_REGIONS[args.backend])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -195,4 +200,7 @@ def add_system_commands(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--backend", choices=["local", "ec2"], default="local",
                       help="local: a local Ray cluster per job; ec2: real `ray up`/`ray down` on the EC2 "
                            "stand-in (moto EC2, network namespaces as instances; Linux and root)")  # fmt: skip
+    demo.add_argument("--region", default=None,
+                      help=f"the local system's AWS region (default: {DEMO_REGIONS['local']} for local, "
+                           f"{DEMO_REGIONS['ec2']} — the walkthrough's — for ec2)")  # fmt: skip
     demo.set_defaults(func=cmd_demo)

@@ -112,7 +112,7 @@ def secrets_scan(system: LocalSystem, state_dir: Path, tokens: set[str]) -> bool
     return bool(tokens) and not found
 
 
-def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
+def run_demo(rows_per_file: int, files: int, backend: Backend = "local", region: str = "us-east-1") -> int:
     state_dir = PROJECT_DIR / ".local" / "state"
     started = time.monotonic()
     live = sys.stdout.isatty()
@@ -124,7 +124,7 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local") -> int:
             print(f"cannot run the EC2 demo here: {reason}", file=sys.stderr)
             return 2
     witness = TokenWitness.install()  # learns each cluster's Ray token as it is stored
-    with local_system(state_dir, start_poller=False, backend=backend) as system:
+    with local_system(state_dir, start_poller=False, backend=backend, region=region) as system:
         print(f"moto server (S3, SQS, DynamoDB, SSM{', EC2' if system.standin else ''}) at {system.settings.endpoint_url}")
         if system.standin:
             bridge = system.standin.bridge

@@ -65,6 +65,17 @@ def test_the_role_grants_exactly_what_the_cli_needs(default_stack: Synthesized) 
     # and this stack's outputs, and whether the bastion is online (doctor)
     outputs = statements.pop("ReadThisStacksOutputs")
     assert (outputs["Action"], outputs["Resource"]) == ("cloudformation:DescribeStacks", {"Ref": "AWS::StackId"})
-    assert statements.pop("DoctorAsksIfTheBastionIsOnline")["Action"] == "ssm:DescribeInstanceInformation"
+    resources = statements.pop("DoctorReadsThisStacksResources")
+    assert (resources["Action"], resources["Resource"]) == ("cloudformation:DescribeStackResources", {"Ref": "AWS::StackId"})
+    capacity = statements.pop("DoctorReadsTheAccountsCapacity")
+    assert sorted(capacity["Action"]) == [
+        "ec2:DescribeInstanceTypes", "ec2:DescribeInstances", "ec2:DescribeVpcEndpoints", "ec2:GetEbsDefaultKmsKeyId",
+        "ec2:GetEbsEncryptionByDefault", "servicequotas:GetAWSDefaultServiceQuota", "servicequotas:GetServiceQuota",
+        "ssm:DescribeInstanceInformation",
+    ]  # fmt: skip
+    assert capacity["Resource"] == "*"
+    spot = statements.pop("DoctorLooksForTheSpotRole")
+    assert spot["Action"] == "iam:GetRole"
+    assert render(spot["Resource"]).endswith(":role/aws-service-role/spot.amazonaws.com/AWSServiceRoleForEC2Spot")
     # and nothing else
     assert statements == {}

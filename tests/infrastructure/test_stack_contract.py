@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ import cdk.storage
 import raylauncher.local.stack as local_stack
 from cdk.assets import PIPELINES_JSON, stage_lambda_code
 from cdk.intake import cloudformation_notification
+from raylauncher.cli.stack_checks import VPC_ENDPOINT_SERVICES
 from raylauncher.config import Settings, load_pipelines, pipelines_json
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.schedules import schedule_input
@@ -172,6 +174,21 @@ def test_api_routes_are_the_openapi_documents(default_stack: Synthesized) -> Non
 def test_outputs_name_what_a_user_needs(default_stack: Synthesized) -> None:
     assert set(default_stack.template_json["Outputs"]) >= {
         "DataBucket", "JobTable", "IntakeQueueUrl", "ApiUrl", "BastionInstanceId"}
+
+
+def endpoint_service(name: Any) -> str:
+    """com.amazonaws.<region>.<service> as synthesized (a string, or an Fn::Join around the region)."""
+    if isinstance(name, dict):
+        name = "".join(p if isinstance(p, str) else "<region>" for p in name["Fn::Join"][1])
+    return str(name).rsplit(".", 1)[-1]
+
+
+def test_the_stack_creates_the_vpc_endpoints_doctor_checks_for(default_stack: Synthesized) -> None:
+    # Given the VPC endpoints the stack creates
+    created = sorted(endpoint_service(r["Properties"]["ServiceName"]) for r in default_stack.template_json["Resources"].values()
+                     if r["Type"] == "AWS::EC2::VPCEndpoint")  # fmt: skip
+    # Then `raylauncher doctor --stack` looks for exactly those in a VPC of the user's
+    assert created == sorted(VPC_ENDPOINT_SERVICES)
 
 
 def test_cdk_nag_aws_solutions_passes_and_every_suppression_has_a_reason(

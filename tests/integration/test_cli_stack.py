@@ -21,6 +21,7 @@ from lambdas.api import handler as api_handler
 from raylauncher import aws
 from raylauncher.cli import exits, main
 from raylauncher.cli.http import sign
+from raylauncher.cli.stack_checks import VPC_ENDPOINT_SERVICES
 from raylauncher.cluster_tokens import new_token, token_parameter
 from raylauncher.local.http_api import LocalApiServer
 from raylauncher.local.stack import FAKE_CREDENTIALS
@@ -37,7 +38,6 @@ waiting_for_cluster_view = pytest.mark.skipif(
 waiting_for_pipelines = pytest.mark.skipif(
     "/pipelines" not in OPENAPI["paths"], reason="waiting for i11-api: GET /pipelines not in the API yet"
 )
-BASTION_ID = "i-0123456789abcdef0"
 PIPELINE = "sales-summary"
 
 
@@ -47,6 +47,29 @@ class DeployedStack:
     api_url: str
     gateway: SigV4Gateway
     api: ApiClient
+    bastion_id: str
+
+
+def stack_template(name: str, region: str, image_id: str, outputs: dict[str, Any], endpoints: tuple[str, ...]) -> dict[str, Any]:
+    """What `cdk deploy` leaves as far as the CLI looks: the outputs, the bastion instance in a
+    VPC, and that VPC's endpoints (gateway ones for S3/DynamoDB, interface ones for the rest)."""
+    resources: dict[str, Any] = {
+        "Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}},
+        "Vpc": {"Type": "AWS::EC2::VPC", "Properties": {"CidrBlock": "10.9.0.0/16"}},
+        "RouteTable": {"Type": "AWS::EC2::RouteTable", "Properties": {"VpcId": {"Ref": "Vpc"}}},
+        "Subnet": {"Type": "AWS::EC2::Subnet", "Properties": {"VpcId": {"Ref": "Vpc"}, "CidrBlock": "10.9.1.0/24"}},
+        "Bastion": {"Type": "AWS::EC2::Instance",
+                    "Properties": {"ImageId": image_id, "InstanceType": "t3.medium", "SubnetId": {"Ref": "Subnet"}}},
+    }  # fmt: skip
+    for service in endpoints:
+        gateway = service in ("s3", "dynamodb")
+        resources[f"Endpoint{service.title()}"] = {"Type": "AWS::EC2::VPCEndpoint", "Properties": {
+            "VpcId": {"Ref": "Vpc"}, "ServiceName": f"com.amazonaws.{region}.{service}",
+            "VpcEndpointType": "Gateway" if gateway else "Interface",
+            **({"RouteTableIds": [{"Ref": "RouteTable"}]} if gateway else {"SubnetIds": [{"Ref": "Subnet"}]}),
+        }}  # fmt: skip
+    return {"Resources": resources,
+            "Outputs": {**{k: {"Value": v} for k, v in outputs.items()}, "BastionInstanceId": {"Value": {"Ref": "Bastion"}}}}
 
 
 @pytest.fixture
@@ -62,13 +85,14 @@ def stack(seeded_api: ApiClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         api_url = f"{server.base_url}/v1/"
         name = f"RayLauncher-{uuid.uuid4().hex[:8]}"
         outputs = {"ApiUrl": api_url, "DataBucket": settings.bucket, "JobTable": settings.table,
-                   "BastionInstanceId": BASTION_ID, "OperatorRoleArn": "arn:aws:iam::123456789012:role/operators"}  # fmt: skip
-        template = {
-            "Resources": {"Marker": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{name}-marker"}}},
-            "Outputs": {key: {"Value": value} for key, value in outputs.items()},
-        }
-        aws.client("cloudformation", settings).create_stack(StackName=name, TemplateBody=json.dumps(template))
-        yield DeployedStack(name, api_url, gateway, seeded_api)
+                   "OperatorRoleArn": "arn:aws:iam::123456789012:role/operators"}  # fmt: skip
+        image_id = aws.client("ec2", settings).describe_images(Owners=["amazon"], MaxResults=1)["Images"][0]["ImageId"]
+        template = stack_template(name, settings.region, image_id, outputs, VPC_ENDPOINT_SERVICES)
+        cloudformation = aws.client("cloudformation", settings)
+        cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(template))
+        [bastion_id] = [o["OutputValue"] for o in cloudformation.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
+                        if o["OutputKey"] == "BastionInstanceId"]  # fmt: skip
+        yield DeployedStack(name, api_url, gateway, seeded_api, bastion_id)
 
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str, **injected: Any) -> tuple[int, str, str]:
@@ -223,7 +247,7 @@ def test_dashboard_starts_port_forwarding_to_the_head_through_the_bastion(
     code, out, _ = cli(capsys, "--stack", stack.name, "dashboard", job_id, "--local-port", "18265",
                        run=lambda cmd: ran.append(cmd) or 0, which=lambda tool: f"/usr/bin/{tool}")  # fmt: skip
     # Then it ran exactly the SSM port-forwarding session through the bastion, and printed it
-    expected = ["aws", "ssm", "start-session", "--region", "us-east-1", "--target", BASTION_ID,
+    expected = ["aws", "ssm", "start-session", "--region", "us-east-1", "--target", stack.bastion_id,
                 "--document-name", "AWS-StartPortForwardingSessionToRemoteHost",
                 "--parameters", "host=10.0.1.23,portNumber=8265,localPortNumber=18265"]  # fmt: skip
     assert code == exits.OK and ran == [expected]
@@ -253,31 +277,86 @@ def online_ssm(stack: DeployedStack, ping: str = "Online") -> Any:
     client = aws.client("ssm", stack.api.settings)
     stubber = Stubber(client)
     stubber.add_response("describe_instance_information",
-                         {"InstanceInformationList": [{"InstanceId": BASTION_ID, "PingStatus": ping, "AgentVersion": "3.3"}]},
-                         {"Filters": [{"Key": "InstanceIds", "Values": [BASTION_ID]}]})  # fmt: skip
+                         {"InstanceInformationList": [{"InstanceId": stack.bastion_id, "PingStatus": ping,
+                                                       "AgentVersion": "3.3"}]},
+                         {"Filters": [{"Key": "InstanceIds", "Values": [stack.bastion_id]}]})  # fmt: skip
     stubber.activate()
     return client
 
 
+def plenty(code: str) -> float:
+    return 10_000.0
+
+
 def test_doctor_checks_one_line_each(stack: DeployedStack, capsys: pytest.CaptureFixture[str]) -> None:
-    # Given a healthy stack, but no session-manager-plugin on this machine
+    # Given a healthy stack with quota to spare, but no session-manager-plugin on this machine
     code, out, _ = cli(capsys, "--stack", stack.name, "doctor", "-o", "json", ssm_client=online_ssm(stack),
-                       which=lambda tool: None)  # fmt: skip
+                       which=lambda tool: None, quota=plenty)  # fmt: skip
     checks = {c["name"]: c for c in json.loads(out)}
     # Then each check has its line: the plugin is a warning (only dashboard needs it), nothing fails
-    assert list(checks) == ["aws credentials", "stack", "api", "bastion", "session-manager-plugin", "ray pins"]
+    assert list(checks) == ["aws credentials", "stack", "api", "bastion", "vcpu quota standard on-demand",
+                            "bastion install", "vpc endpoints", "ebs encryption", "session-manager-plugin",
+                            "ray pins"]  # fmt: skip
     assert {n: c["outcome"] for n, c in checks.items()} == {
-        "aws credentials": "ok", "stack": "ok", "api": "ok", "bastion": "ok", "session-manager-plugin": "warn",
+        "aws credentials": "ok", "stack": "ok", "api": "ok", "bastion": "ok", "vcpu quota standard on-demand": "ok",
+        "bastion install": "ok", "vpc endpoints": "ok", "ebs encryption": "ok", "session-manager-plugin": "warn",
         "ray pins": "ok",
     }  # fmt: skip
     assert code == exits.OK
     assert stack.gateway.refused == []
     # When the bastion is offline, the same as a table: exit 1, the line says so
     code, out, _ = cli(capsys, "--stack", stack.name, "doctor", ssm_client=online_ssm(stack, "ConnectionLost"),
-                       which=lambda tool: "/usr/bin/x")  # fmt: skip
+                       which=lambda tool: "/usr/bin/x", quota=plenty)  # fmt: skip
     assert code == exits.ERROR
     assert any(line.startswith("fail") and "ConnectionLost" in line for line in out.splitlines())
-    assert len(out.splitlines()) == 6
+    assert len(out.splitlines()) == 10
+
+
+def test_doctor_fails_when_one_cluster_exceeds_the_vcpu_quota_and_warns_below_full_concurrency(
+    stack: DeployedStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given the deployed sales-summary pipeline: a m6i.xlarge head (4 vCPUs), 4-8 m6i.2xlarge workers (8)
+    def doctor(quota: float) -> dict[str, Any]:
+        code, out, _ = cli(capsys, "--stack", stack.name, "doctor", "-o", "json", ssm_client=online_ssm(stack),
+                           which=lambda tool: "/usr/bin/x", quota=lambda code: quota)  # fmt: skip
+        [line] = [c for c in json.loads(out) if c["name"] == "vcpu quota standard on-demand"]
+        return {"exit": code, **line}
+
+    # When a new account's quota (32 vCPUs) is below one cluster at min_workers (4 + 4 x 8 = 36)
+    small = doctor(32)
+    # Then doctor fails and names the quota code to raise, what one cluster needs and which pipeline
+    assert (small["exit"], small["outcome"]) == (exits.ERROR, "fail")
+    assert "36" in small["detail"] and "sales-summary" in small["detail"] and "L-1216C47A" in small["detail"]
+    # When one cluster fits but not every pipeline's clusters at max_workers at once
+    middle = doctor(40)
+    assert (middle["exit"], middle["outcome"]) == (exits.OK, "warn")
+
+
+def test_doctor_fails_when_the_vpc_lacks_an_endpoint(stack: DeployedStack, capsys: pytest.CaptureFixture[str]) -> None:
+    # Given a stack deployed into a VPC of the user's that has no CloudFormation endpoint
+    settings = stack.api.settings
+    cloudformation = aws.client("cloudformation", settings)
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in cloudformation.describe_stacks(StackName=stack.name)["Stacks"][0]["Outputs"]}
+    outputs.pop("BastionInstanceId")
+    image_id = aws.client("ec2", settings).describe_images(Owners=["amazon"], MaxResults=1)["Images"][0]["ImageId"]
+    name = f"{stack.name}-byovpc"
+    endpoints = tuple(s for s in VPC_ENDPOINT_SERVICES if s != "cloudformation")
+    cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(stack_template(name, settings.region, image_id,
+                                                                                       outputs, endpoints)))  # fmt: skip
+    [bastion] = [o["OutputValue"] for o in cloudformation.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
+                 if o["OutputKey"] == "BastionInstanceId"]  # fmt: skip
+    ssm = aws.client("ssm", settings)
+    stubber = Stubber(ssm)
+    stubber.add_response("describe_instance_information",
+                         {"InstanceInformationList": [{"InstanceId": bastion, "PingStatus": "Online"}]})  # fmt: skip
+    stubber.activate()
+    # When doctor checks it
+    code, out, _ = cli(capsys, "--stack", name, "doctor", "-o", "json", ssm_client=ssm, which=lambda tool: "/x",
+                       quota=plenty)  # fmt: skip
+    # Then the endpoints line fails and names the missing one
+    [line] = [c for c in json.loads(out) if c["name"] == "vpc endpoints"]
+    assert line["outcome"] == "fail" and "cloudformation" in line["detail"] and "sts" not in line["detail"]
+    assert code == exits.ERROR
 
 
 @waiting_for_pipelines

@@ -7,7 +7,7 @@ import pytest
 
 from raylauncher import aws
 from raylauncher.config import Settings
-from raylauncher.local.ec2_standin.deltas import instance_environment
+from raylauncher.local.ec2_standin.deltas import PROFILE_ROLES, role_keys
 from raylauncher.local.stack import FAKE_CREDENTIALS
 
 
@@ -25,10 +25,11 @@ def test_each_role_signs_with_its_own_key_id_in_local_mode(monkeypatch: pytest.M
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
     local = settings("http://127.0.0.1:5000")
-    # Then a plain client is the bastion's, the watchdog's client and the nodes' environment their own
+    # Then a plain client is the bastion's, the watchdog's client and the nodes' metadata service their own
     assert access_key_of(aws.client("ec2", local)) == "local-bastion-role"
     assert access_key_of(aws.client("ec2", local, local_role="watchdog")) == "local-watchdog-role"
-    assert instance_environment("http://10.254.1.1:80", "eu-west-3")["AWS_ACCESS_KEY_ID"] == "local-node-role"
+    [node_profile] = PROFILE_ROLES
+    assert role_keys(node_profile)["AccessKeyId"] == "local-node-role"
     assert len(set(aws.LOCAL_ACCESS_KEY_IDS.values())) == len(aws.LOCAL_ACCESS_KEY_IDS)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raylauncher.local.ec2_standin.imds import InstanceMetadata
 from raylauncher.local.ec2_standin.network import Bridge
 from raylauncher.local.ec2_standin.node import Node, NodeImage
 
@@ -54,7 +55,10 @@ class Materializer:
         standin_id: str,
         refuse_ssh: Callable[[dict[str, str]], bool] = lambda tags: False,
         woken: bool = False,
+        metadata_of: Callable[[dict[str, Any]], InstanceMetadata | None] = lambda instance: None,
     ) -> None:
+        """`metadata_of(instance)`: what the instance's metadata service answers (moto's
+        description of the instance in, None: no metadata service)."""
         self._ec2 = ec2
         self._vpc_id = vpc_id
         self._bridge = bridge
@@ -64,6 +68,7 @@ class Materializer:
         self._nodes_dir = nodes_dir
         self._standin_id = standin_id
         self.refuse_ssh = refuse_ssh  # fault injection: nodes whose tags match get no sshd
+        self._metadata_of = metadata_of
         self.nodes: dict[str, Node] = {}
         self.events: list[InstanceEvent] = []
         self._last: dict[str, InstanceEvent] = {}  # each instance as last seen (state, address, tags)
@@ -123,7 +128,7 @@ class Materializer:
                 tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
                 seen.add(iid)
                 if state in RUNNING_STATES and iid not in self.nodes and iid not in self._last:
-                    self._create(iid, address, tags)
+                    self._create(instance, tags)
                 elif state not in RUNNING_STATES and iid in self.nodes:
                     self._remove(iid)
                 last = self._last.get(iid)
@@ -140,11 +145,13 @@ class Materializer:
         self.nodes[instance_id].stop()
         del self.nodes[instance_id]
 
-    def _create(self, instance_id: str, address: str, tags: dict[str, str]) -> None:
+    def _create(self, instance: dict[str, Any], tags: dict[str, str]) -> None:
+        instance_id, address = instance["InstanceId"], instance.get("PrivateIpAddress", "")
         node = Node(self._bridge, instance_id, address, self._nodes_dir / instance_id)
         try:
             node.start(self._image, "" if self.refuse_ssh(tags) else self._public_key, self._host_key,
-                       self._standin_id, sshd=not self.refuse_ssh(tags))  # fmt: skip
+                       self._standin_id, sshd=not self.refuse_ssh(tags),
+                       metadata=self._metadata_of(instance))  # fmt: skip
         except Exception:  # noqa: BLE001 - the instance stays unreachable, as a broken boot would
             log.exception("stand-in: could not materialize %s at %s", instance_id, address)
             node.stop()

@@ -4,8 +4,9 @@ an `unshare`d PID/mount/UTS namespace whose init runs sshd on that IP only.
 Inside, the node sees the machine's files (the image: this Python environment with Ray) but
 has its own hostname (`ip-a-b-c-d`) and /etc/hosts (Ray falls back to the hostname to find
 its address when there is no default route), its own /tmp and its own home for the SSH user,
-whose login profile plays the instance's environment (see `login_profile`). Killing the
-PID namespace's init ends every process of the node, as terminating an instance does.
+whose login profile sets only PATH and no AWS_* variable (as on EC2), and its own instance
+metadata service at 169.254.169.254 (imds.py: region and the instance profile's credentials).
+Killing the PID namespace's init ends every process of the node, as terminating an instance does.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import psutil
 
+from raylauncher.local.ec2_standin.imds import InstanceMetadata, InstanceMetadataService
 from raylauncher.local.ec2_standin.network import Bridge, namespace_pids, remove_namespace
 
 #: Set on every process the stand-in starts (value: the stand-in's id); see leftovers.
@@ -74,12 +76,18 @@ def hostname_of(address: str) -> str:
 
 @dataclass(frozen=True)
 class NodeImage:
-    """What every node boots with: the machine's Python environment and the instance's
-    environment (what an instance profile and the image give a real node)."""
+    """What every node boots with: the machine's Python environment, the few variables the
+    image sets (no AWS_* among them: a real node has none) and the SSH user's AWS config file."""
 
     python_bin_dir: str
     environment: dict[str, str]
     keep_under_tmp: tuple[str, ...]  # paths under /tmp the node must still see (relative)
+    aws_config: str = ""  # ~/.aws/config of the SSH user (empty: none)
+
+    def __post_init__(self) -> None:
+        aws = sorted(k for k in self.environment if k.startswith("AWS_"))
+        if aws:
+            raise ValueError(f"a node's environment has no AWS_* variables on EC2; got {', '.join(aws)}")
 
     def login_profile(self) -> str:
         lines = [f"export PATH={shlex.quote(self.python_bin_dir)}:$PATH"]
@@ -98,14 +106,21 @@ class Node:
         self.directory = directory
         self.netns = bridge.netns_name(instance_id)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._metadata_service: InstanceMetadataService | None = None
 
-    def start(self, image: NodeImage, public_key: str, host_key: Path, standin_id: str, *, sshd: bool = True) -> None:
+    def start(
+        self, image: NodeImage, public_key: str, host_key: Path, standin_id: str, *, sshd: bool = True,
+        metadata: InstanceMetadata | None = None,
+    ) -> None:
         """Create the namespace and boot the node. `sshd=False` boots it without sshd (a fault:
-        port 22 refuses, as on an instance whose SSH daemon never came up)."""
+        port 22 refuses, as on an instance whose SSH daemon never came up). `metadata`: what its
+        instance metadata service answers (None: no service, as with HttpEndpoint=disabled)."""
         d = self.directory
-        for sub in ("home", "tmp"):
+        for sub in ("home", "tmp", "home/.aws"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "home" / ".bash_profile").write_text(image.login_profile())
+        if image.aws_config:
+            (d / "home" / ".aws" / "config").write_text(image.aws_config)
         (d / "passwd").write_text(_passwd_with_home(Path("/etc/passwd").read_text(), "root", d / "home"))
         (d / "hosts").write_text(f"127.0.0.1 localhost\n{self.address} {hostname_of(self.address)}\n")
         (d / "authorized_keys").write_text(public_key.strip() + "\n")
@@ -117,6 +132,8 @@ class Node:
             keep_under_tmp=" ".join(shlex.quote(p) for p in image.keep_under_tmp) or "",
         ))  # fmt: skip
         self.bridge.add_namespace(self.instance_id, self.address)
+        if metadata is not None:
+            self._metadata_service = InstanceMetadataService(metadata).start(self.netns)
         with open(d / "node.log", "ab") as log:
             self._proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "unshare", "--pid", "--fork", "--kill-child", "--mount-proc",
@@ -142,6 +159,9 @@ class Node:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+        if self._metadata_service is not None:
+            self._metadata_service.stop()
+            self._metadata_service = None
         remove_namespace(self.netns, self.bridge.veth_name(self.address))
 
 

@@ -33,6 +33,7 @@ from raylauncher.clusters.processes import checkout_id
 from raylauncher.config import Ec2Deployment
 from raylauncher.local.ec2_standin import cleanup, deltas
 from raylauncher.local.ec2_standin.forwarder import Forwarder
+from raylauncher.local.ec2_standin.imds import InstanceMetadata
 from raylauncher.local.ec2_standin.materializer import Materializer
 from raylauncher.local.ec2_standin.network import Bridge, NetworkError, free_subnet
 from raylauncher.local.ec2_standin.node import SSHD, NodeImage
@@ -162,17 +163,33 @@ class Ec2StandIn:
         vpc_id = ec2.describe_subnets(SubnetIds=[self.deployment.subnet_ids[0]])["Subnets"][0]["VpcId"]
         image = NodeImage(
             python_bin_dir=str(Path(sys.executable).parent),
-            environment=deltas.instance_environment(self.endpoint_for_nodes, self.region),
+            environment=deltas.instance_environment(),
             keep_under_tmp=_paths_under_tmp(Path(sys.prefix), Path(sys.executable).parent, self._project_dir),
+            aws_config=deltas.aws_config(self.endpoint_for_nodes),
         )
         self.materializer = Materializer(ec2, vpc_id, self.bridge, image, public_key, host_key,
                                          self.directory / "nodes", self.id,
-                                         woken=self._instance_changes is not None)  # fmt: skip
+                                         woken=self._instance_changes is not None,
+                                         metadata_of=self._metadata_of)  # fmt: skip
         if self._instance_changes is not None:
             self._unsubscribe = self._instance_changes(self.materializer.wake)
         self.materializer.start()
         log.info("EC2 stand-in %s: bridge %s %s, moto via %s", self.id, self.bridge.name, self.bridge.subnet,
                  self.endpoint_for_nodes)  # fmt: skip
+
+    def _metadata_of(self, instance: dict[str, Any]) -> InstanceMetadata | None:
+        """What the instance's metadata service answers: its description in moto, and the
+        role of its instance profile (as IAM has it) with that role's keys."""
+        if (instance.get("MetadataOptions") or {}).get("HttpEndpoint") == "disabled":
+            return None
+        role_name = None
+        profile_arn = (instance.get("IamInstanceProfile") or {}).get("Arn")
+        if profile_arn:
+            profile = self.client("iam").get_instance_profile(InstanceProfileName=profile_arn.rsplit("/", 1)[-1])
+            roles = profile["InstanceProfile"]["Roles"]
+            role_name = roles[0]["RoleName"] if roles else None
+        keys = deltas.role_keys(role_name) if role_name else {}
+        return InstanceMetadata.of(instance, self.region, role_name, keys)
 
     def stop(self) -> None:
         """Kill every node, stop the forwarder, delete bridge, namespaces and files. Idempotent."""

@@ -12,7 +12,7 @@ TEST_WORKERS ?= 3
 # light tests meanwhile (tests/scheduling.py).
 CLUSTER_SLOTS ?= 2
 
-.PHONY: demo demo-ec2 standin-deps test install clean check-no-ray bench synth bytecode
+.PHONY: demo demo-ec2 standin-deps test install clean check-no-ray bench synth bytecode check-bootstrap
 
 # uv installs the same packages as pip in seconds instead of minutes (parallel downloads, no
 # per-package builds); where uv cannot be had, pip does it. Bytecode is compiled at install
@@ -84,6 +84,15 @@ bench: $(STAMP)
 	@$(MAKE) --no-print-directory standin-deps && $(BIN)/python bench/ec2_standin.py || echo "EC2 stand-in bench skipped"
 	$(BIN)/python bench/report.py
 	@$(MAKE) --no-print-directory check-no-ray
+
+# A node's bootstrap on a stock image, for real (not part of `make test`): the rendered setup
+# commands run in a fresh Debian root (debootstrap; root, Linux), timed into bench/results.
+check-bootstrap: $(STAMP)
+	@command -v debootstrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap) >/dev/null; } \
+	  || { echo "check-bootstrap needs debootstrap (apt-get install debootstrap), as root"; exit 1; }
+	$(BIN)/python bench/node_bootstrap.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) .local .pytest_cache cdk.out

@@ -255,9 +255,30 @@ def startup_section(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
+def bootstrap_section(doc: dict[str, Any]) -> list[str]:
+    p = doc["params"]
+    lines = [
+        f"## {TITLES['node_bootstrap']}",
+        "",
+        f"`make check-bootstrap` (`python bench/node_bootstrap.py --suite {p['suite']}`): Debian {p['suite']} "
+        f"({p['variant']}, debootstrap {doc['debootstrap_s']:.0f} s), the stock-image setup commands the EC2 backend "
+        f"renders, run as Ray runs them, as a sudo user. Ray {p['ray']}, boto3 {p['boto3']}. " + _machine(doc),
+        "",
+        "| command | exit | s |",
+        "|---|---:|---:|",
+    ]
+    for step in doc["steps"]:
+        shown = step["command"][:90] + ("…" if len(step["command"]) > 90 else "")
+        lines.append(f"| `{shown.replace('|', chr(92) + '|')}` | {step['exit']} | {step['seconds']:.1f} |")
+    lines += ["", f"**A node's bootstrap on a stock image: {doc['bootstrap_s']:.0f} s** "
+              f"({'Ray and boto3 at the pins, first on PATH' if doc['ok'] else 'FAILED'}): what an image with the "
+              "pinned Ray baked in (`node_ami_has_ray`) saves on every node's first boot (docs/deploy.md, \"Bake a node image\")."]
+    return lines
+
+
 SECTIONS = {
     "sales_job": sales_section, "intake": intake_section, "ec2_standin": ec2_section, "warm_clusters": warm_section,
-    "python_startup": startup_section,
+    "python_startup": startup_section, "node_bootstrap": bootstrap_section,
 }  # fmt: skip
 TITLES = {
     "sales_job": "The sales-summary job vs a single-process pyarrow pass (`bench/sales_job.py`)",
@@ -265,6 +286,7 @@ TITLES = {
     "ec2_standin": "The EC2 path on the stand-in (`bench/ec2_standin.py`)",
     "warm_clusters": "Warm vs cold clusters: job created -> RUNNING (`bench/warm_clusters.py`)",
     "python_startup": "Python start-up with and without compiled bytecode (`bench/python_startup.py`)",
+    "node_bootstrap": "A node's bootstrap on a stock image (`bench/node_bootstrap.py`, `make check-bootstrap`)",
 }
 
 

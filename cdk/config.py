@@ -61,6 +61,10 @@ class DeploymentConfig(_Strict):
     #: node_ami_id and bastion_ami_id must be images with Python, the pinned Ray and boto3 preinstalled.
     egress: Literal["nat", "none"] = "nat"
     node_ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
+    #: node_ami_id was baked with the pinned Ray and boto3 first on the SSH user's PATH (the
+    #: stock-image setup commands run once: docs/deploy.md, "Bake a node image"): nodes then
+    #: only check the versions at boot instead of installing (bench: node bootstrap seconds).
+    node_ami_has_ray: bool = False
     bastion_ami_id: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$")
     node_ssh_user: str = Field(default="ubuntu", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     bastion_instance_type: str = Field(default="t3.medium", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
@@ -78,9 +82,21 @@ class DeploymentConfig(_Strict):
             raise ValueError("egress: 'none' needs node_ami_id and bastion_ami_id (images with the pinned Ray)")
         return self
 
+    @model_validator(mode="after")
+    def _baked_needs_an_image(self) -> DeploymentConfig:
+        if self.node_ami_has_ray and not self.node_ami_id:
+            raise ValueError("node_ami_has_ray needs node_ami_id (the baked image)")
+        return self
+
     @property
     def ray_preinstalled(self) -> bool:
+        """The bastion's image brings the pinned Ray (no egress: nothing to download)."""
         return self.egress == "none"
+
+    @property
+    def nodes_have_ray(self) -> bool:
+        """The node image brings the pinned Ray: without egress, or baked (node_ami_has_ray)."""
+        return self.egress == "none" or self.node_ami_has_ray
 
 
 def _describe(err: ValidationError) -> str:

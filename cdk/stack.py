@@ -108,7 +108,7 @@ class RayLauncherStack(Stack):
         deployment = Ec2Deployment.model_construct(  # tokens: checked on the bastion when the driver loads it
             region=Aws.REGION, subnet_ids=tuple(subnet_ids), security_group_ids=(network.cluster_sg.security_group_id,),
             node_instance_profile_arn=node.profile.instance_profile_arn, ami_id=node_image_id,
-            ssh_user=config.node_ssh_user, ray_preinstalled=config.ray_preinstalled,
+            ssh_user=config.node_ssh_user, ray_preinstalled=config.nodes_have_ray,
         )  # fmt: skip
         bastion = Bastion(
             self, "Bastion", network=network, config=config,

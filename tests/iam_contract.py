@@ -112,3 +112,41 @@ def contract_roles(synthesized: Any) -> dict[str, str]:
         "nodes": synthesized.logical_id(stack.nodes.role),
         "watchdog": synthesized.logical_id(stack.functions["watchdog"].role),
     }
+
+
+def request_violations(
+    role: str, documents: list[Mapping[str, Any]], requests: Iterable[Any], renames: Mapping[str, str],
+    render: Any, context_renames: Mapping[str, Mapping[str, str]] | None = None,
+) -> list[str]:  # fmt: skip
+    """Each recorded request (raylauncher.local.call_log.AwsRequest) of the role that IAM would not
+    allow it, with its resource renamed to the template's (`renames`: local ARN prefix -> the
+    template's, the first that matches; `context_renames`: condition key -> local value -> the
+    template's), and each GET/HEAD answered 404 locally that S3 would answer 403 to the role."""
+    from tests.iam_eval import ALLOWED, evaluate, s3_missing_key_status
+
+    def renamed(arn: str) -> str:
+        for local, template in renames.items():
+            if arn.startswith(local):
+                return template + arn[len(local):]
+        return arn
+
+    problems, seen = [], set()
+    for request in requests:
+        resource = renamed(request.resource)
+        context = {k: (context_renames or {}).get(k, {}).get(v, v) for k, v in request.context.items()}
+        key = (request.action, resource, tuple(sorted(context.items())), request.status == 404)
+        if key in seen:
+            continue
+        seen.add(key)
+        if "<unmapped" in request.action:
+            problems.append(f"{role}: a request the call log cannot name: {request.action} {resource}")
+            continue
+        decision = evaluate(documents, request.action, resource, context, render)
+        if decision != ALLOWED:
+            problems.append(f"{role}: {request.action} {resource} {context or ''} -> {decision}")
+        if request.status == 404 and request.action in ("s3:GetObject", "s3:GetObjectVersion"):
+            bucket, _, object_key = resource.partition(":::")[2].partition("/")
+            status = s3_missing_key_status(documents, f"arn:aws:s3:::{bucket}", object_key, render)
+            if status != 404:
+                problems.append(f"{role}: GET/HEAD of missing {resource}: S3 would answer {status}, not 404")
+    return problems

@@ -98,23 +98,37 @@ def _node_config(
     return node_config
 
 
-#: Stock Ubuntu 22.04 images (the stack's default node AMI) have python3 but no pip and no
-#: `python`: add both, from the image's own package mirror, before installing the pinned Ray.
+#: Where a stock image gets the pinned Ray: a venv of the SSH user's (PEP 668 images refuse a
+#: pip install into the system Python), first on PATH of every later command: Ray runs each node
+#: command as `bash --login -c -i 'source ~/.bashrc && ...'`, and the line goes on top of
+#: ~/.bashrc, before the image's "not interactive: return" guard.
+NODE_VENV = "$HOME/raylauncher-venv"
+_APT = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -qq"
+
+#: A stock image (Ubuntu 22.04 is the stack's default node AMI) at first boot: cloud-init is
+#: still running (and with it apt and unattended-upgrades, which hold the dpkg and lists locks),
+#: and there is python3 without venv or pip. Wait for cloud-init, then install python3-venv
+#: only (no recommends), retrying while another apt holds a lock, and make the venv.
 STOCK_IMAGE_BOOTSTRAP = (
-    "command -v pip >/dev/null || (sudo apt-get update -qq && "
-    "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip python-is-python3)"
+    "if command -v cloud-init >/dev/null; then sudo cloud-init status --wait >/dev/null || true; fi",
+    f"for i in $(seq 60); do {_APT} update && {_APT} install -y --no-install-recommends python3-venv && break; "
+    '[ "$i" = 60 ] && exit 1; sleep 5; done',
+    f'test -x "{NODE_VENV}/bin/python" || python3 -m venv "{NODE_VENV}"',
+    "grep -qs raylauncher-venv ~/.bashrc || { echo 'export PATH=\"$HOME/raylauncher-venv/bin:$PATH\"'; "
+    "cat ~/.bashrc 2>/dev/null; } > ~/.bashrc.raylauncher && mv ~/.bashrc.raylauncher ~/.bashrc",
 )
 
 
-def _setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool) -> tuple[list[str], list[str]]:
+def setup_commands(ray_version: str, boto3_version: str, *, preinstalled: bool) -> tuple[list[str], list[str]]:
     """(setup_commands for every node, head_setup_commands): install or check the pinned packages.
     boto3 on every node: the head's autoscaler launches workers with it, and a job's read tasks
-    (on any node) read exact S3 object versions with it (pyarrow's S3 has no version id)."""
+    (on any node) read exact S3 object versions with it (pyarrow's S3 has no version id).
+    `make check-bootstrap` runs the stock-image commands for real in a fresh Debian root."""
     if preinstalled:
         check = f"python -c \"import ray; assert ray.__version__ == '{ray_version}', ray.__version__\""
         return [check, 'python -c "import boto3"'], []
     return [
-        STOCK_IMAGE_BOOTSTRAP,
+        *STOCK_IMAGE_BOOTSTRAP,
         f"pip install 'ray[default,data]=={ray_version}'",
         f"pip install 'boto3=={boto3_version}'",
     ], []
@@ -186,7 +200,7 @@ def render_cluster_config(
         profile.worker_instance_type, deployment, profile.disk_gib, tags, name, spot=profile.spot_workers
     )
     config["head_start_ray_commands"], config["worker_start_ray_commands"] = ray_start_commands(job, deployment.region)
-    config["setup_commands"], config["head_setup_commands"] = _setup_commands(
+    config["setup_commands"], config["head_setup_commands"] = setup_commands(
         ray_version, boto3_version, preinstalled=deployment.ray_preinstalled
     )
     return merge_overrides(config, deployment.cluster_config_overrides)

@@ -125,7 +125,8 @@ def run_demo(rows_per_file: int, files: int, backend: Backend = "local", region:
             return 2
     witness = TokenWitness.install()  # learns each cluster's Ray token as it is stored
     with local_system(state_dir, start_poller=False, backend=backend, region=region) as system:
-        print(f"moto server (S3, SQS, DynamoDB, SSM{', EC2' if system.standin else ''}) at {system.settings.endpoint_url}")
+        print(f"moto server (S3, SQS, DynamoDB, SSM{', EC2' if system.standin else ''}) at {system.settings.endpoint_url}, "
+              f"region {system.settings.region}")
         if system.standin:
             bridge = system.standin.bridge
             print(f"EC2 stand-in: instances are network namespaces on bridge {bridge.name} ({bridge.subnet})")

@@ -10,6 +10,7 @@ metrics).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import logging
@@ -37,6 +38,7 @@ from raylauncher import aws
 from raylauncher.aws import local_credentials
 from raylauncher.config import PipelinesConfig, Settings
 from raylauncher.events import EVENT_PATTERN
+from raylauncher.local.call_log import ACCOUNT, CREDENTIAL, AwsRequest, describe, ec2_requests
 from raylauncher.notifications import queue_notification_configuration
 from raylauncher.store import IDEMPOTENCY_TABLE, JOB_TABLE
 
@@ -83,9 +85,14 @@ class _CallLog:
         self._app = app
         self.ec2_calls: Counter[tuple[str, str, str]] = Counter()
         self.instance_listeners: list[Callable[[], None]] = []
+        #: S3 and SSM requests as IAM would judge them (call_log.py), kept only when asked.
+        self.record_requests = False
+        self.requests: list[AwsRequest] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+        if match and self.record_requests and match.group(2) in ("s3", "ssm"):
+            return self._recorded(environ, start_response, match.group(2))
         if match and match.group(2) == "ec2":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
@@ -93,6 +100,12 @@ class _CallLog:
             query = urllib.parse.parse_qs(body.decode(errors="replace")) | urllib.parse.parse_qs(environ.get("QUERY_STRING", ""))
             action = (query.get("Action") or ["?"])[0]
             self.ec2_calls[(environ.get("REMOTE_ADDR", ""), match.group(1), action)] += 1
+            if self.record_requests:  # judged on the resources as they are before the call
+                region_match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
+                region = region_match.group(2) if region_match else ""
+                pending = [AwsRequest(environ.get("REMOTE_ADDR", ""), match.group(1), a, r, c)
+                           for a, r, c in ec2_requests(action, query, region, _MotoEc2Facts())]  # fmt: skip
+                start_response = self._recording(start_response, pending)
             if action in self.INSTANCE_CHANGES:
                 response = self._app(environ, start_response)  # served: moto has made the change
                 for listener in list(self.instance_listeners):
@@ -102,6 +115,55 @@ class _CallLog:
                         log.exception("moto call log: an instance listener failed")
                 return response
         return self._app(environ, start_response)
+
+    def _recorded(self, environ: dict[str, Any], start_response: Any, service: str) -> Any:
+        body = b""
+        if service == "ssm":  # JSON: the parameter's name is in the body
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+        request = describe(environ, body)
+        if request is None:
+            return self._app(environ, start_response)
+        return self._app(environ, self._recording(start_response, [request]))
+
+    def _recording(self, start_response: Any, requests: list[AwsRequest]) -> Any:
+        """A start_response that records `requests` with the status moto answers."""
+
+        def recording_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+            code = int(status.split()[0])
+            self.requests.extend(dataclasses.replace(r, status=code) for r in requests)
+            return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
+
+        return recording_start_response
+
+
+class _MotoEc2Facts:
+    """What IAM would know of EC2 resources at decision time, read from moto's backends (the
+    server runs in this process)."""
+
+    def tags(self, region: str, resource_id: str) -> dict[str, str]:
+        from moto.ec2.models import ec2_backends
+
+        backend = ec2_backends[ACCOUNT][region]
+        return {t["key"]: t["value"] for t in backend.describe_tags(filters={"resource-id": [resource_id]})}
+
+    def image_owner(self, region: str, image_id: str) -> str | None:
+        from moto.ec2.models import ec2_backends
+
+        try:
+            return str(ec2_backends[ACCOUNT][region].describe_images(ami_ids=[image_id])[0].owner_id)
+        except Exception:  # noqa: BLE001 - an unknown image: no owner to tell
+            return None
+
+    def profile_role_arn(self, profile_arn: str) -> str | None:
+        from moto.iam.models import iam_backends
+
+        try:
+            profile = iam_backends[ACCOUNT]["global"].get_instance_profile_by_arn(profile_arn)
+            return str(profile.roles[0].arn) if profile.roles else None
+        except Exception:  # noqa: BLE001
+            return None
 
 
 def _deepcopy_all_but_tables(x: Any, memo: dict[int, Any] | None = None) -> Any:
@@ -224,6 +286,11 @@ class MotoServer:
         listeners = self._server.call_log.instance_listeners
         listeners.append(listener)
         return lambda: listeners.remove(listener) if listener in listeners else None
+
+    def record_requests(self) -> list[AwsRequest]:
+        """From now on keep every S3 and SSM request (call_log.py); returns the live list."""
+        self._server.call_log.record_requests = True
+        return self._server.call_log.requests
 
     @property
     def ec2_calls(self) -> Counter[tuple[str, str, str]]:

@@ -41,7 +41,7 @@ from raylauncher.local.ec2_standin import unavailable
 from raylauncher.local.ec2_standin.cleanup import leftovers
 from raylauncher.local.ec2_standin.forwarder import NODES_SOURCE
 from raylauncher.local.ec2_standin.network import NetworkError, namespace_pids, our_namespaces
-from raylauncher.local.ec2_standin.seed import KEY_NAME
+from raylauncher.local.ec2_standin.seed import KEY_NAME, PROFILE_NAME
 from raylauncher.local.ec2_standin.standin import OBSERVER_KEY_ID
 from raylauncher.local.runtime import LocalSystem, local_system, wait_for_jobs
 from raylauncher.model import TERMINAL, Job, JobStatus, ReasonCode, iso, parse_iso, run_id, utc_now
@@ -49,7 +49,16 @@ from raylauncher.tags import CLUSTER_NAME_PREFIX, EXPIRES_AT_TAG, RAY_CLUSTER_TA
 from raylauncher.wiring import build_driver, build_watchdog
 from tests.e2e.test_cluster_auth_local import status_of as http_status
 from tests.faults import FaultRow
-from tests.iam_contract import contract_roles, contract_violations, granted_ec2_actions, used_by_role
+from tests.iam_contract import (
+    as_list,
+    contract_roles,
+    contract_violations,
+    granted_ec2_actions,
+    request_violations,
+    stack_documents,
+    used_by_role,
+)
+from tests.iam_eval import ALLOWED, evaluate
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 REGION = "eu-west-3"  # a region of its own on the process's moto (SendCommand, reaper tests)
@@ -143,6 +152,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSystem]:
     root = tmp_path_factory.mktemp("standin")
     project, pipelines = _project(root)
     with local_system(root / "state", pipelines, project, backend="ec2", region=REGION) as system:
+        assert system.moto is not None
+        system.moto.record_requests()  # every S3 and SSM call, for IAM's verdict on each (the role contract)
         yield system
     assert system.standin is not None
     assert leftovers(system.standin.id) == [], "the stand-in left something behind"
@@ -603,6 +614,36 @@ def launch_expired_orphan(system: LocalSystem) -> tuple[str, str]:
     return cluster, instance["InstanceId"]
 
 
+def standin_to_template(system: LocalSystem, stack: Any, node_role: str) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The stand-in's resources renamed to the synthesized template's (as tests.infrastructure's
+    render shows them: region eu-west-1), for judging the stand-in's requests by the template's
+    policies. Each rename is a delta of deltas.py: the seeded ids (subnets, security group, image,
+    instance profile) and the stand-in's imported key pair (a deployment lets Ray make its own)."""
+    from cdk.cluster_access import RAY_KEY_PAIR_PREFIX
+    from cdk.stack import CANONICAL_OWNER
+    from tests.infrastructure.conftest import render
+
+    deployment = system.standin.deployment
+    granted = [render(r) for d in stack_documents(stack.template_json, node_role) for st in as_list(d["Statement"])
+               if st.get("Sid") == "RunInOurNetwork" for r in as_list(st["Resource"])]  # fmt: skip
+    subnets = [r for r in granted if ":subnet/" in r]
+    [group] = [r for r in granted if ":security-group/" in r]
+    here = f"arn:aws:ec2:{REGION}:123456789012:"
+    renames = {
+        **{f"{here}subnet/{sid}": subnets[i % len(subnets)] for i, sid in enumerate(deployment.subnet_ids)},
+        **{f"{here}security-group/{gid}": group for gid in deployment.security_group_ids},
+        f"{here}key-pair/{KEY_NAME}": f"arn:aws:ec2:eu-west-1:123456789012:key-pair/{RAY_KEY_PAIR_PREFIX}_standin",
+        f"arn:aws:iam::123456789012:role/{PROFILE_NAME}": render(stack.resolve(stack.stack.nodes.role.role_arn)),
+        here: "arn:aws:ec2:eu-west-1:123456789012:",
+        f"arn:aws:ec2:{REGION}::image/": "arn:aws:ec2:eu-west-1::image/",
+        f"arn:aws:s3:::{system.settings.bucket}": render(stack.resolve(stack.stack.storage.bucket_arn)),
+        f"arn:aws:ssm:{REGION}:": "arn:aws:ssm:eu-west-1:",
+    }
+    image_owner = system.standin.client("ec2").describe_images(ImageIds=[deployment.ami_id])["Images"][0]["OwnerId"]
+    # the stand-in's image plays the stack's default node image (Canonical's Ubuntu)
+    return renames, {"ec2:Owner": {image_owner: CANONICAL_OWNER}}
+
+
 @STANDIN_E2E
 def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason(
     system: LocalSystem, tmp_path: Path
@@ -636,7 +677,7 @@ def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason
     assert {"ec2:DescribeInstances", "ec2:TerminateInstances"} <= used["watchdog"]
     # When the CDK app is synthesized
     from cdk.cluster_access import EC2_GRANTED_UNSEEN
-    from tests.infrastructure.conftest import synthesize
+    from tests.infrastructure.conftest import render, synthesize
 
     stack = synthesize(tmp_path / "cdk")
     # Then each role is granted every EC2 action it called, and every EC2 action it is granted
@@ -648,6 +689,41 @@ def test_each_role_is_granted_exactly_the_ec2_calls_it_makes_or_a_written_reason
         print(f"\n{role}: used {sorted(used[role])}\n  granted {sorted(granted)}\n  explained {sorted(explained)}")
         problems += contract_violations(role, used[role], granted, explained)
     assert not problems, "\n".join(problems)
+    # And every request the roles made, with its resources and request context, is one IAM
+    # allows that role (EC2 one authorization per resource of a call, S3 and SSM by ARN; the
+    # bastion's S3/SSM key is shared locally with the Lambdas, so only its EC2 and PassRole);
+    # every GET/HEAD that found no key got the 404 S3 gives that role (not 403); and what a
+    # node must never do is denied
+    requests = system.moto.record_requests()  # type: ignore[union-attr]
+    logical = contract_roles(stack)
+    renames, context_renames = standin_to_template(system, stack, logical["nodes"])
+    seen = {role: [r for r in requests if r.key_id == LOCAL_ACCESS_KEY_IDS[role]
+                   and (role != "bastion" or r.action.startswith(("ec2:", "iam:")))]
+            for role in ("bastion", "nodes", "watchdog")}  # fmt: skip
+    assert {r.action for r in seen["nodes"]} >= {"s3:GetObject", "s3:PutObject", "ssm:GetParameter", "ec2:RunInstances",
+                                                 "iam:PassRole"}, seen["nodes"]  # fmt: skip
+    assert any(r.status == 404 for r in seen["nodes"]), "no node looked at a key before writing it?"
+    for role, calls in seen.items():
+        print(f"\n{role}: requests {sorted({(r.action, r.status) for r in calls})}")
+    verdicts = []
+    for role, calls in seen.items():
+        documents = stack_documents(stack.template_json, logical[role])
+        verdicts += request_violations(role, documents, calls, renames, render, context_renames)
+    assert not verdicts, "\n".join(verdicts)
+    nodes = stack_documents(stack.template_json, logical["nodes"])
+    bucket = renames[f"arn:aws:s3:::{system.settings.bucket}"]
+    assert all(r.status < 400 or r.status == 404 for r in seen["nodes"]), [r for r in seen["nodes"] if r.status >= 400]
+    must_deny = [
+        ("s3:PutObject", f"{bucket}/incoming/sales/forged.csv", {}),  # a node writes no input
+        ("s3:DeleteObject", f"{bucket}/outputs/sales-summary/part-0.parquet", {}),
+        ("s3:GetObject", "arn:aws:s3:::another-bucket/secret.csv", {}),
+        ("s3:ListBucket", bucket, {"s3:prefix": "elsewhere/"}),
+        ("ssm:PutParameter", "arn:aws:ssm:eu-west-1:123456789012:parameter/raylauncher/ray-auth/j/j", {}),
+        ("ssm:GetParameter", "arn:aws:ssm:eu-west-1:123456789012:parameter/raylauncher/bastion/env", {}),
+        ("ec2:TerminateInstances", "arn:aws:ec2:eu-west-1:123456789012:instance/i-0123456789abcdef0", {}),
+    ]
+    allowed = [(a, r) for a, r, c in must_deny if evaluate(nodes, a, r, c, render) == ALLOWED]
+    assert allowed == [], allowed
 
 
 @STANDIN_FAULTS

@@ -249,6 +249,7 @@ def run_synth(tmp_path: Path, context: dict) -> subprocess.CompletedProcess[str]
                         "private_subnet_ids": ["not-a-subnet"], "private_route_table_ids": ["rtb-0aaaaaaaaaaaaaaa1"]}},
          "context.raylauncher.vpc.private_subnet_ids"),
         (None, {"egress": "none"}, "context.raylauncher: egress: 'none' needs node_ami_id"),
+        (None, {"node_ami_has_ray": True}, "context.raylauncher: node_ami_has_ray needs node_ami_id"),
         ("pipelines:\n  - name: bad\n    trigger: {prefix: in/}\n    entrypoint: {script: jobs/x/main.py}\n"
          "    output_prefix: out/\n    allowed_principals: ['arn:aws:iam::1234:user/alice']\n", {},
          "pipelines.0.allowed_principals.0"),

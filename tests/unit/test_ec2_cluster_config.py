@@ -136,7 +136,7 @@ def test_sample_profile_renders_the_walkthrough_cluster(sample: Pipeline, deploy
     # autoscaler and the job's exact-version reads need it)
     assert "InstanceMarketOptions" not in worker["node_config"]
     assert config["setup_commands"] == [
-        STOCK_IMAGE_BOOTSTRAP,
+        *STOCK_IMAGE_BOOTSTRAP,
         f"pip install 'ray[default,data]=={RAY}'",
         f"pip install 'boto3=={importlib.metadata.version('boto3')}'",
     ]

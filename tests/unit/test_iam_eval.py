@@ -89,3 +89,25 @@ def test_arn_equals_takes_wildcards_null_takes_any_value_and_references_are_rend
     variable = {**LIST_UNDER_IN, "Condition": {"StringLike": {"s3:prefix": ["home/${aws:username}/*"]}}}
     with pytest.raises(NotImplementedError, match="policy variable"):
         evaluate([doc(variable)], "s3:ListBucket", BUCKET, {"s3:prefix": "home/x/"}, plain)
+
+
+def test_recorded_requests_are_judged_with_their_context_renamed_to_the_templates() -> None:
+    from raylauncher.local.call_log import AwsRequest
+    from tests.iam_contract import request_violations
+
+    # Given a role that may launch only tagged instances, read under in/ and list nothing
+    run_tagged = {"Effect": "Allow", "Action": "ec2:RunInstances", "Resource": "arn:aws:ec2:r:1:instance/*",
+                  "Condition": {"StringLike": {"aws:RequestTag/ray-cluster-name": "rl-*"}}}  # fmt: skip
+    documents = [doc(run_tagged, GET_IN)]
+    launch = "arn:aws:ec2:local:1:instance/*"
+    requests = [
+        AwsRequest("127.0.0.1", "k", "ec2:RunInstances", launch, {"aws:RequestTag/ray-cluster-name": "rl-j1"}),
+        AwsRequest("127.0.0.1", "k", "ec2:RunInstances", launch, {}),  # untagged: denied
+        AwsRequest("127.0.0.1", "k", "s3:GetObject", f"{BUCKET}/in/missing.csv", {}, status=404),  # 403 on AWS
+        AwsRequest("127.0.0.1", "k", "s3:<unmapped PUT object ?tagging>", f"{BUCKET}/in/x", {}),
+    ]
+    # When they are judged with local names renamed to the template's
+    problems = request_violations("nodes", documents, requests, {"arn:aws:ec2:local:": "arn:aws:ec2:r:"}, plain)
+    # Then the tagged launch passes; the untagged one, the 404 S3 would not give and the unnamed request do not
+    assert len(problems) == 3, problems
+    assert "ImplicitlyDenied" in problems[0] and "would answer 403" in problems[1] and "cannot name" in problems[2]

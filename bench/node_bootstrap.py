@@ -18,14 +18,14 @@ on every node's first boot. Written to bench/results/node_bootstrap.json.
 
 Usage (root, Linux, debootstrap installed; about 5-10 minutes, downloads Ray's wheels):
     python bench/node_bootstrap.py [--suite bookworm] [--keep DIR]
-    python bench/node_bootstrap.py --print     # the commands only (to bake an image)
+    python bench/node_bootstrap.py --print > node-setup.sh   # the commands as a script (to bake an image)
 `make check-bootstrap` runs it; the test suite does not need it.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
+import os
 import shutil
 import subprocess
 import sys
@@ -50,9 +50,10 @@ def run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def as_ray_runs_it(command: str) -> str:
-    """The shell line Ray's SSH command runner makes of a node command."""
-    inner = f"true && source ~/.bashrc && export OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore && ({command})"
-    return f"bash --login -c -i {shlex.quote(inner)}"
+    """The shell line Ray's SSH command runner makes of a node command (its own function)."""
+    from ray.autoscaler._private.command_runner import _with_interactive
+
+    return " ".join(_with_interactive(command))
 
 
 class Root:
@@ -94,10 +95,19 @@ class Root:
                "TERM=dumb", "LANG=C.UTF-8"]  # fmt: skip
         return self.chroot(["runuser", "-u", USER, "--", *env, "bash", "-c", shell_line])
 
-    def remove(self) -> None:
+    def unmount(self) -> bool:
+        """Unmount /proc, /dev, /sys of the root; False if any is still mounted."""
         for mount_point in reversed(self.mounts):
             subprocess.run(["umount", "-R", "-l", str(mount_point)], check=False)
-        self.mounts.clear()
+        still = [m for m in self.mounts if os.path.ismount(m)]
+        self.mounts = still
+        return not still
+
+    def remove(self) -> None:
+        # never delete through a bind mount of the host's /dev
+        if not self.unmount():
+            print(f"could not unmount {', '.join(map(str, self.mounts))}: {self.path} left in place", file=sys.stderr)
+            return
         shutil.rmtree(self.path, ignore_errors=True)
 
 
@@ -110,8 +120,9 @@ def main() -> int:
     args = parser.parse_args()
     ray, boto3 = pinned_ray_version(), pinned_boto3_version()
     commands, head_commands = setup_commands(ray, boto3, preinstalled=False)
-    if args.print:
-        print("\n".join([*commands, *head_commands]))
+    if args.print:  # a script: each command as Ray runs it, in its own login shell, stopping at a failure
+        print("#!/bin/bash\n# the node setup commands of raylauncher, as Ray's launcher runs them\nset -e")
+        print("\n".join(as_ray_runs_it(c) for c in [*commands, *head_commands]))
         return 0
     if shutil.which("debootstrap") is None:
         print("needs debootstrap (apt-get install -y debootstrap), as root", file=sys.stderr)
@@ -148,8 +159,7 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         if args.keep:
-            for mount_point in reversed(root.mounts):
-                subprocess.run(["umount", "-R", "-l", str(mount_point)], check=False)
+            root.unmount()
         else:
             root.remove()
 

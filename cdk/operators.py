@@ -16,6 +16,13 @@ from cdk.nag import acknowledge
 from raylauncher.cli.arguments import PORT_FORWARDING_DOCUMENT  # the document `raylauncher dashboard` starts
 
 
+
+#: What `raylauncher doctor --stack` reads of EC2 (raylauncher/cli/stack_checks.py): the bastion
+#: instance, the instance types' vCPUs, the VPC's endpoints and routes, the EBS encryption
+#: defaults. Read-only; the only EC2 actions a role outside the launch contract holds.
+DOCTOR_EC2_READS = ("ec2:DescribeInstances", "ec2:DescribeInstanceTypes", "ec2:DescribeVpcEndpoints",
+                    "ec2:DescribeRouteTables", "ec2:GetEbsEncryptionByDefault", "ec2:GetEbsDefaultKmsKeyId")
+
 class Operators(Construct):
     def __init__(self, scope: Construct, construct_id: str, *, api: apigw.RestApi, bastion: ec2.Instance) -> None:
         super().__init__(scope, construct_id)
@@ -45,13 +52,12 @@ class Operators(Construct):
             iam.PolicyStatement(sid="ReadThisStacksOutputs", actions=["cloudformation:DescribeStacks"],
                                 resources=[stack.stack_id]),
             # doctor: is the bastion's install signalled (its resource's status in this stack)
-            iam.PolicyStatement(sid="DoctorReadsThisStacksResources", actions=["cloudformation:DescribeStackResources"],
+            iam.PolicyStatement(sid="DoctorReadsThisStacksResources", actions=["cloudformation:ListStackResources"],
                                 resources=[stack.stack_id]),
             # doctor: bastion online, instance types' vCPUs, the VPC's endpoints, the vCPU quotas.
             # None of these actions has resource-level permissions; all only read.
             iam.PolicyStatement(sid="DoctorReadsTheAccountsCapacity", actions=[
-                "ssm:DescribeInstanceInformation", "ec2:DescribeInstanceTypes", "ec2:DescribeInstances",
-                "ec2:DescribeVpcEndpoints", "ec2:GetEbsEncryptionByDefault", "ec2:GetEbsDefaultKmsKeyId",
+                "ssm:DescribeInstanceInformation", *DOCTOR_EC2_READS,
                 "servicequotas:GetServiceQuota", "servicequotas:GetAWSDefaultServiceQuota",
             ], resources=["*"]),
             # doctor: spot workers need EC2's Spot service-linked role

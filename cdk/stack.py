@@ -39,6 +39,7 @@ from cdk.operators import Operators
 from cdk.schedules import Schedules
 from cdk.storage import JOB_PREFIX, Storage
 from raylauncher.bastion import SSM_DOCUMENT
+from raylauncher.releases import release_id
 from raylauncher.tags import CLUSTER_NAME_PREFIX, RAY_CLUSTER_TAG
 from raylauncher.config import (
     BASTION_APP_DIR,
@@ -110,9 +111,15 @@ class RayLauncherStack(Stack):
             node_instance_profile_arn=node.profile.instance_profile_arn, ami_id=node_image_id,
             ssh_user=config.node_ssh_user, ray_preinstalled=config.nodes_have_ray,
         )  # fmt: skip
+        # The release: the bundle, the driver's settings and the EC2 deployment as synthesized
+        # (deploy-time values as the references the template holds); every job is stamped with it.
+        bundle_dir = stage_bastion_bundle(project_dir, pipelines)
+        release = release_id(bundle_dir, sorted(p.name for p in bundle_dir.iterdir()), {
+            "driver": self.resolve(driver_settings.to_env()), "ec2": self.resolve(deployment.model_dump(mode="json"))})
+        driver_settings = driver_settings.model_copy(update={"release": release})
         bastion = Bastion(
             self, "Bastion", network=network, config=config,
-            bundle_dir=stage_bastion_bundle(project_dir, pipelines), driver_env=driver_settings.to_env(),
+            bundle_dir=bundle_dir, driver_env=driver_settings.to_env(),
             ec2_deployment_json=deployment.model_dump_json(indent=1),
         )  # fmt: skip
         allow_launching(bastion.role, [*launching, *ray_up_statements()])
@@ -137,7 +144,7 @@ class RayLauncherStack(Stack):
         lambda_settings = Settings(
             **shared, pipelines_file=f"{LAMBDA_TASK_ROOT}/{PIPELINES_JSON}", bastion="ssm",
             bastion_instance_id=bastion.instance.instance_id, ssm_log_group=ssm_output.log_group_name,
-            launcher_bin=BASTION_LAUNCHER, cluster_backend="ec2",
+            launcher_bin=BASTION_LAUNCHER, cluster_backend="ec2", release=release,
         )  # fmt: skip
         functions = LambdaFactory(
             self, "Functions", code_dir=stage_lambda_code(project_dir, pipelines), vpc=network.vpc,

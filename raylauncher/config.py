@@ -375,6 +375,8 @@ class Settings(_Strict):
     driver_lease_s: float = Field(default=60, gt=0)  # no heartbeat for this long: the driver is lost
     log_flush_interval_s: float = Field(default=15, gt=0)  # the Ray job's log is copied to S3 this often
     session_logs_timeout_s: float = Field(default=60, ge=0)  # fetching the head's session logs before teardown
+    #: The release this deployment runs (raylauncher/releases.py), stamped on every job it creates.
+    release: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
 
     @model_validator(mode="after")
     def _bastion_needs_instance(self) -> Settings:

@@ -168,7 +168,10 @@ class IntakeService:
         launcher: Launcher,
         claims: ObjectClaims | None = None,
         clock: Callable[[], datetime] = utc_now,
+        release: str | None = None,
     ) -> None:
+        """`release`: the deployment's release id, stamped on every job (raylauncher/releases.py)."""
+        self._release = release
         self._pipelines = pipelines
         self._store = store
         self._objects = objects
@@ -266,7 +269,7 @@ class IntakeService:
     ) -> Job:
         """Write the manifest, record the job (QUEUED), then launch it."""
         job = Job.new(pipeline.name, trigger, self._clock())
-        job = job.model_copy(update={"params": params or {}, "job_id": job_id or job.job_id})
+        job = job.model_copy(update={"params": params or {}, "job_id": job_id or job.job_id, "release": self._release})
         manifest_key = job_prefix(job.job_id) + "manifest.json"
         # The manifest first: a recorded job never points at a manifest that is not there.
         self._objects.put_json(manifest_key, manifest_document(job, self._objects.bucket, objects, superseded))

@@ -199,6 +199,7 @@ class Job(BaseModel):
     warm: bool = False  # this attempt ran on a warm cluster (no `ray up`)
     kept: Literal["warm", "held"] | None = None  # the cluster stayed up after this job: warm or held
     kept_seconds: float | None = None  # how long it stayed up idle (warm) or held after this job
+    release: str | None = None  # the release of the deployment that created it (raylauncher/releases.py)
 
     @property
     def is_terminal(self) -> bool:

@@ -80,7 +80,8 @@ def build_intake_service(
 ) -> IntakeService:
     store = store or build_store(settings)
     launcher = launcher or build_launcher(settings, store)
-    return IntakeService(launcher.pipelines, store, build_objects(settings), launcher, claims=build_claims(settings, store))
+    return IntakeService(launcher.pipelines, store, build_objects(settings), launcher, claims=build_claims(settings, store),
+                         release=settings.release)  # fmt: skip
 
 
 def build_driver(settings: Settings):  # noqa: ANN201 - imports Ray: only on the bastion

@@ -65,6 +65,7 @@ def settings(moto_endpoint: str, aws_credentials: None, tmp_path: Path) -> Setti
         project_dir=str(PROJECT_DIR),
         state_dir=str(tmp_path / "state"),
         detach="process",
+        release=uuid.uuid4().hex[:12],
     )
 
 

@@ -110,6 +110,9 @@ class JobView(BaseModel):
     queue_position: int | None = Field(
         default=None, description="QUEUED jobs (GET /jobs/{job_id}): 1 = launched next when a cluster slot frees"
     )
+    release: str | None = Field(
+        default=None, description="the release (content hash of code, jobs, pipelines and settings) it was created under"
+    )
 
 
 class InputsView(BaseModel):

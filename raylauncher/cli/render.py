@@ -163,6 +163,7 @@ def job_detail(job: dict[str, Any]) -> Group:
     first = inputs.get("first") or []
     header = _kv([
         ("job", job["job_id"]), ("pipeline", job["pipeline"]), ("trigger", job.get("trigger")),
+        ("release", job.get("release")),
         ("status", status_text(job["status"]) if not job.get("cancel_requested") or job["status"] in TERMINAL_STATUSES
          else Text(f"{job['status']} (cancel requested)", style="yellow")),
         ("reason", f"{job['reason_code']}: {job.get('reason_message') or ''}" if job.get("reason_code") else None),

@@ -61,6 +61,7 @@ class Demand:
     one: int = 0
     one_by: str = ""
     all: int = 0
+    base: int = 0  # vCPUs that run all the time in the same quota (the bastion), in `one` and `all`
 
 
 def vcpu_demand(pipelines: Iterable[Mapping[str, Any]], vcpus: Mapping[str, int]) -> dict[tuple[str, str], Demand]:
@@ -98,9 +99,10 @@ def vcpu_checks(demand: Mapping[tuple[str, str], Demand], quota: Callable[[str],
             checks.append(Check(label, "warn", f"could not read Service Quotas {code} ({name} {market}): one "
                                 f"{need.one_by} cluster needs {need.one} vCPUs"))  # fmt: skip
         elif value < need.one:
-            checks.append(Check(label, "fail", f"quota {value:g} vCPUs < {need.one} that one {need.one_by} cluster needs "
-                                f"at min_workers: its jobs end PROVISIONING_TIMEOUT; request an increase of "
-                                f"Service Quotas ec2 {code} ({name} {market})"))  # fmt: skip
+            base = f" (with the bastion's {need.base})" if need.base else ""
+            checks.append(Check(label, "fail", f"quota {value:g} vCPUs < {need.one} that one {need.one_by or 'bastion'} "
+                                f"cluster needs at min_workers{base}: its jobs end PROVISIONING_TIMEOUT; request an "
+                                f"increase of Service Quotas ec2 {code} ({name} {market})"))  # fmt: skip
         elif value < need.all:
             checks.append(Check(label, "warn", f"quota {value:g} vCPUs < {need.all} for every pipeline's clusters at "
                                 f"max_workers at once: some launches will wait or time out ({code})"))  # fmt: skip
@@ -141,18 +143,26 @@ def ebs_encryption_check(by_default: bool, key_id: str | None) -> Check:
         return Check("ebs encryption", "ok", "not on by default (each node volume is encrypted with the AWS key)")
     if key_id is None or key_id.endswith("alias/aws/ebs"):
         return Check("ebs encryption", "ok", "on by default with the AWS managed key")
+    if ":key/" in key_id or key_id.startswith("key/"):  # a key id: AWS managed or not, its ARN does not say
+        return Check("ebs encryption", "warn", f"on by default with {key_id}: if it is a customer-managed key, node "
+                     "launches fail unless the bastion and node roles may use it (docs/deploy.md)")  # fmt: skip
     return Check("ebs encryption", "fail", f"on by default with {key_id}: node launches fail unless the bastion and node "
                  "roles may use that key (kms:CreateGrant, GenerateDataKeyWithoutPlaintext, Decrypt, DescribeKey); "
                  "the stack does not grant it (docs/deploy.md)")  # fmt: skip
 
 
-def endpoint_check(region: str, vpc_id: str, services: Iterable[str]) -> Check:
-    """The VPC's available endpoints (their service names) against VPC_ENDPOINT_SERVICES."""
+def endpoint_check(region: str, vpc_id: str, services: Iterable[str], *, has_default_route: bool = False) -> Check:
+    """The VPC's available endpoints (their service names) against VPC_ENDPOINT_SERVICES. A
+    missing one fails where the bastion's subnet has no default route (nothing else reaches the
+    service), and warns where it has one (a NAT or the user's own route may)."""
     have = set(services)
     missing = [s for s in VPC_ENDPOINT_SERVICES if f"com.amazonaws.{region}.{s}" not in have]
+    if missing and has_default_route:
+        return Check("vpc endpoints", "warn", f"{vpc_id} has no endpoint for {', '.join(missing)}: those services are "
+                     "reached through the subnet's default route (NAT or yours) only")  # fmt: skip
     if missing:
-        return Check("vpc endpoints", "fail", f"{vpc_id} has no endpoint for {', '.join(missing)}: without a route to "
-                     "them the bastion and the nodes cannot reach those services")  # fmt: skip
+        return Check("vpc endpoints", "fail", f"{vpc_id} has no endpoint for {', '.join(missing)} and the bastion's "
+                     "subnet no default route: the bastion and the nodes cannot reach those services")  # fmt: skip
     return Check("vpc endpoints", "ok", f"{vpc_id}: all {len(VPC_ENDPOINT_SERVICES)} endpoints available")
 
 
@@ -176,39 +186,26 @@ def stack_checks(session: Any, region: str, stack: str, bastion_id: str, pipelin
     """Quotas, the bastion's install, the VPC endpoints and the account settings of a deployed stack."""
     ec2 = session.create_client("ec2", region_name=region)
     checks: list[Check] = []
-    types = sorted({p["cluster"][k] for p in pipelines for k in ("head_instance_type", "worker_instance_type")})
+    bastion: dict[str, Any] = {}
     try:
-        if not types:
-            raise ValueError("no pipelines to size")
-        described = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
-        vcpus = {t["InstanceType"]: int(t["VCpuInfo"]["DefaultVCpus"]) for t in described}
-        unknown = [t for t in types if t not in vcpus]
-        if unknown:
-            checks.append(Check("instance types", "fail", f"not offered in {region}: {', '.join(unknown)}"))
-        else:
-            read = quota or _quota_reader(session.create_client("service-quotas", region_name=region))
-            checks += vcpu_checks(vcpu_demand(pipelines, vcpus), read)
-            unchecked = [t for t in types if quota_family(t) is None]
-            if unchecked:
-                checks.append(Check("vcpu quota", "warn", f"no quota known here for {', '.join(unchecked)}: "
-                                    "check its family's vCPU quota in Service Quotas yourself"))  # fmt: skip
-    except Exception as err:  # noqa: BLE001 - InvalidInstanceType and the like: the answer of this check
-        checks.append(Check("instance types", "fail", f"{', '.join(types)}: {err}"))
+        [reservation] = ec2.describe_instances(InstanceIds=[bastion_id])["Reservations"]
+        bastion = reservation["Instances"][0]
+    except Exception as err:  # noqa: BLE001 - each check below says what it could not read
+        checks.append(Check("bastion instance", "warn", f"cannot describe {bastion_id}: {err}"))
+    checks += _quota_checks(session, ec2, region, pipelines, bastion.get("InstanceType"), quota)
     try:
-        resources = session.create_client("cloudformation", region_name=region).describe_stack_resources(
-            StackName=stack)["StackResources"]  # fmt: skip
+        pages = session.create_client("cloudformation", region_name=region).get_paginator(
+            "list_stack_resources").paginate(StackName=stack)  # more than 100 resources: every page
+        resources = [r for page in pages for r in page["StackResourceSummaries"]]
         status = next((r["ResourceStatus"] for r in resources if r.get("PhysicalResourceId") == bastion_id), None)
         checks.append(install_check(status, bastion_id))
     except Exception as err:  # noqa: BLE001
         checks.append(Check("bastion install", "warn", f"cannot read the stack's resources: {err}"))
-    try:
-        [reservation] = ec2.describe_instances(InstanceIds=[bastion_id])["Reservations"]
-        vpc_id = reservation["Instances"][0]["VpcId"]
-        pages = ec2.get_paginator("describe_vpc_endpoints").paginate(
-            Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "vpc-endpoint-state", "Values": ["available"]}])
-        checks.append(endpoint_check(region, vpc_id, (e["ServiceName"] for p in pages for e in p["VpcEndpoints"])))
-    except Exception as err:  # noqa: BLE001
-        checks.append(Check("vpc endpoints", "warn", f"cannot read the bastion's VPC endpoints: {err}"))
+    if bastion.get("VpcId"):
+        try:
+            checks.append(_endpoints(ec2, region, bastion))
+        except Exception as err:  # noqa: BLE001
+            checks.append(Check("vpc endpoints", "warn", f"cannot read the bastion's VPC endpoints: {err}"))
     try:
         by_default = bool(ec2.get_ebs_encryption_by_default()["EbsEncryptionByDefault"])
         key_id = ec2.get_ebs_default_kms_key_id()["KmsKeyId"] if by_default else None
@@ -224,3 +221,47 @@ def stack_checks(session: Any, region: str, stack: str, bastion_id: str, pipelin
             exists = False if code == "NoSuchEntity" else None
         checks.append(spot_role_check(True, exists))  # type: ignore[arg-type]
     return checks
+
+
+def _quota_checks(session: Any, ec2: Any, region: str, pipelines: list[dict[str, Any]], bastion_type: str | None,
+                  quota: Callable[[str], float | None] | None) -> list[Check]:  # fmt: skip
+    if not pipelines:
+        return [Check("vcpu quota", "skip", "no pipelines to size")]
+    types = sorted({p["cluster"][k] for p in pipelines for k in ("head_instance_type", "worker_instance_type")}
+                   | ({bastion_type} if bastion_type else set()))  # fmt: skip
+    try:
+        described = ec2.describe_instance_types(InstanceTypes=types)["InstanceTypes"]
+    except Exception as err:  # noqa: BLE001 - InvalidInstanceType and the like: the answer of this check
+        return [Check("instance types", "fail", f"{', '.join(types)}: {err}")]
+    vcpus = {t["InstanceType"]: int(t["VCpuInfo"]["DefaultVCpus"]) for t in described}
+    unknown = [t for t in types if t not in vcpus]
+    if unknown:
+        return [Check("instance types", "fail", f"not offered in {region}: {', '.join(unknown)}")]
+    read = quota or _quota_reader(session.create_client("service-quotas", region_name=region))
+    demand = vcpu_demand(pipelines, vcpus)
+    family = quota_family(bastion_type) if bastion_type else None
+    if family is not None:  # the bastion runs all the time, in the same quota as its family's clusters
+        assert bastion_type is not None
+        key = (family, "on-demand")
+        seen, bastion_vcpus = demand.get(key, Demand()), vcpus[bastion_type]
+        demand[key] = Demand(seen.one + bastion_vcpus, seen.one_by, seen.all + bastion_vcpus, bastion_vcpus)
+    checks = vcpu_checks(demand, read)
+    unchecked = [t for t in types if quota_family(t) is None]
+    if unchecked:
+        checks.append(Check("vcpu quota", "warn", f"no quota known here for {', '.join(unchecked)}: "
+                            "check its family's vCPU quota in Service Quotas yourself"))  # fmt: skip
+    return checks
+
+
+def _endpoints(ec2: Any, region: str, bastion: dict[str, Any]) -> Check:
+    vpc_id = bastion["VpcId"]
+    pages = ec2.get_paginator("describe_vpc_endpoints").paginate(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "vpc-endpoint-state", "Values": ["available"]}])
+    services = [e["ServiceName"] for p in pages for e in p["VpcEndpoints"]]
+    tables = ec2.describe_route_tables(Filters=[{"Name": "association.subnet-id", "Values": [bastion["SubnetId"]]}])
+    if not tables["RouteTables"]:  # the subnet uses its VPC's main route table
+        tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                                    {"Name": "association.main", "Values": ["true"]}])  # fmt: skip
+    default_route = any(r.get("DestinationCidrBlock") == "0.0.0.0/0" and r.get("State", "active") == "active"
+                        for t in tables["RouteTables"] for r in t.get("Routes", []))  # fmt: skip
+    return endpoint_check(region, vpc_id, services, has_default_route=default_route)

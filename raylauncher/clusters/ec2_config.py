@@ -100,8 +100,9 @@ def _node_config(
 
 #: Where a stock image gets the pinned Ray: a venv of the SSH user's (PEP 668 images refuse a
 #: pip install into the system Python), first on PATH of every later command: Ray runs each node
-#: command as `bash --login -c -i 'source ~/.bashrc && ...'`, and the line goes on top of
-#: ~/.bashrc, before the image's "not interactive: return" guard.
+#: command as `bash --login -c -i 'source ~/.bashrc; export ... && (CMD)'` (its command runner's
+#: `_with_interactive`), and the line goes on top of ~/.bashrc, before the image's
+#: "not interactive: return" guard. Every command may run again (idempotent).
 NODE_VENV = "$HOME/raylauncher-venv"
 _APT = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 -qq"
 
@@ -114,8 +115,8 @@ STOCK_IMAGE_BOOTSTRAP = (
     f"for i in $(seq 60); do {_APT} update && {_APT} install -y --no-install-recommends python3-venv && break; "
     '[ "$i" = 60 ] && exit 1; sleep 5; done',
     f'test -x "{NODE_VENV}/bin/python" || python3 -m venv "{NODE_VENV}"',
-    "grep -qs raylauncher-venv ~/.bashrc || { echo 'export PATH=\"$HOME/raylauncher-venv/bin:$PATH\"'; "
-    "cat ~/.bashrc 2>/dev/null; } > ~/.bashrc.raylauncher && mv ~/.bashrc.raylauncher ~/.bashrc",
+    "grep -qs raylauncher-venv ~/.bashrc || { { echo 'export PATH=\"$HOME/raylauncher-venv/bin:$PATH\"'; "
+    "cat ~/.bashrc 2>/dev/null || true; } > ~/.bashrc.raylauncher && mv ~/.bashrc.raylauncher ~/.bashrc; }",
 )
 
 

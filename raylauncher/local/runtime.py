@@ -23,6 +23,7 @@ from raylauncher.local.poller import SqsPoller
 from raylauncher.local.stack import FAKE_CREDENTIALS, LocalResources, MotoServer, bootstrap
 from raylauncher.model import Job
 from raylauncher.objects import S3ObjectStore
+from raylauncher.releases import release_id
 from raylauncher.store import DynamoJobStore
 from raylauncher.wiring import build_objects, build_store, local_launcher_bin
 
@@ -49,8 +50,15 @@ Backend = Literal["local", "ec2"]
 STANDIN_PROVISIONING_TIMEOUT_S = 600
 
 
+def local_release(project_dir: Path, pipelines_file: Path) -> str:
+    """The local system's release: the checkout's package and jobs, and the pipelines it runs."""
+    return release_id(project_dir, ("pyproject.toml", "raylauncher", "jobs"),
+                      {"pipelines": Path(pipelines_file).read_text(encoding="utf-8")})  # fmt: skip
+
+
 def local_settings(endpoint_url: str, state_dir: Path, pipelines_file: Path, project_dir: Path, **changes: Any) -> Settings:
     return Settings(
+        release=local_release(project_dir, pipelines_file),
         table="raylauncher-jobs",
         bucket="raylauncher-data",
         event_bus="raylauncher-events",

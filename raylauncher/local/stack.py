@@ -14,7 +14,6 @@ import dataclasses
 import io
 import json
 import logging
-import re
 import threading
 import time
 import urllib.parse
@@ -70,7 +69,6 @@ class _AtomicDynamoDB:
             return list(self._app(environ, start_response))
 
 
-_CREDENTIAL = re.compile(r"Credential=([^/]+)/[^/]+/[^/]+/([^/]+)/")
 
 
 class _CallLog:
@@ -90,10 +88,10 @@ class _CallLog:
         self.requests: list[AwsRequest] = []
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        match = _CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
-        if match and self.record_requests and match.group(2) in ("s3", "ssm"):
-            return self._recorded(environ, start_response, match.group(2))
-        if match and match.group(2) == "ec2":
+        match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))  # (key id, region, service)
+        if match and self.record_requests and match.group(3) in ("s3", "ssm"):
+            return self._recorded(environ, start_response, match.group(3))
+        if match and match.group(3) == "ec2":
             length = int(environ.get("CONTENT_LENGTH") or 0)
             body = environ["wsgi.input"].read(length) if length else b""
             environ["wsgi.input"] = io.BytesIO(body)
@@ -101,10 +99,8 @@ class _CallLog:
             action = (query.get("Action") or ["?"])[0]
             self.ec2_calls[(environ.get("REMOTE_ADDR", ""), match.group(1), action)] += 1
             if self.record_requests:  # judged on the resources as they are before the call
-                region_match = CREDENTIAL.search(environ.get("HTTP_AUTHORIZATION", ""))
-                region = region_match.group(2) if region_match else ""
                 pending = [AwsRequest(environ.get("REMOTE_ADDR", ""), match.group(1), a, r, c)
-                           for a, r, c in ec2_requests(action, query, region, _MotoEc2Facts())]  # fmt: skip
+                           for a, r, c in ec2_requests(action, query, match.group(2), _MotoEc2Facts())]  # fmt: skip
                 start_response = self._recording(start_response, pending)
             if action in self.INSTANCE_CHANGES:
                 response = self._app(environ, start_response)  # served: moto has made the change

@@ -66,10 +66,11 @@ def test_the_role_grants_exactly_what_the_cli_needs(default_stack: Synthesized) 
     outputs = statements.pop("ReadThisStacksOutputs")
     assert (outputs["Action"], outputs["Resource"]) == ("cloudformation:DescribeStacks", {"Ref": "AWS::StackId"})
     resources = statements.pop("DoctorReadsThisStacksResources")
-    assert (resources["Action"], resources["Resource"]) == ("cloudformation:DescribeStackResources", {"Ref": "AWS::StackId"})
+    assert (resources["Action"], resources["Resource"]) == ("cloudformation:ListStackResources", {"Ref": "AWS::StackId"})
     capacity = statements.pop("DoctorReadsTheAccountsCapacity")
     assert sorted(capacity["Action"]) == [
-        "ec2:DescribeInstanceTypes", "ec2:DescribeInstances", "ec2:DescribeVpcEndpoints", "ec2:GetEbsDefaultKmsKeyId",
+        "ec2:DescribeInstanceTypes", "ec2:DescribeInstances", "ec2:DescribeRouteTables", "ec2:DescribeVpcEndpoints",
+        "ec2:GetEbsDefaultKmsKeyId",
         "ec2:GetEbsEncryptionByDefault", "servicequotas:GetAWSDefaultServiceQuota", "servicequotas:GetServiceQuota",
         "ssm:DescribeInstanceInformation",
     ]  # fmt: skip

@@ -109,6 +109,10 @@ def test_bastion_driver_settings_are_the_settings_local_mode_reads(default_stack
     settings = Settings.from_env(env)
     assert (settings.bastion, settings.cluster_backend, settings.detach) == ("local", "ec2", "systemd")
     assert settings.ec2_deployment_file == "/etc/raylauncher/ec2-deployment.json"
+    # And the bastion and every Lambda know one release, the one they stamp on the jobs they make
+    releases = {fn["Properties"]["Environment"]["Variables"]["RAYLAUNCHER_RELEASE"]
+                for fn in s.resources("AWS::Lambda::Function").values()}  # fmt: skip
+    assert releases == {settings.release} != {None}
     # And the bundle parameter names the CDK asset (what the installer does with all three is
     # run for real in test_bastion_install.py)
     assert bastion_parameter(s, "bundle").startswith("s3://")

@@ -52,10 +52,11 @@ def test_post_jobs_starts_a_job_over_the_objects_under_the_prefix(api) -> None:
         s3.put_object(Bucket=api.settings.bucket, Key=key, Body=b"order_id\n1\n")
     # When a job is submitted
     response = api.call("POST", "/jobs", VALID)
-    # Then it is accepted (202), recorded with trigger "api" and its params, and launched
+    # Then it is accepted (202), recorded with trigger "api", its params and the deployment's release, and launched
     assert response.status == 202
     view = response.body
     assert (view["pipeline"], view["trigger"], view["status"]) == (PIPELINE, "api", "LAUNCHING")
+    assert view["release"] == api.settings.release is not None
     assert view["params"] == VALID["params"] and view["object_count"] == 2
     assert response.headers["Location"] == f"/jobs/{view['job_id']}"
     bucket = api.settings.bucket

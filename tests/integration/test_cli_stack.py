@@ -50,6 +50,10 @@ class DeployedStack:
     bastion_id: str
 
 
+def any_image(settings: Any) -> str:
+    return str(aws.client("ec2", settings).describe_images(Owners=["amazon"], MaxResults=1)["Images"][0]["ImageId"])
+
+
 def stack_template(name: str, region: str, image_id: str, outputs: dict[str, Any], endpoints: tuple[str, ...]) -> dict[str, Any]:
     """What `cdk deploy` leaves as far as the CLI looks: the outputs, the bastion instance in a
     VPC, and that VPC's endpoints (gateway ones for S3/DynamoDB, interface ones for the rest)."""
@@ -86,8 +90,7 @@ def stack(seeded_api: ApiClient, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         name = f"RayLauncher-{uuid.uuid4().hex[:8]}"
         outputs = {"ApiUrl": api_url, "DataBucket": settings.bucket, "JobTable": settings.table,
                    "OperatorRoleArn": "arn:aws:iam::123456789012:role/operators"}  # fmt: skip
-        image_id = aws.client("ec2", settings).describe_images(Owners=["amazon"], MaxResults=1)["Images"][0]["ImageId"]
-        template = stack_template(name, settings.region, image_id, outputs, VPC_ENDPOINT_SERVICES)
+        template = stack_template(name, settings.region, any_image(settings), outputs, VPC_ENDPOINT_SERVICES)
         cloudformation = aws.client("cloudformation", settings)
         cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(template))
         [bastion_id] = [o["OutputValue"] for o in cloudformation.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
@@ -272,14 +275,15 @@ def test_dashboard_refuses_without_the_plugin_or_a_head_ip(stack: DeployedStack,
 # ---------------------------------------------------------------- doctor and pipelines
 
 
-def online_ssm(stack: DeployedStack, ping: str = "Online") -> Any:
+def online_ssm(stack: DeployedStack, ping: str = "Online", bastion_id: str | None = None) -> Any:
     """moto has no DescribeInstanceInformation: a stubbed SSM client answering for the bastion."""
+    bastion_id = bastion_id or stack.bastion_id
     client = aws.client("ssm", stack.api.settings)
     stubber = Stubber(client)
     stubber.add_response("describe_instance_information",
-                         {"InstanceInformationList": [{"InstanceId": stack.bastion_id, "PingStatus": ping,
+                         {"InstanceInformationList": [{"InstanceId": bastion_id, "PingStatus": ping,
                                                        "AgentVersion": "3.3"}]},
-                         {"Filters": [{"Key": "InstanceIds", "Values": [stack.bastion_id]}]})  # fmt: skip
+                         {"Filters": [{"Key": "InstanceIds", "Values": [bastion_id]}]})  # fmt: skip
     stubber.activate()
     return client
 
@@ -322,11 +326,12 @@ def test_doctor_fails_when_one_cluster_exceeds_the_vcpu_quota_and_warns_below_fu
         [line] = [c for c in json.loads(out) if c["name"] == "vcpu quota standard on-demand"]
         return {"exit": code, **line}
 
-    # When a new account's quota (32 vCPUs) is below one cluster at min_workers (4 + 4 x 8 = 36)
-    small = doctor(32)
+    # (and the bastion, a t3.medium of 2 vCPUs in the same quota, runs all the time)
+    # When a quota of 37 vCPUs is below one cluster at min_workers with the bastion (4 + 4 x 8 + 2 = 38)
+    small = doctor(37)
     # Then doctor fails and names the quota code to raise, what one cluster needs and which pipeline
     assert (small["exit"], small["outcome"]) == (exits.ERROR, "fail")
-    assert "36" in small["detail"] and "sales-summary" in small["detail"] and "L-1216C47A" in small["detail"]
+    assert "38" in small["detail"] and "sales-summary" in small["detail"] and "L-1216C47A" in small["detail"]
     # When one cluster fits but not every pipeline's clusters at max_workers at once
     middle = doctor(40)
     assert (middle["exit"], middle["outcome"]) == (exits.OK, "warn")
@@ -338,22 +343,16 @@ def test_doctor_fails_when_the_vpc_lacks_an_endpoint(stack: DeployedStack, capsy
     cloudformation = aws.client("cloudformation", settings)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in cloudformation.describe_stacks(StackName=stack.name)["Stacks"][0]["Outputs"]}
     outputs.pop("BastionInstanceId")
-    image_id = aws.client("ec2", settings).describe_images(Owners=["amazon"], MaxResults=1)["Images"][0]["ImageId"]
     name = f"{stack.name}-byovpc"
     endpoints = tuple(s for s in VPC_ENDPOINT_SERVICES if s != "cloudformation")
-    cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(stack_template(name, settings.region, image_id,
-                                                                                       outputs, endpoints)))  # fmt: skip
+    cloudformation.create_stack(StackName=name, TemplateBody=json.dumps(stack_template(
+        name, settings.region, any_image(settings), outputs, endpoints)))  # fmt: skip
     [bastion] = [o["OutputValue"] for o in cloudformation.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
                  if o["OutputKey"] == "BastionInstanceId"]  # fmt: skip
-    ssm = aws.client("ssm", settings)
-    stubber = Stubber(ssm)
-    stubber.add_response("describe_instance_information",
-                         {"InstanceInformationList": [{"InstanceId": bastion, "PingStatus": "Online"}]})  # fmt: skip
-    stubber.activate()
     # When doctor checks it
-    code, out, _ = cli(capsys, "--stack", name, "doctor", "-o", "json", ssm_client=ssm, which=lambda tool: "/x",
-                       quota=plenty)  # fmt: skip
-    # Then the endpoints line fails and names the missing one
+    code, out, _ = cli(capsys, "--stack", name, "doctor", "-o", "json", ssm_client=online_ssm(stack, bastion_id=bastion),
+                       which=lambda tool: "/x", quota=plenty)  # fmt: skip
+    # Then the endpoints line fails (the subnet has no default route either) and names the missing one
     [line] = [c for c in json.loads(out) if c["name"] == "vpc endpoints"]
     assert line["outcome"] == "fail" and "cloudformation" in line["detail"] and "sts" not in line["detail"]
     assert code == exits.ERROR

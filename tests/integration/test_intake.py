@@ -57,6 +57,7 @@ def test_files_dropped_under_the_prefix_start_a_job(settings: Settings, intake_e
     # and each job was handed to the bastion with its id as the only argument
     jobs = store.list_jobs()
     assert all(j.status == JobStatus.LAUNCHING and j.trigger == "s3" for j in jobs)
+    assert {j.release for j in jobs} == {settings.release} != {None}  # the deployment's release on each
     assert sorted(launcher_calls(settings)) == sorted(f"driver start {j.job_id}" for j in jobs)
     # and nothing is left on the queue
     assert queue_depth(settings, intake_env.queue_url) == 0

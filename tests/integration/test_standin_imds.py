@@ -93,9 +93,10 @@ def node_of(standin: Ec2StandIn, instance_id: str, timeout_s: float = 30) -> Any
     raise AssertionError(f"{instance_id} never became a node")
 
 
-def probe(netns: str) -> dict[str, Any]:
-    done = subprocess.run(["ip", "netns", "exec", netns, "env", "-i", "PATH=/usr/bin:/bin", "HOME=/nonexistent",
-                           sys.executable, "-c", PROBE],
+def probe(node: Any) -> dict[str, Any]:
+    """PROBE as the node's SSH user runs it: its own home (its ~/.aws/config), no other variable."""
+    done = subprocess.run(["ip", "netns", "exec", node.netns, "env", "-i", "PATH=/usr/bin:/bin",
+                           f"HOME={node.directory / 'home'}", sys.executable, "-c", PROBE],
                           capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -108,7 +109,7 @@ def test_a_node_gets_region_and_its_roles_credentials_only_from_its_metadata_ser
     )
     node = node_of(standin, instance_id)
     # When botocore runs inside its namespace with no AWS_* variable at all
-    seen = probe(node.netns)
+    seen = probe(node)
     # Then it finds the node role's keys through the metadata service, and the region there
     assert seen["method"] == "iam-role"
     assert seen["access_key"] == LOCAL_ACCESS_KEY_IDS["nodes"]
@@ -126,7 +127,7 @@ def test_each_node_answers_for_itself_and_tags_stay_hidden_unless_enabled(standi
     first, second = (run_instance(standin, MetadataOptions={"HttpTokens": "required"}) for _ in range(2))
     nodes = [node_of(standin, first), node_of(standin, second)]
     # When each asks its own metadata service
-    seen = [probe(node.netns) for node in nodes]
+    seen = [probe(node) for node in nodes]
     # Then each hears its own instance id, and no tags (EC2's default)
     assert [s["instance_id"] for s in seen] == [first, second]
     assert all(s["tags"][0] == 404 for s in seen)

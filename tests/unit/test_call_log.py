@@ -31,6 +31,19 @@ def test_virtual_host_style_and_unknown_requests() -> None:
     assert s3_request("GET", "data.s3.eu-west-3.amazonaws.com", "/k", "")[:2] == ("s3:GetObject", "arn:aws:s3:::data/k")
     # a request the mapping does not know is named so a test sees it, never guessed
     assert s3_request("PUT", HOST, "/data/k", "tagging")[0].startswith("s3:<unmapped PUT")
+    # a PUT that copies, tags or sets an ACL needs more than s3:PutObject on AWS: never judged as one
+    for header in ("x-amz-copy-source", "x-amz-tagging", "x-amz-acl"):
+        assert s3_request("PUT", HOST, "/data/k", "", {header: "x"})[0].startswith("s3:<unmapped PUT object with")
+
+
+def test_keys_are_decoded_once_from_the_path_as_sent() -> None:
+    # Given a key with a literal percent sign and non-ASCII letters, as the SDKs encode it
+    environ = {"HTTP_AUTHORIZATION": "AWS4-HMAC-SHA256 Credential=k/20261207/eu-west-3/s3/aws4_request, Signature=x",
+               "REQUEST_METHOD": "GET", "HTTP_HOST": HOST, "RAW_URI": "/data/in/a%2541%20r%C3%A9gion.csv",
+               "PATH_INFO": "/data/in/a%41 r\xc3\xa9gion.csv", "QUERY_STRING": ""}  # fmt: skip
+    request = describe(environ, b"")
+    # Then the resource names the key exactly as stored
+    assert request is not None and request.resource == "arn:aws:s3:::data/in/a%41 région.csv"
 
 
 def test_ssm_requests_name_the_parameter_in_the_signed_region() -> None:
@@ -67,13 +80,17 @@ def test_one_ec2_call_is_one_authorization_per_resource_as_iam_makes_them() -> N
         "TagSpecification.1.Tag.1.Value": ["rl-j1"], "TagSpecification.2.ResourceType": ["volume"],
         "TagSpecification.2.Tag.1.Key": ["ray-cluster-name"], "TagSpecification.2.Tag.1.Value": ["rl-j1"],
     }  # fmt: skip
-    run = {r: c for a, r, c in ec2_requests("RunInstances", params, "eu-west-3", Facts())}
+    run = {r: c for a, r, c in ec2_requests("RunInstances", params, "eu-west-3", Facts()) if a != "ec2:CreateTags"}
     arn = "arn:aws:ec2:eu-west-3:123456789012:"
     # Then each resource is its own request, the created ones with the request's tags
     assert run[arn + "instance/*"] == {"aws:RequestTag/ray-cluster-name": "rl-j1"}
     assert run[arn + "volume/*"] == {"aws:RequestTag/ray-cluster-name": "rl-j1"}
     assert {arn + "subnet/subnet-1", arn + "security-group/sg-1", arn + "key-pair/ray-autoscaler_x",
             arn + "network-interface/*"} <= set(run)  # fmt: skip
+    # and tagging at launch is CreateTags with ec2:CreateAction on each tagged resource type
+    tagging = [(r, c) for a, r, c in ec2_requests("RunInstances", params, "eu-west-3", Facts()) if a == "ec2:CreateTags"]
+    assert sorted(r for r, _ in tagging) == [arn + "instance/*", arn + "volume/*"]
+    assert all(c["ec2:CreateAction"] == "RunInstances" and c["aws:RequestTag/ray-cluster-name"] == "rl-j1" for _, c in tagging)
     assert run["arn:aws:ec2:eu-west-3::image/ami-1"] == {"ec2:Owner": "099720109477"}
     assert run["arn:aws:iam::123456789012:role/nodes"] == {"iam:PassedToService": "ec2.amazonaws.com"}
     # And a terminate carries each instance's own tags as they were

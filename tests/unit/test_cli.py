@@ -372,3 +372,12 @@ def test_cluster_token_runs_without_the_terminal_ui() -> None:
             "assert not [m for m in sys.modules if m == 'rich' or m.startswith('rich.')], 'rich imported'")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_jobs_show_names_the_release_the_job_was_created_under() -> None:
+    out = io.StringIO()
+    Console(file=out, width=120).print(render.job_detail({**JOB, "release": "4ac4bba9c38a"}))
+    assert any(line.split()[:2] == ["release", "4ac4bba9c38a"] for line in out.getvalue().splitlines())
+    out = io.StringIO()
+    Console(file=out, width=120).print(render.job_detail(JOB))  # a job from before releases: no line
+    assert not any(line.startswith("release") for line in out.getvalue().splitlines())

@@ -69,6 +69,9 @@ def test_install_state_and_endpoints() -> None:
     assert endpoint_check("eu-west-1", "vpc-1", everything).outcome == "ok"
     missing_sts = endpoint_check("eu-west-1", "vpc-1", [e for e in everything if not e.endswith(".sts")])
     assert missing_sts.outcome == "fail" and "sts" in missing_sts.detail
+    # with a default route (a NAT, or the user's own) the service may still be reached: a warning
+    routed = endpoint_check("eu-west-1", "vpc-1", everything[:-1], has_default_route=True)
+    assert routed.outcome == "warn" and "cloudformation" in routed.detail
     # endpoints of another region do not count
     assert endpoint_check("eu-west-2", "vpc-1", everything).outcome == "fail"
 
@@ -79,5 +82,26 @@ def test_spot_role_and_ebs_encryption_by_default() -> None:
     assert missing is not None and missing.outcome == "fail" and "create-service-linked-role" in missing.detail
     assert ebs_encryption_check(False, None).outcome == "ok"
     assert ebs_encryption_check(True, "arn:aws:kms:eu-west-1:123456789012:alias/aws/ebs").outcome == "ok"
-    custom = ebs_encryption_check(True, "arn:aws:kms:eu-west-1:123456789012:key/1234abcd")
+    custom = ebs_encryption_check(True, "arn:aws:kms:eu-west-1:123456789012:alias/ebs-cmk")
     assert custom.outcome == "fail" and "kms:CreateGrant" in custom.detail
+    # a key id does not tell whether AWS manages the key: a warning, not a verdict
+    assert ebs_encryption_check(True, "arn:aws:kms:eu-west-1:123456789012:key/1234abcd").outcome == "warn"
+
+
+def test_the_quota_reader_falls_back_to_the_default_when_no_value_was_applied() -> None:
+    import boto3
+    from botocore.stub import Stubber
+
+    from raylauncher.cli.stack_checks import _quota_reader
+
+    client = boto3.client("service-quotas", region_name="eu-west-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(client)
+    quota = {"ServiceCode": "ec2", "QuotaCode": "L-1216C47A"}
+    stub.add_client_error("get_service_quota", "NoSuchResourceException", expected_params=quota)
+    stub.add_response("get_aws_default_service_quota", {"Quota": {"Value": 5.0}}, expected_params=quota)
+    stub.add_client_error("get_service_quota", "AccessDeniedException", expected_params=quota)
+    stub.add_client_error("get_aws_default_service_quota", "AccessDeniedException", expected_params=quota)
+    with stub:
+        read = _quota_reader(client)
+        assert read("L-1216C47A") == 5.0  # a new account: no applied value, AWS's default
+        assert read("L-1216C47A") is None  # not allowed to read: unknown, never a guess

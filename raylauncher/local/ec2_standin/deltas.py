@@ -9,7 +9,9 @@ The EC2 backend, the rendered cluster.yaml and the driver are the production one
 2. `aws_config`: how a node reaches AWS. On EC2 the VPC endpoints' private DNS names send the
    SDKs' default endpoints to AWS; here the SSH user's ~/.aws/config names one endpoint_url,
    moto through the forwarder on the bridge (the SDKs' standard setting; the sales job honours
-   it as boto3 does). Nothing else differs: a node's environment has no AWS_* variable
+   it as boto3 does), and asks the metadata service three times with a 2 s timeout (botocore's
+   default is once, 1 s: the stand-in's service answers from a busy test process; a real node's
+   SDKs keep their defaults). Nothing else differs: a node's environment has no AWS_* variable
    (`instance_environment`, checked by NodeImage), and region and credentials come from the
    node's own instance metadata service (imds.py), which hands out the instance profile
    role's keys (aws.LOCAL_ACCESS_KEY_IDS: moto's call log tells the role's calls apart). Ray

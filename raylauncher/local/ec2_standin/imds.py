@@ -25,6 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 #: Where EC2's instance metadata service answers.
@@ -46,14 +47,18 @@ class InstanceMetadata:
     image_id: str
     private_ip: str
     tokens_required: bool
-    tags: dict[str, str] | None  # None: InstanceMetadataTags disabled (EC2's default)
+    tags: Callable[[], dict[str, str]] | None  # the instance's tags now; None: InstanceMetadataTags disabled (EC2's default)
     role_name: str | None  # the instance profile's role; None: no instance profile
     instance_profile_arn: str | None
     credentials: dict[str, str] = field(default_factory=dict)  # AccessKeyId, SecretAccessKey of the role
 
     @classmethod
-    def of(cls, instance: dict[str, Any], region: str, role_name: str | None, credentials: dict[str, str]) -> InstanceMetadata:
+    def of(cls, instance: dict[str, Any], region: str, role_name: str | None, credentials: dict[str, str],
+           tags: Callable[[], dict[str, str]] | None = None) -> InstanceMetadata:  # fmt: skip
+        """`tags`: reads the instance's tags as they are now (Ray retags nodes after launch; EC2's
+        metadata shows the change); default: the tags it was launched with."""
         options = instance.get("MetadataOptions") or {}
+        launched = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         profile = instance.get("IamInstanceProfile") or {}
         return cls(
             instance_id=instance["InstanceId"], region=region,
@@ -62,8 +67,7 @@ class InstanceMetadata:
             private_ip=instance.get("PrivateIpAddress", ""),
             # moto may not keep the options: then the stricter answer (tokens required)
             tokens_required=options.get("HttpTokens", "required") == "required",
-            tags=({t["Key"]: t["Value"] for t in instance.get("Tags", [])}
-                  if options.get("InstanceMetadataTags") == "enabled" else None),
+            tags=(tags or (lambda: launched)) if options.get("InstanceMetadataTags") == "enabled" else None,
             role_name=role_name if profile else None, instance_profile_arn=profile.get("Arn"),
             credentials=credentials,
         )  # fmt: skip
@@ -84,7 +88,8 @@ class InstanceMetadata:
                 "security-credentials": {self.role_name: self._role_credentials},
             }
         if self.tags is not None:
-            meta["tags"] = {"instance": dict(self.tags)}
+            tags = self.tags
+            meta["tags"] = {"instance": lambda: dict(tags())}  # read when asked
         document = {
             "accountId": "123456789012", "architecture": "x86_64", "availabilityZone": self.availability_zone,
             "imageId": self.image_id, "instanceId": self.instance_id, "instanceType": self.instance_type,
@@ -109,6 +114,7 @@ def _iso(at: datetime) -> str:
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
+    timeout = 30  # a client that never sends its request does not hold a thread forever
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
@@ -134,7 +140,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(404, "Not Found")
         if isinstance(answer, dict):
             return self._send(200, "\n".join(k + ("/" if isinstance(v, dict) else "") for k, v in answer.items()))
-        self._send(200, answer() if callable(answer) else answer)
+        self._send(200, answer)
 
     def _refuse(self) -> None:
         self._send(405, "Method Not Allowed")
@@ -161,6 +167,7 @@ def _lookup(tree: dict[str, Any], path: str) -> Any:
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
+        node = node() if callable(node) else node  # answers made when asked (credentials, tags)
     return node
 
 
@@ -243,3 +250,6 @@ class InstanceMetadataService:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

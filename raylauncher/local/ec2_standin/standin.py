@@ -189,7 +189,13 @@ class Ec2StandIn:
             roles = profile["InstanceProfile"]["Roles"]
             role_name = roles[0]["RoleName"] if roles else None
         keys = deltas.role_keys(role_name) if role_name else {}
-        return InstanceMetadata.of(instance, self.region, role_name, keys)
+        ec2, instance_id = self.client("ec2"), instance["InstanceId"]
+
+        def tags_now() -> dict[str, str]:
+            found = ec2.describe_tags(Filters=[{"Name": "resource-id", "Values": [instance_id]}])["Tags"]
+            return {t["Key"]: t["Value"] for t in found}
+
+        return InstanceMetadata.of(instance, self.region, role_name, keys, tags=tags_now)
 
     def stop(self) -> None:
         """Kill every node, stop the forwarder, delete bridge, namespaces and files. Idempotent."""

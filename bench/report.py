@@ -270,6 +270,8 @@ def bootstrap_section(doc: dict[str, Any]) -> list[str]:
     for step in doc["steps"]:
         shown = step["command"][:90] + ("…" if len(step["command"]) > 90 else "")
         lines.append(f"| `{shown.replace('|', chr(92) + '|')}` | {step['exit']} | {step['seconds']:.1f} |")
+    if "rerun_s" in doc:
+        lines += ["", f"Every command run a second time on the same root: all exit 0, {doc['rerun_s']:.0f} s."]
     lines += ["", f"**A node's bootstrap on a stock image: {doc['bootstrap_s']:.0f} s** "
               f"({'Ray and boto3 at the pins, first on PATH' if doc['ok'] else 'FAILED'}): what an image with the "
               "pinned Ray baked in (`node_ami_has_ray`) saves on every node's first boot (docs/deploy.md, \"Bake a node image\")."]

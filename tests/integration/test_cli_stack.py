@@ -426,3 +426,27 @@ def test_cluster_token_with_no_target_reads_the_highest_attempt_as_on_the_bastio
     ssm.delete_parameters(Names=[token_parameter(job_id, job_id), token_parameter(job_id, f"{job_id}-a2")])
     code, out, err = cli(capsys, "cluster-token", job_id)
     assert (code, out) == (exits.NOT_FOUND, "") and f"no Ray token for any attempt of {job_id}" in err
+
+
+def test_doctor_wants_the_spot_role_only_where_a_pipeline_runs_spot_workers(stack: DeployedStack) -> None:
+    from raylauncher.cli.stack_checks import SPOT_ROLE, stack_checks
+    from raylauncher.cli.targets import aws_session
+
+    # Given the deployed pipelines, one of them with spot workers, in an account without EC2's Spot role
+    settings = stack.api.settings
+    pipelines = stack.api.call("GET", "/pipelines").body["pipelines"]
+    spot = [{**p, "cluster": {**p["cluster"], "spot_workers": True}} for p in pipelines]
+
+    def spot_line(pipelines: list[dict[str, Any]]) -> dict[str, str] | None:
+        checks = stack_checks(aws_session(settings.region), settings.region, stack.name, stack.bastion_id, pipelines,
+                              quota=plenty)  # fmt: skip
+        return next(({"outcome": c.outcome, "detail": c.detail} for c in checks if c.name == "spot role"), None)
+
+    # Then on-demand pipelines need no line; spot ones fail and say how to create the role
+    assert spot_line(pipelines) is None
+    missing = spot_line(spot)
+    assert missing is not None and missing["outcome"] == "fail" and "create-service-linked-role" in missing["detail"]
+    # When the role exists, Then it is fine
+    aws.client("iam", settings).create_role(RoleName=SPOT_ROLE, Path="/aws-service-role/spot.amazonaws.com/",
+                                            AssumeRolePolicyDocument="{}")  # fmt: skip
+    assert spot_line(spot) == {"outcome": "ok", "detail": f"{SPOT_ROLE} exists"}

@@ -164,7 +164,7 @@ def main() -> int:
             "debootstrap_s": round(debootstrap_s, 1), "bootstrap_s": round(bootstrap_s, 1), "steps": steps,
             "rerun_s": round(rerun_s, 1), "ray_on_path": found[0] if found else None, "ok": ok,
         })  # fmt: skip
-        print(f"node bootstrap on a stock image: {bootstrap_s:.1f} s ({"ok" if ok else "FAILED"}); "
+        print(f"node bootstrap on a stock image: {bootstrap_s:.1f} s ({'ok' if ok else 'FAILED'}); "
               f"an image with Ray baked in (node_ami_has_ray) skips it on every node")  # fmt: skip
         return 0 if ok else 1
     finally:

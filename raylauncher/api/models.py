@@ -143,6 +143,10 @@ class LogChunk(BaseModel):
 
 class PipelineList(BaseModel):
     pipelines: list[Pipeline] = Field(description="every pipeline of the deployed pipelines.yaml, by name")
+    release: str | None = Field(
+        default=None, description="the release the API runs: new jobs are stamped with it (content hash of code, "
+        "jobs, pipelines and settings)"
+    )
 
 
 class ErrorDetail(BaseModel):

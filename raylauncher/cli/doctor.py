@@ -121,7 +121,11 @@ def run_checks(args: argparse.Namespace, which: Callable[[str], str | None] = sh
     ssm = ssm_client or session.create_client("ssm", region_name=region)
     checks.append(_bastion_check(ssm, str(target.bastion_id)))
     try:
-        pipelines = ApiClient(target, timeout_s=10).pipelines()["pipelines"]
+        listed = ApiClient(target, timeout_s=10).pipelines()
+        pipelines = listed["pipelines"]
+        checks.append(Check("release", "ok" if listed.get("release") else "warn",
+                            f"the API runs release {listed['release']}" if listed.get("release")
+                            else "the API names no release (deployed before releases)"))  # fmt: skip
     except ApiError as err:
         checks.append(Check("vcpu quota", "skip", f"the API did not list the pipelines: {err}"))
         pipelines = []

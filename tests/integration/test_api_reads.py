@@ -108,6 +108,8 @@ def test_pipelines_are_the_deployed_config(api) -> None:
     response = api.call("GET", "/pipelines")
     assert response.status == 200
     assert response.body["pipelines"] == [p.model_dump(mode="json") for p in sorted(config.pipelines, key=lambda p: p.name)]
+    # And the release the API runs, the one new jobs are stamped with
+    assert response.body["release"] == api.settings.release is not None
     # And one pipeline alone is the same document
     one = api.call("GET", f"/pipelines/{PIPELINE}")
     assert one.status == 200 and one.body == config.get(PIPELINE).model_dump(mode="json")

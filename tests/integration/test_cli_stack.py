@@ -298,11 +298,12 @@ def test_doctor_checks_one_line_each(stack: DeployedStack, capsys: pytest.Captur
                        which=lambda tool: None, quota=plenty)  # fmt: skip
     checks = {c["name"]: c for c in json.loads(out)}
     # Then each check has its line: the plugin is a warning (only dashboard needs it), nothing fails
-    assert list(checks) == ["aws credentials", "stack", "api", "bastion", "vcpu quota standard on-demand",
+    assert list(checks) == ["aws credentials", "stack", "api", "bastion", "release", "vcpu quota standard on-demand",
                             "bastion install", "vpc endpoints", "ebs encryption", "session-manager-plugin",
                             "ray pins"]  # fmt: skip
     assert {n: c["outcome"] for n, c in checks.items()} == {
-        "aws credentials": "ok", "stack": "ok", "api": "ok", "bastion": "ok", "vcpu quota standard on-demand": "ok",
+        "aws credentials": "ok", "stack": "ok", "api": "ok", "bastion": "ok", "release": "ok",
+        "vcpu quota standard on-demand": "ok",
         "bastion install": "ok", "vpc endpoints": "ok", "ebs encryption": "ok", "session-manager-plugin": "warn",
         "ray pins": "ok",
     }  # fmt: skip
@@ -313,7 +314,8 @@ def test_doctor_checks_one_line_each(stack: DeployedStack, capsys: pytest.Captur
                        which=lambda tool: "/usr/bin/x", quota=plenty)  # fmt: skip
     assert code == exits.ERROR
     assert any(line.startswith("fail") and "ConnectionLost" in line for line in out.splitlines())
-    assert len(out.splitlines()) == 10
+    assert len(out.splitlines()) == 11
+    assert stack.api.settings.release in checks["release"]["detail"]
 
 
 def test_doctor_fails_when_one_cluster_exceeds_the_vcpu_quota_and_warns_below_full_concurrency(

@@ -171,7 +171,7 @@ def build_api_services(settings: Settings) -> ApiServices:
     intake = build_intake_service(settings, store, launcher)
     submissions = Submissions(intake, store, build_idempotency_layer(settings))
     return ApiServices(launcher.pipelines, store, settings.bucket, submissions, launcher.finished,
-                       objects=build_objects(settings), release=settings.release)  # fmt: skip
+                       objects=build_objects(settings), deployed_release=settings.release)  # fmt: skip
 
 
 def build_schedule_runner(settings: Settings) -> ScheduleRunner:

@@ -147,7 +147,7 @@ def release_job(job_id: JobIdParam) -> JobView:
     tags=["pipelines"],
 )
 def list_pipelines() -> PipelineList:
-    return PipelineList(pipelines=sorted(services().pipelines.pipelines, key=lambda p: p.name), release=services().release)
+    return PipelineList(pipelines=sorted(services().pipelines.pipelines, key=lambda p: p.name), release=services().deployed_release)
 
 
 @app.get(

@@ -86,7 +86,7 @@ class ApiServices:
     submissions: Submissions
     on_finished: Callable[[Job], object] = lambda job: None  # gives back a cancelled job's cluster slot
     objects: ObjectStore | None = None  # the data bucket: manifests and logs (None: not readable)
-    release: str | None = None  # the deployment's release (raylauncher/releases.py)
+    deployed_release: str | None = None  # the deployment's release (raylauncher/releases.py)
 
     def check_submission(self, request: SubmitJobRequest, caller: Caller) -> None:
         """What POST /jobs checks before anything is written (no Idempotency-Key is used by a

@@ -133,16 +133,26 @@ def test_each_node_answers_for_itself_and_tags_stay_hidden_unless_enabled(standi
     assert all(s["tags"][0] == 404 for s in seen)
 
 
+def environ_of(pid: int) -> list[bytes] | None:
+    """A process's environment, or None if it ended meanwhile (a short-lived command of the node)."""
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (ProcessLookupError, FileNotFoundError):
+        return None
+
+
 def test_the_node_environment_and_login_profile_carry_no_aws_variables(standin: Ec2StandIn) -> None:
     # Given a node as the stand-in boots it
     node = node_of(standin, run_instance(standin, MetadataOptions={"HttpTokens": "required"}))
+    deadline = time.monotonic() + 30
+    while not node.sshd_listening() and time.monotonic() < deadline:  # booted: init and sshd running
+        time.sleep(0.1)
     # When we read what its processes, its SSH user's login shell and AWS config file hold
-    pids = namespace_pids(node.netns)
-    environments = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in pids]
+    environments = [env for pid in namespace_pids(node.netns) if (env := environ_of(pid)) is not None]
     profile = (node.directory / "home" / ".bash_profile").read_text()
     config = (node.directory / "home" / ".aws" / "config").read_text()
     # Then no AWS_* variable is set anywhere; the AWS config names only the endpoint (and SDK retries)
-    assert pids and all(not v.startswith(b"AWS_") for env in environments for v in env)
+    assert len(environments) >= 2 and all(not v.startswith(b"AWS_") for env in environments for v in env)
     assert "AWS_" not in profile
     assert "region" not in config and "aws_access_key_id" not in config
     assert f"endpoint_url = {standin.endpoint_for_nodes}" in config
